@@ -1,0 +1,34 @@
+"""Camera formulas of HaMeR: crop camera -> full-image camera, and pinhole projection.
+
+Frames: camera coordinates in metres, x right, y down, z forward (OpenCV convention); image points in pixels.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def perspective_projection(points: torch.Tensor, translation: torch.Tensor, focal_length: torch.Tensor,
+                           camera_center: torch.Tensor) -> torch.Tensor:
+    """Project (B, N, 3) points, translated by (B, 3), with (B, 2) focal lengths and centres -> (B, N, 2)."""
+    points = points + translation.unsqueeze(1)
+    projected = points[..., :2] / points[..., 2:]
+    return projected * focal_length.unsqueeze(1) + camera_center.unsqueeze(1)
+
+
+def cam_crop_to_full(cam_bbox: torch.Tensor, box_center: torch.Tensor, box_size: torch.Tensor,
+                     img_size: torch.Tensor, focal_length: torch.Tensor) -> torch.Tensor:
+    """HaMeR demo's conversion of the crop's weak-perspective camera to a full-image translation.
+
+    cam_bbox (B,3) [s, tx, ty] (tx already un-mirrored for left hands); box_center (B,2) and box_size (B,) pixels;
+    img_size (B,2) [W, H]; focal_length scalar or (B,) pixels. Returns (B,3) translation in metres for a camera with
+    that focal length and the principal point at the image centre.
+    """
+    img_w, img_h = img_size[:, 0], img_size[:, 1]
+    cx, cy, b = box_center[:, 0], box_center[:, 1], box_size
+    w_2, h_2 = img_w / 2.0, img_h / 2.0
+    bs = b * cam_bbox[:, 0] + 1e-9
+    tz = 2 * focal_length / bs
+    tx = (2 * (cx - w_2) / bs) + cam_bbox[:, 1]
+    ty = (2 * (cy - h_2) / bs) + cam_bbox[:, 2]
+    return torch.stack([tx, ty, tz], dim=-1)

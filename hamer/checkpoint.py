@@ -1,0 +1,189 @@
+"""Loading HaMeR weights: the released Lightning checkpoint (or a safetensors file) into :class:`HaMeRNet`.
+
+No pickled code runs: the Lightning checkpoint is read with ``torch.load(weights_only=True)``, its yacs ``CfgNode``
+mapped to a plain ``OrderedDict`` and any other non-tensor class of the training metadata to an inert stand-in.
+Weights are memory-mapped and assigned to a model built on the meta device, so loading holds one copy of them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import zipfile
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import numpy as np
+import torch
+from yacs.config import CfgNode
+
+from .configs import DataPaths, check_supported, load_config, merge_config
+from .models.hamer import HaMeRNet
+from .models.mano import MANO, load_mano_pickle, mano_data_from_state_dict
+
+log = logging.getLogger(__name__)
+
+NETWORK_PREFIXES = ("backbone.", "mano_head.")
+MEAN_PARAM_BUFFERS = {"pose": "mano_head.init_hand_pose", "shape": "mano_head.init_betas", "cam": "mano_head.init_cam"}
+SAFETENSORS_CONFIG_KEY = "hamer_config"
+
+
+@dataclass
+class Checkpoint:
+    """Weights by name (CPU tensors, possibly memory-mapped) and the training config stored with them, if any."""
+
+    state_dict: dict[str, torch.Tensor]
+    config: Optional[dict]
+
+
+class _Opaque:
+    """Inert stand-in for a class of the checkpoint's training metadata (never called, only records its state)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args = args
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+def _plain(value: Any) -> Any:
+    """Nested OrderedDicts (unpickled CfgNodes) -> plain dicts."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def load_lightning_checkpoint(path: Path) -> Checkpoint:
+    """Read a PyTorch Lightning checkpoint: ``state_dict`` and ``hyper_parameters['cfg']`` (as a dict)."""
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"checkpoint {path} is not a PyTorch zip checkpoint (truncated or not a checkpoint?)")
+    try:
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        allowed: list = [(OrderedDict, "yacs.config.CfgNode")]
+        allowed += [(_Opaque, name) for name in unsafe if name != "yacs.config.CfgNode"]
+        if len(allowed) > 1:
+            log.info("checkpoint metadata classes read as inert stand-ins: %s", sorted(unsafe))
+        with torch.serialization.safe_globals(allowed):
+            raw = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"cannot read checkpoint {path} (truncated or corrupt?): {exc}") from exc
+    if not isinstance(raw, dict) or "state_dict" not in raw:
+        raise ValueError(f"checkpoint {path} has no 'state_dict' (not a HaMeR Lightning checkpoint)")
+    hparams = raw.get("hyper_parameters") or {}
+    config = _plain(hparams["cfg"]) if isinstance(hparams, dict) and isinstance(hparams.get("cfg"), dict) else None
+    return Checkpoint(dict(raw["state_dict"]), config)
+
+
+def load_safetensors_checkpoint(path: Path) -> Checkpoint:
+    """Read a file written by ``hamer convert``: weights plus the config as JSON metadata."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        state_dict = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ValueError(f"cannot read safetensors checkpoint {path} (truncated or corrupt?): {exc}") from exc
+    config = json.loads(meta[SAFETENSORS_CONFIG_KEY]) if SAFETENSORS_CONFIG_KEY in meta else None
+    return Checkpoint(state_dict, config)
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """A Lightning ``.ckpt`` or a ``.safetensors`` file, by its suffix."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"HaMeR checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        return load_safetensors_checkpoint(path)
+    return load_lightning_checkpoint(path)
+
+
+def _mean_params(paths: DataPaths, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The head's ``init_*`` buffers from ``mano_mean_params.npz``; the checkpoint's values win, as in the original."""
+    out: dict[str, torch.Tensor] = {}
+    if paths.mean_params.is_file():
+        with np.load(paths.mean_params, allow_pickle=False) as npz:
+            for key, name in MEAN_PARAM_BUFFERS.items():
+                if key not in npz:
+                    raise ValueError(f"{paths.mean_params} lacks '{key}'")
+                out[name] = torch.from_numpy(npz[key].astype(np.float32)).unsqueeze(0)
+    out.update({name: state_dict[name] for name in MEAN_PARAM_BUFFERS.values() if name in state_dict})
+    missing = [name for name in MEAN_PARAM_BUFFERS.values() if name not in out]
+    if missing:
+        raise FileNotFoundError(
+            f"MANO mean parameters not found: no {paths.mean_params} and the checkpoint lacks {missing}"
+        )
+    return out
+
+
+def _mano_data(paths: DataPaths, state_dict: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """MANO arrays from ``MANO_RIGHT.pkl`` when present, else from the buffers the checkpoint carries."""
+    if paths.mano.is_file():
+        return load_mano_pickle(paths.mano)
+    try:
+        data = mano_data_from_state_dict(state_dict)
+    except KeyError as exc:
+        raise FileNotFoundError(f"MANO model not found: no {paths.mano} and {exc.args[0]}") from None
+    log.info("MANO_RIGHT.pkl not found; MANO built from the checkpoint's buffers")
+    return data
+
+
+def _config(paths: DataPaths, checkpoint: Checkpoint) -> CfgNode:
+    if paths.config.is_file():
+        cfg = load_config(paths.config)
+    elif checkpoint.config is not None:
+        log.info("%s not found; using the config stored in the checkpoint", paths.config)
+        cfg = merge_config(checkpoint.config)
+    else:
+        raise FileNotFoundError(f"model config not found: {paths.config} (and the checkpoint carries none)")
+    check_supported(cfg)
+    return cfg
+
+
+def build_model(paths: DataPaths) -> tuple[HaMeRNet, CfgNode]:
+    """Build HaMeR from a data folder: CPU, float32, eval mode.
+
+    Backbone and head weights are checked strictly. MANO is built from ``MANO_RIGHT.pkl`` (else from the
+    checkpoint) and, as in the original's non-strict Lightning load, the checkpoint's ``mano.*`` and
+    ``mano_head.init_*`` buffers then override the pickle's and the npz's values.
+    """
+    checkpoint = load_checkpoint(paths.checkpoint)
+    sd = checkpoint.state_dict
+    cfg = _config(paths, checkpoint)
+    mano_data = _mano_data(paths, sd)
+
+    mano = MANO(mano_data)
+    with torch.device("meta"):
+        model = HaMeRNet(cfg, mano)
+    weights = _mean_params(paths, sd)
+    weights.update({k: v for k, v in sd.items() if k.startswith(NETWORK_PREFIXES)})
+    model_keys = model.state_dict().keys()
+    weights.update({k: v for k, v in sd.items() if k.startswith("mano.") and k in model_keys})
+    _check_weights(model, weights, paths.checkpoint)
+    model.load_state_dict(weights, strict=False, assign=True)
+    return model.float().eval(), cfg
+
+
+def _check_weights(model: torch.nn.Module, weights: Mapping[str, torch.Tensor], source: Path) -> None:
+    """Raise ValueError naming every missing, unexpected or misshapen backbone/head weight (MANO's are optional)."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(k for k in set(expected) - set(weights) if k.startswith(NETWORK_PREFIXES))
+    unexpected = sorted(set(weights) - set(expected))
+    misshapen = [f"{k} {tuple(weights[k].shape)} (model {expected[k]})"
+                 for k in expected if k in weights and tuple(weights[k].shape) != expected[k]]
+    problems = []
+    if missing:
+        problems.append(f"missing {_first(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {_first(unexpected)}")
+    if misshapen:
+        problems.append(f"wrong shape {_first(misshapen)}")
+    if problems:
+        raise ValueError(f"checkpoint {source} does not fit the model config: " + "; ".join(problems))
+
+
+def _first(items: list[str], n: int = 8) -> str:
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")

@@ -1,0 +1,139 @@
+"""Where the HaMeR data lives, and the model configuration.
+
+``CACHE_DIR_HAMER`` is read when a model is built, not at import, so it can be set after ``import hamer.configs``.
+The data folder has the layout of HaMeR's demo data::
+
+    <CACHE_DIR_HAMER>/hamer_ckpts/checkpoints/hamer.ckpt   Lightning checkpoint (or a .safetensors from `hamer convert`)
+    <CACHE_DIR_HAMER>/hamer_ckpts/model_config.yaml        the training config (inference reads a few keys)
+    <CACHE_DIR_HAMER>/data/mano/MANO_RIGHT.pkl             MANO model (optional when the checkpoint carries it)
+    <CACHE_DIR_HAMER>/data/mano_mean_params.npz            mean pose/shape/cam (optional likewise)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import yaml
+from yacs.config import CfgNode
+
+CACHE_DIR_HAMER = "./hamer_ckpt/_DATA"
+
+CHECKPOINT_FILE = "hamer_ckpts/checkpoints/hamer.ckpt"
+CONFIG_FILE = "hamer_ckpts/model_config.yaml"
+MANO_FILE = "data/mano/MANO_RIGHT.pkl"
+MEAN_PARAMS_FILE = "data/mano_mean_params.npz"
+
+PathLike = Union[str, os.PathLike]
+
+
+@dataclass(frozen=True)
+class DataPaths:
+    """Absolute paths of the files HaMeR inference reads from one data folder."""
+
+    root: Path
+    checkpoint: Path
+    config: Path
+    mano: Path
+    mean_params: Path
+
+
+def data_paths(root: Optional[PathLike] = None, checkpoint: Optional[PathLike] = None) -> DataPaths:
+    """Paths inside the data folder ``root`` (default: ``CACHE_DIR_HAMER`` as set now).
+
+    ``checkpoint`` overrides the checkpoint path; its config is then looked for two levels up, as the original does.
+    """
+    base = Path(root if root is not None else CACHE_DIR_HAMER).expanduser().resolve()
+    ckpt = Path(checkpoint).expanduser().resolve() if checkpoint is not None else base / CHECKPOINT_FILE
+    config = ckpt.parent.parent / "model_config.yaml" if checkpoint is not None else base / CONFIG_FILE
+    return DataPaths(base, ckpt, config, base / MANO_FILE, base / MEAN_PARAMS_FILE)
+
+
+def default_config() -> CfgNode:
+    """The keys inference reads, with the released model's values (ViT-H backbone, transformer-decoder MANO head).
+
+    ``MODEL.BACKBONE.EMBED_DIM/DEPTH/NUM_HEADS/MLP_RATIO`` are this package's own keys (the original hard-codes ViT-H);
+    they let tests build a small model of the same architecture.
+    """
+    cfg = CfgNode(new_allowed=True)
+    cfg.MODEL = CfgNode(new_allowed=True)
+    cfg.MODEL.IMAGE_SIZE = 256
+    cfg.MODEL.IMAGE_MEAN = [0.485, 0.456, 0.406]
+    cfg.MODEL.IMAGE_STD = [0.229, 0.224, 0.225]
+    cfg.MODEL.BBOX_SHAPE = [192, 256]
+    cfg.MODEL.BACKBONE = CfgNode(new_allowed=True)
+    cfg.MODEL.BACKBONE.TYPE = "vit"
+    cfg.MODEL.BACKBONE.EMBED_DIM = 1280
+    cfg.MODEL.BACKBONE.DEPTH = 32
+    cfg.MODEL.BACKBONE.NUM_HEADS = 16
+    cfg.MODEL.BACKBONE.MLP_RATIO = 4.0
+    cfg.MODEL.MANO_HEAD = CfgNode(new_allowed=True)
+    cfg.MODEL.MANO_HEAD.TYPE = "transformer_decoder"
+    cfg.MODEL.MANO_HEAD.IEF_ITERS = 1
+    cfg.MODEL.MANO_HEAD.TRANSFORMER_INPUT = "zero"
+    cfg.MODEL.MANO_HEAD.JOINT_REP = "6d"
+    cfg.MODEL.MANO_HEAD.TRANSFORMER_DECODER = CfgNode(new_allowed=True)
+    cfg.MODEL.MANO_HEAD.TRANSFORMER_DECODER.depth = 6
+    cfg.MODEL.MANO_HEAD.TRANSFORMER_DECODER.heads = 8
+    cfg.MODEL.MANO_HEAD.TRANSFORMER_DECODER.mlp_dim = 1024
+    cfg.MODEL.MANO_HEAD.TRANSFORMER_DECODER.dim_head = 64
+    cfg.MODEL.MANO_HEAD.TRANSFORMER_DECODER.context_dim = 1280
+    cfg.MANO = CfgNode(new_allowed=True)
+    cfg.MANO.MODEL_PATH = "data/mano"
+    cfg.MANO.MEAN_PARAMS = "data/mano_mean_params.npz"
+    cfg.MANO.NUM_HAND_JOINTS = 15
+    cfg.EXTRA = CfgNode(new_allowed=True)
+    cfg.EXTRA.FOCAL_LENGTH = 5000
+    return cfg
+
+
+def merge_config(overrides: Union[dict, CfgNode, None]) -> CfgNode:
+    """The default config with ``overrides`` (a nested dict or CfgNode, e.g. a full training config) merged in."""
+    merged = _as_plain_dict(default_config())
+    _update(merged, _as_plain_dict(overrides or {}))
+    cfg = CfgNode(merged, new_allowed=True)
+    cfg.freeze()
+    return cfg
+
+
+def load_config(path: PathLike) -> CfgNode:
+    """Read a HaMeR ``model_config.yaml`` (YAML, safely parsed) merged into :func:`default_config`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model config not found: {path}")
+    with open(path, "r") as f:
+        raw = yaml.safe_load(f)
+    if not isinstance(raw, dict):
+        raise ValueError(f"model config {path} is not a YAML mapping")
+    return merge_config(raw)
+
+
+def _as_plain_dict(node: Union[dict, CfgNode]) -> dict:
+    """A nested plain dict (CfgNode's bookkeeping attributes dropped)."""
+    return {k: _as_plain_dict(v) if isinstance(v, dict) else v for k, v in node.items()}
+
+
+def _update(base: dict, other: dict) -> None:
+    """Recursively update ``base`` with ``other`` (values of ``other`` win; no type coercion)."""
+    for key, value in other.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _update(base[key], value)
+        else:
+            base[key] = value
+
+
+def check_supported(cfg: CfgNode) -> None:
+    """Raise ValueError for a config this package cannot run (other backbones, heads or joint representations)."""
+    problems = []
+    if cfg.MODEL.BACKBONE.TYPE != "vit":
+        problems.append(f"MODEL.BACKBONE.TYPE={cfg.MODEL.BACKBONE.TYPE!r} (only 'vit')")
+    if cfg.MODEL.MANO_HEAD.TYPE != "transformer_decoder":
+        problems.append(f"MODEL.MANO_HEAD.TYPE={cfg.MODEL.MANO_HEAD.TYPE!r} (only 'transformer_decoder')")
+    if cfg.MODEL.MANO_HEAD.JOINT_REP != "6d":
+        problems.append(f"MODEL.MANO_HEAD.JOINT_REP={cfg.MODEL.MANO_HEAD.JOINT_REP!r} (only '6d')")
+    if cfg.MODEL.MANO_HEAD.TRANSFORMER_INPUT not in ("zero", "mean_shape"):
+        problems.append(f"MODEL.MANO_HEAD.TRANSFORMER_INPUT={cfg.MODEL.MANO_HEAD.TRANSFORMER_INPUT!r}")
+    if problems:
+        raise ValueError("unsupported model config: " + "; ".join(problems))

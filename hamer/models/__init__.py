@@ -1,0 +1,1 @@
+"""HaMeR's network: ViT backbone, MANO transformer-decoder head, MANO layer."""

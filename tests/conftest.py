@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from synthetic import make_data_dir
+
+SHARED_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """A complete synthetic HaMeR data folder (small model)."""
+    root = tmp_path_factory.mktemp("hamer_data") / "_DATA"
+    make_data_dir(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def reference_model(tmp_path_factory):
+    """The random model the ``data_dir`` checkpoint was written from (same seed)."""
+    return make_data_dir(tmp_path_factory.mktemp("hamer_ref") / "_DATA")
