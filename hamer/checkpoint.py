@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -67,6 +68,8 @@ def load_lightning_checkpoint(path: Path) -> Checkpoint:
             log.info("checkpoint metadata classes read as inert stand-ins: %s", sorted(unsafe))
         with torch.serialization.safe_globals(allowed):
             raw = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(f"checkpoint {path} holds content that is never unpickled here: {exc}") from None
     except (RuntimeError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise ValueError(f"cannot read checkpoint {path} (truncated or corrupt?): {exc}") from exc
     if not isinstance(raw, dict) or "state_dict" not in raw:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -24,7 +23,7 @@ from .checkpoint import build_model
 from .detection import HAND_TASK_PATH, POSE_TASK_PATH, DetectorOptions, HandDetection, HandDetector
 from .images import as_bgr
 from .pipeline import LABELS, check_boxes, hand_outputs, make_inputs
-from .runtime import TorchRuntime, resolve_device
+from .runtime import PRECISIONS, TorchRuntime, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +65,8 @@ class HAMER:
             raise ValueError(f"rescale_factor must be a positive number, got {rescale_factor!r}")
         if task_paths is None:
             task_paths = {"hand": hand_path, "pose": pose_path}
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         unknown = set(task_paths) - {"hand", "pose"}
         if unknown:
             raise ValueError(f"task_paths keys must be 'hand' and/or 'pose', got {sorted(unknown)}")

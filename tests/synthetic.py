@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import copyreg
 import pickle
 import sys
 import types
@@ -95,7 +96,9 @@ def mano_arrays(seed: int = 0) -> dict[str, np.ndarray]:
 def _fake_modules():
     """Register stand-ins for ``chumpy.ch.Ch`` and ``scipy.sparse.csc.csc_matrix`` while pickling."""
     ch_mod, sp_mod = types.ModuleType("chumpy.ch"), types.ModuleType("scipy.sparse.csc")
-    Ch = type("Ch", (), {"__module__": "chumpy.ch"})
+    Ch = type("Ch", (), {"__module__": "chumpy.ch",
+                         "__reduce_ex__": lambda self, proto: (copyreg._reconstructor, (type(self), object, None),
+                                                               self.__dict__)})
     csc = type("csc_matrix", (), {"__module__": "scipy.sparse.csc"})
     ch_mod.Ch, sp_mod.csc_matrix = Ch, csc
     names = {"chumpy": types.ModuleType("chumpy"), "chumpy.ch": ch_mod, "scipy": types.ModuleType("scipy"),
@@ -129,9 +132,11 @@ def write_mano_pickle(path: Path, arrays: dict[str, np.ndarray]) -> None:
             "maxprint": 50,
         })
         data["shapedirs"], data["J_regressor"] = ch, sparse
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as f:
-            pickle.dump(data, f, protocol=2)
+        raw = pickle.dumps(data, protocol=2)
+    # numpy 1.x (as the official file) names its array reconstructor numpy.core.multiarray
+    raw = raw.replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(raw)
 
 
 def mean_params(seed: int = 1) -> dict[str, np.ndarray]:

@@ -178,7 +178,7 @@ class MANO(smplx.MANOLayer):
 
     def __init__(self, data: Mapping[str, np.ndarray]) -> None:
         with contextlib.redirect_stdout(io.StringIO()) as smplx_says:  # smplx prints a note on 10 betas
-            super().__init__(model_path="", data_struct=Struct(**data), is_rhand=True)
+            super().__init__(model_path="", data_struct=Struct(**data), is_rhand=True, create_body_pose=False)
         if smplx_says.getvalue().strip():
             log.debug("smplx: %s", smplx_says.getvalue().strip())
         self.register_buffer("extra_joints_idxs", torch.tensor(FINGERTIP_VERTICES, dtype=torch.long))

@@ -1,0 +1,254 @@
+"""Hand boxes from MediaPipe's hand landmarker, with the pose landmarker as fallback.
+
+Labels are the subject's own hands ("Right"/"Left") in the unmirrored image, as MediaPipe Tasks reports them for
+both landmarkers. Boxes are axis-aligned ``(x1, y1, x2, y2)`` in image pixels and may extend past the image border.
+
+* Hand landmarker: the box is the min/max of the 21 hand landmarks (``x * W``, ``y * H``).
+* Pose fallback, only run when the hand landmarker found no hand of one side (or is disabled): that side's pose
+  wrist, pinky, index and thumb (pose indices 15/17/19/21 for the subject's left, 16/18/20/22 for the right) are
+  used when all four have visibility >= ``min_pose_visibility``. These points span only the palm, so the box is
+  the square centred on the middle-finger knuckle ``m = (2 * index + pinky) / 3`` with side ``2 * |m - wrist|``
+  (MediaPipe Holistic's hand-from-pose box, before its 2.7x re-crop expansion), grown to contain the four points:
+  the whole hand lies within about one palm length of ``m`` at any in-plane rotation.
+
+Not thread-safe: use one detector per thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import cv2
+import mediapipe as mp
+import numpy as np
+from mediapipe.tasks.python import BaseOptions, vision
+
+from .images import as_bgr
+
+logger = logging.getLogger(__name__)
+
+HAND_TASK_PATH = Path(__file__).resolve().parent / "tasks" / "hand_landmarker.task"
+POSE_TASK_PATH = Path(__file__).resolve().parent / "tasks" / "pose_landmarker.task"
+
+SIDES = ("Right", "Left")
+# Pose landmark indices (wrist, pinky, index, thumb) of the subject's own hand.
+POSE_HAND_INDICES = {"Left": (15, 17, 19, 21), "Right": (16, 18, 20, 22)}
+# Frame step assumed in VIDEO mode when no timestamp is given (about 30 fps).
+DEFAULT_FRAME_STEP_MS = 33
+
+PathLike = Union[str, os.PathLike]
+
+
+@dataclass(frozen=True, eq=False)
+class HandDetection:
+    """One detected hand.
+
+    Attributes:
+        label: "Right" or "Left", the subject's own hand.
+        score: handedness score (hand landmarker) or mean visibility of the pose points used (pose fallback).
+        box: float32 (4,) x1, y1, x2, y2 in image pixels.
+        landmarks: float32 (K, 2) image pixels: the 21 hand landmarks, or the pose wrist, pinky, index, thumb.
+        source: "hand" or "pose".
+    """
+
+    label: str
+    score: float
+    box: np.ndarray
+    landmarks: np.ndarray
+    source: str
+
+
+@dataclass
+class DetectorOptions:
+    """Options of :class:`HandDetector`; the confidences are MediaPipe's (defaults as MediaPipe's).
+
+    Attributes:
+        hand_task_path: hand landmarker bundle; None disables the hand landmarker.
+        pose_task_path: pose landmarker bundle; None disables the pose fallback.
+        mode: "IMAGE" (independent images) or "VIDEO" (frames of one video, with tracking).
+        num_hands: most hands the hand landmarker reports.
+        num_poses: most people the pose landmarker reports.
+        min_pose_visibility: least visibility of each pose point a fallback box is made from.
+    """
+
+    hand_task_path: Optional[PathLike] = HAND_TASK_PATH
+    pose_task_path: Optional[PathLike] = POSE_TASK_PATH
+    mode: str = "IMAGE"
+    num_hands: int = 2
+    num_poses: int = 2
+    min_hand_detection_confidence: float = 0.5
+    min_hand_presence_confidence: float = 0.5
+    min_tracking_confidence: float = 0.5
+    min_pose_visibility: float = 0.5
+
+
+def _check_task_path(path: Optional[PathLike]) -> Optional[str]:
+    if path is None:
+        return None
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"MediaPipe task bundle not found: {path}")
+    return str(path)
+
+
+def _to_rgb(img_bgr: np.ndarray) -> np.ndarray:
+    """A contiguous uint8 RGB copy of a BGR, BGRA or grayscale uint8 image (checked by :func:`as_bgr`)."""
+    return cv2.cvtColor(as_bgr(img_bgr), cv2.COLOR_BGR2RGB)
+
+
+def _pose_hand_box(points: np.ndarray) -> np.ndarray:
+    """Hand box (4,) from pose wrist, pinky, index, thumb points (4, 2) in pixels; see the module docstring."""
+    wrist, pinky, index = points[0], points[1], points[2]
+    middle = (2.0 * index + pinky) / 3.0
+    half = np.linalg.norm(middle - wrist)
+    lo = np.minimum(middle - half, points.min(axis=0))
+    hi = np.maximum(middle + half, points.max(axis=0))
+    return np.concatenate([lo, hi]).astype(np.float32)
+
+
+_open_detectors: weakref.WeakSet[HandDetector] = weakref.WeakSet()
+_exit_hook_registered = False
+
+
+def _close_open_detectors() -> None:
+    for detector in list(_open_detectors):
+        detector.close()
+
+
+def _register_exit_hook() -> None:
+    """Close open detectors at exit while MediaPipe's dispatcher threads still run.
+
+    Each landmarker runs its C calls on a ThreadPoolExecutor thread, which is stopped by concurrent.futures' hook in
+    ``threading._shutdown``, before ``atexit`` hooks: a landmarker closed later (by ``atexit`` or its ``__del__``)
+    prints a traceback. CPython's ``threading._register_atexit`` (used by concurrent.futures for the same reason)
+    runs hooks in reverse order, so this one, registered after a landmarker made its executor, runs first.
+    """
+    global _exit_hook_registered
+    if not _exit_hook_registered:
+        threading._register_atexit(_close_open_detectors)
+        _exit_hook_registered = True
+
+
+class HandDetector:
+    """Finds hands in BGR images: MediaPipe hand landmarker first, pose landmarker for a missing side.
+
+    Use as a context manager or call :meth:`close`; detectors left open are closed at interpreter exit.
+    """
+
+    def __init__(self, options: Optional[DetectorOptions] = None) -> None:
+        options = options if options is not None else DetectorOptions()
+        if options.mode not in ("IMAGE", "VIDEO"):
+            raise ValueError(f"mode must be 'IMAGE' or 'VIDEO', got {options.mode!r}")
+        if options.hand_task_path is None and options.pose_task_path is None:
+            raise ValueError("hand_task_path and pose_task_path are both None: nothing to detect with")
+        hand_path = _check_task_path(options.hand_task_path)
+        pose_path = _check_task_path(options.pose_task_path)
+        self._options = options
+        running_mode = vision.RunningMode[options.mode]
+        self._last_timestamp_ms: Optional[int] = None
+        self._hand: Optional[vision.HandLandmarker] = None
+        self._pose: Optional[vision.PoseLandmarker] = None
+        self._closed = False
+        try:
+            if hand_path is not None:
+                self._hand = vision.HandLandmarker.create_from_options(vision.HandLandmarkerOptions(
+                    base_options=BaseOptions(model_asset_path=hand_path),
+                    running_mode=running_mode,
+                    num_hands=options.num_hands,
+                    min_hand_detection_confidence=options.min_hand_detection_confidence,
+                    min_hand_presence_confidence=options.min_hand_presence_confidence,
+                    min_tracking_confidence=options.min_tracking_confidence))
+            if pose_path is not None:
+                self._pose = vision.PoseLandmarker.create_from_options(vision.PoseLandmarkerOptions(
+                    base_options=BaseOptions(model_asset_path=pose_path),
+                    running_mode=running_mode,
+                    num_poses=options.num_poses))
+        except BaseException:
+            self.close()
+            raise
+        _open_detectors.add(self)
+        _register_exit_hook()
+
+    def detect(self, img_bgr: np.ndarray, timestamp_ms: Optional[int] = None) -> list[HandDetection]:
+        """All hands found in a BGR (or BGRA, grayscale) uint8 image, by score descending.
+
+        ``timestamp_ms`` is the frame time in VIDEO mode and must increase strictly from call to call; when None it
+        is the previous one + 33 ms (0 for the first frame). It is ignored in IMAGE mode.
+        """
+        if self._closed:
+            raise RuntimeError("HandDetector is closed")
+        rgb = _to_rgb(img_bgr)
+        height, width = rgb.shape[:2]
+        image = mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb)
+        timestamp = self._next_timestamp(timestamp_ms) if self._options.mode == "VIDEO" else None
+
+        detections = self._detect_hands(image, timestamp, width, height)
+        missing = [side for side in SIDES if side not in {d.label for d in detections}]
+        if missing and self._pose is not None:
+            logger.debug("no hand landmarks for %s: running the pose landmarker", missing)
+            detections += self._detect_pose_hands(image, timestamp, width, height, missing)
+        return sorted(detections, key=lambda d: d.score, reverse=True)
+
+    def close(self) -> None:
+        """Release the landmarkers; further :meth:`detect` calls raise. Safe to call twice."""
+        self._closed = True
+        _open_detectors.discard(self)
+        for landmarker in (self._hand, self._pose):
+            if landmarker is not None:
+                landmarker.close()
+        self._hand = self._pose = None
+
+    def __enter__(self) -> HandDetector:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _next_timestamp(self, timestamp_ms: Optional[int]) -> int:
+        last = self._last_timestamp_ms
+        if timestamp_ms is None:
+            timestamp_ms = 0 if last is None else last + DEFAULT_FRAME_STEP_MS
+        timestamp_ms = int(timestamp_ms)
+        if last is not None and timestamp_ms <= last:
+            raise ValueError(f"VIDEO timestamps must increase strictly: got {timestamp_ms} ms after {last} ms")
+        self._last_timestamp_ms = timestamp_ms
+        return timestamp_ms
+
+    def _detect_hands(self, image: mp.Image, timestamp: Optional[int], width: int,
+                      height: int) -> list[HandDetection]:
+        if self._hand is None:
+            return []
+        if timestamp is None:
+            result = self._hand.detect(image)
+        else:
+            result = self._hand.detect_for_video(image, timestamp)
+        detections = []
+        for handedness, landmarks in zip(result.handedness, result.hand_landmarks):
+            points = np.array([(lm.x * width, lm.y * height) for lm in landmarks], dtype=np.float32)
+            box = np.concatenate([points.min(axis=0), points.max(axis=0)])
+            detections.append(HandDetection(label=handedness[0].category_name, score=float(handedness[0].score),
+                                            box=box, landmarks=points, source="hand"))
+        return detections
+
+    def _detect_pose_hands(self, image: mp.Image, timestamp: Optional[int], width: int, height: int,
+                           sides: list[str]) -> list[HandDetection]:
+        if timestamp is None:
+            result = self._pose.detect(image)
+        else:
+            result = self._pose.detect_for_video(image, timestamp)
+        detections = []
+        for pose in result.pose_landmarks:
+            for side in sides:
+                used = [pose[i] for i in POSE_HAND_INDICES[side]]
+                visibility = np.array([lm.visibility for lm in used])
+                if visibility.min() < self._options.min_pose_visibility:
+                    continue
+                points = np.array([(lm.x * width, lm.y * height) for lm in used], dtype=np.float32)
+                detections.append(HandDetection(label=side, score=float(visibility.mean()),
+                                                box=_pose_hand_box(points), landmarks=points, source="pose"))
+        return detections

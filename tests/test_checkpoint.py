@@ -1,0 +1,172 @@
+"""Loading the Lightning checkpoint safely and strictly; MANO and mean parameters from files or the checkpoint."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from hamer.checkpoint import build_model, load_checkpoint
+from hamer.configs import data_paths
+from hamer.hamer_module import HAMER
+from synthetic import make_data_dir
+
+BOXES = {"Right": [30.0, 40.0, 110.0, 130.0], "Left": [150.0, 60.0, 210.0, 120.0]}
+IMAGE = np.random.default_rng(1).integers(0, 256, size=(200, 260, 3), dtype=np.uint8)
+
+
+def _keypoints(root) -> dict[str, np.ndarray]:
+    keypoints, _ = HAMER(data_dir=root).process(IMAGE, BOXES)
+    return keypoints
+
+
+def _copy(data_dir, tmp_path):
+    root = tmp_path / "_DATA"
+    shutil.copytree(data_dir, root)
+    return root
+
+
+def test_lightning_checkpoint_loads_without_lightning_or_unsafe_pickle(data_dir):
+    ckpt = load_checkpoint(data_dir / "hamer_ckpts/checkpoints/hamer.ckpt")
+    assert ckpt.config["MODEL"]["IMAGE_SIZE"] == 256 and ckpt.config["MANO"]["NUM_HAND_JOINTS"] == 15
+    assert "backbone.pos_embed" in ckpt.state_dict and "discriminator.D_conv1.weight" in ckpt.state_dict
+    import sys
+
+    assert "pytorch_lightning" not in sys.modules and "lightning" not in sys.modules
+
+
+def test_checkpoint_alone_suffices_and_gives_the_same_joints(data_dir, tmp_path):
+    root = tmp_path / "_DATA"
+    (root / "hamer_ckpts/checkpoints").mkdir(parents=True)
+    shutil.copy(data_dir / "hamer_ckpts/checkpoints/hamer.ckpt", root / "hamer_ckpts/checkpoints/hamer.ckpt")
+    alone = _keypoints(root)
+    full = _keypoints(data_dir)
+    for label in BOXES:
+        np.testing.assert_allclose(alone[label], full[label], rtol=0, atol=1e-6)
+
+
+def test_checkpoint_buffers_override_pickle_and_npz_as_in_the_original(data_dir, tmp_path):
+    root = _copy(data_dir, tmp_path)
+    np.savez(root / "data/mano_mean_params.npz", pose=np.zeros(96), shape=np.ones(10), cam=np.ones(3))
+    model, _ = build_model(data_paths(root))
+    ckpt = load_checkpoint(root / "hamer_ckpts/checkpoints/hamer.ckpt").state_dict
+    torch.testing.assert_close(model.mano_head.init_betas, ckpt["mano_head.init_betas"])
+
+
+def test_mean_params_from_npz_when_the_checkpoint_lacks_them(data_dir, tmp_path):
+    root = _copy(data_dir, tmp_path)
+    path = root / "hamer_ckpts/checkpoints/hamer.ckpt"
+    raw = torch.load(path, weights_only=False)
+    for name in ("init_hand_pose", "init_betas", "init_cam"):
+        del raw["state_dict"][f"mano_head.{name}"]
+    torch.save(raw, path)
+    with np.load(root / "data/mano_mean_params.npz") as npz:
+        betas = npz["shape"]
+    model, _ = build_model(data_paths(root))
+    np.testing.assert_allclose(model.mano_head.init_betas.numpy()[0], betas, rtol=1e-6)
+    os.remove(root / "data/mano_mean_params.npz")
+    with pytest.raises(FileNotFoundError, match="mano_mean_params.npz"):
+        build_model(data_paths(root))
+
+
+def test_no_mano_anywhere_names_what_is_missing(data_dir, tmp_path):
+    root = _copy(data_dir, tmp_path)
+    path = root / "hamer_ckpts/checkpoints/hamer.ckpt"
+    raw = torch.load(path, weights_only=False)
+    raw["state_dict"] = {k: v for k, v in raw["state_dict"].items() if not k.startswith("mano.")}
+    torch.save(raw, path)
+    assert _keypoints(root)["Right"].shape == (21, 3)  # MANO_RIGHT.pkl is there
+    os.remove(root / "data/mano/MANO_RIGHT.pkl")
+    with pytest.raises(FileNotFoundError, match=r"MANO_RIGHT\.pkl.*mano\.v_template"):
+        build_model(data_paths(root))
+
+
+def test_config_from_checkpoint_when_yaml_missing(data_dir, tmp_path):
+    root = _copy(data_dir, tmp_path)
+    os.remove(root / "hamer_ckpts/model_config.yaml")
+    keypoints = _keypoints(root)
+    np.testing.assert_allclose(keypoints["Left"], _keypoints(data_dir)["Left"], rtol=0, atol=1e-6)
+
+
+def test_missing_truncated_and_foreign_files(data_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="hamer.ckpt"):
+        build_model(data_paths(tmp_path / "empty"))
+    root = _copy(data_dir, tmp_path)
+    path = root / "hamer_ckpts/checkpoints/hamer.ckpt"
+    blob = path.read_bytes()
+    path.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ValueError, match="truncated"):
+        build_model(data_paths(root))
+    path.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="not a PyTorch zip checkpoint"):
+        build_model(data_paths(root))
+
+
+def test_weights_that_do_not_fit_are_named(data_dir, tmp_path):
+    root = _copy(data_dir, tmp_path)
+    path = root / "hamer_ckpts/checkpoints/hamer.ckpt"
+    raw = torch.load(path, weights_only=False)
+    del raw["state_dict"]["backbone.blocks.1.mlp.fc2.weight"]
+    raw["state_dict"]["mano_head.decpose.weight"] = torch.zeros(90, 64)
+    raw["state_dict"]["backbone.blocks.7.norm1.weight"] = torch.zeros(64)
+    torch.save(raw, path)
+    with pytest.raises(ValueError) as err:
+        build_model(data_paths(root))
+    message = str(err.value)
+    assert "missing backbone.blocks.1.mlp.fc2.weight" in message
+    assert "unexpected backbone.blocks.7.norm1.weight" in message
+    assert "wrong shape mano_head.decpose.weight (90, 64)" in message
+
+
+def test_full_size_config_with_small_weights_is_an_error(data_dir, tmp_path):
+    root = _copy(data_dir, tmp_path)
+    from synthetic import training_config
+    import yaml
+
+    (root / "hamer_ckpts/model_config.yaml").write_text(yaml.safe_dump(training_config(small=False)))
+    with pytest.raises(ValueError, match="does not fit the model config"):
+        build_model(data_paths(root))
+
+
+class TrainerState:
+    """A class of training metadata that inference does not import (a Lightning callback state, say)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+
+def test_unknown_metadata_classes_become_inert_stand_ins(data_dir, tmp_path):
+    root = _copy(data_dir, tmp_path)
+    path = root / "hamer_ckpts/checkpoints/hamer.ckpt"
+    raw = torch.load(path, weights_only=False)
+    raw["callbacks"] = {"state": TrainerState(7)}
+    torch.save(raw, path)
+    assert _keypoints(root)["Right"].shape == (21, 3)
+
+
+def test_code_in_a_checkpoint_never_runs(data_dir, tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    root = _copy(data_dir, tmp_path)
+    path = root / "hamer_ckpts/checkpoints/hamer.ckpt"
+    raw = torch.load(path, weights_only=False)
+    raw["callbacks"] = {"Evil": Evil()}
+    torch.save(raw, path)
+    with pytest.raises(ValueError, match="never unpickled"):
+        build_model(data_paths(root))
+    assert not marker.exists()
+
+
+def test_unsupported_architecture_is_refused(data_dir, tmp_path):
+    root = _copy(data_dir, tmp_path)
+    cfg = (root / "hamer_ckpts/model_config.yaml").read_text().replace("TYPE: vit", "TYPE: resnet")
+    (root / "hamer_ckpts/model_config.yaml").write_text(cfg)
+    with pytest.raises(ValueError, match="BACKBONE.TYPE"):
+        build_model(data_paths(root))

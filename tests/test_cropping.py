@@ -1,0 +1,88 @@
+"""The crop is the original demo's: box -> size, flip, blur, warp, normalization."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from hamer.cropping import blur_sigma, box_to_crop, crop_images, gaussian_kernel, normalize_patches
+
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def reference_crop(img: np.ndarray, box: list[float], right: bool, rescale_factor: float = 2.0) -> np.ndarray:
+    """The original ViTDetDataset steps on the whole image: flip, skimage blur, warp, BGR->RGB, normalize."""
+    skimage_filters = pytest.importorskip("skimage.filters")
+    b = np.asarray(box, dtype=np.float32)
+    center = (b[2:] + b[:2]) / 2.0
+    w, h = rescale_factor * (b[2:] - b[:2]) / 200.0 * 200
+    size = max(w * 256 / 192, h) if h / w < 256 / 192 else max(h * 192 / 256, w, h)
+    cvimg = img.copy()
+    factor = size * 1.0 / 256 / 2.0
+    if factor > 1.1:
+        cvimg = skimage_filters.gaussian(cvimg, sigma=(factor - 1) / 2, channel_axis=2, preserve_range=True)
+    cx, cy = center
+    if not right:
+        cvimg = cvimg[:, ::-1, :]
+        cx = img.shape[1] - cx - 1
+    src = np.float32([[cx, cy], [cx, cy + size * 0.5], [cx + size * 0.5, cy]])
+    dst = np.float32([[128, 128], [128, 256], [256, 128]])
+    patch = cv2.warpAffine(np.ascontiguousarray(cvimg), cv2.getAffineTransform(src, dst), (256, 256),
+                           flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    chw = patch[:, :, ::-1].transpose(2, 0, 1).astype(np.float32)
+    return ((chw - 255 * np.array(MEAN)[:, None, None]) / (255 * np.array(STD)[:, None, None])).astype(np.float32)
+
+
+def test_crop_size_is_rescale_times_max_of_h_and_four_thirds_w():
+    for box, expected in [([10, 20, 110, 70], 2 * 4 / 3 * 100), ([10, 20, 40, 220], 2 * 200), ([0, 0, 75, 100], 200)]:
+        crop = box_to_crop(np.array(box, float), right=True)
+        assert crop.size == pytest.approx(expected, rel=1e-6)
+    crop = box_to_crop(np.array([10.0, 20.0, 30.0, 60.0]), right=False, rescale_factor=2.5)
+    np.testing.assert_array_equal(crop.center, [20.0, 40.0])
+    assert crop.size == pytest.approx(2.5 * 40) and crop.flip
+
+
+def test_blur_threshold_and_kernel_match_skimage_defaults():
+    assert blur_sigma(2 * 256 * 1.1) == 0.0
+    assert blur_sigma(2 * 256 * 1.5) == pytest.approx(0.25)
+    kernel = gaussian_kernel(1.3)
+    assert len(kernel) == 2 * int(4 * 1.3 + 0.5) + 1 and kernel.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(kernel, kernel[::-1])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_crops_equal_the_original_whole_image_procedure(seed):
+    rng = np.random.default_rng(seed)
+    height, width = rng.integers(120, 700, size=2)
+    img = cv2.GaussianBlur(rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8), (0, 0), 2)
+    cases = [
+        ([0.2 * width, 0.3 * height, 0.45 * width, 0.5 * height], True),   # small: no blur
+        ([0.1 * width, 0.1 * height, 0.5 * width, 0.6 * height], False),   # large: blurred, mirrored
+        ([-0.2 * width, 0.6 * height, 0.15 * width, 1.1 * height], False),  # partly outside: zero border
+        ([0.7 * width, -0.1 * height, 0.98 * width, 0.2 * height], True),
+    ]
+    crops = [box_to_crop(np.array(box), right) for box, right in cases]
+    ours = normalize_patches(crop_images(img, crops), MEAN, STD)
+    for (box, right), patch in zip(cases, ours):
+        expected = reference_crop(img, box, right)
+        np.testing.assert_allclose(patch, expected, rtol=0, atol=1e-5)
+
+
+def test_left_crop_is_the_mirror_image_crop_of_the_mirrored_image():
+    rng = np.random.default_rng(7)
+    img = rng.integers(0, 256, size=(300, 400, 3), dtype=np.uint8)
+    box = np.array([50.0, 60.0, 130.0, 170.0])
+    mirrored_box = np.array([400 - 1 - box[2], box[1], 400 - 1 - box[0], box[3]])
+    left = crop_images(img, [box_to_crop(box, right=False)])[0]
+    right = crop_images(np.ascontiguousarray(img[:, ::-1]), [box_to_crop(mirrored_box, right=True)])[0]
+    np.testing.assert_array_equal(left, right)
+
+
+def test_normalization_is_rgb_imagenet():
+    patch = np.zeros((4, 4, 3), np.uint8)
+    patch[..., 0] = 255  # blue in BGR
+    out = normalize_patches([patch], MEAN, STD)
+    assert out.shape == (1, 3, 4, 4) and out.dtype == np.float32
+    np.testing.assert_allclose(out[0, 2], (1 - MEAN[2]) / STD[2], rtol=1e-6)  # blue is the last RGB channel
+    np.testing.assert_allclose(out[0, 0], -MEAN[0] / STD[0], rtol=1e-6)
