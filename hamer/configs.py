@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
 
 import yaml
 from yacs.config import CfgNode
@@ -26,7 +25,7 @@ CONFIG_FILE = "hamer_ckpts/model_config.yaml"
 MANO_FILE = "data/mano/MANO_RIGHT.pkl"
 MEAN_PARAMS_FILE = "data/mano_mean_params.npz"
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,7 @@ class DataPaths:
     mean_params: Path
 
 
-def data_paths(root: Optional[PathLike] = None, checkpoint: Optional[PathLike] = None) -> DataPaths:
+def data_paths(root: PathLike | None = None, checkpoint: PathLike | None = None) -> DataPaths:
     """Paths inside the data folder ``root`` (default: ``CACHE_DIR_HAMER`` as set now).
 
     ``checkpoint`` overrides the checkpoint path; its config is then looked for two levels up, as the original does.
@@ -89,7 +88,7 @@ def default_config() -> CfgNode:
     return cfg
 
 
-def merge_config(overrides: Union[dict, CfgNode, None]) -> CfgNode:
+def merge_config(overrides: dict | CfgNode | None) -> CfgNode:
     """The default config with ``overrides`` (a nested dict or CfgNode, e.g. a full training config) merged in."""
     merged = _as_plain_dict(default_config())
     _update(merged, _as_plain_dict(overrides or {}))
@@ -103,14 +102,14 @@ def load_config(path: PathLike) -> CfgNode:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model config not found: {path}")
-    with open(path, "r") as f:
+    with open(path) as f:
         raw = yaml.safe_load(f)
     if not isinstance(raw, dict):
         raise ValueError(f"model config {path} is not a YAML mapping")
     return merge_config(raw)
 
 
-def _as_plain_dict(node: Union[dict, CfgNode]) -> dict:
+def _as_plain_dict(node: dict | CfgNode) -> dict:
     """A nested plain dict (CfgNode's bookkeeping attributes dropped)."""
     return {k: _as_plain_dict(v) if isinstance(v, dict) else v for k, v in node.items()}
 

@@ -7,7 +7,7 @@ full image with the original demo's camera.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -52,7 +52,8 @@ def make_inputs(img_bgr: np.ndarray, boxes: np.ndarray, rights: np.ndarray, cfg:
                 rescale_factor: float) -> tuple[np.ndarray, list[CropParams]]:
     """(N, 4) boxes, (N,) right flags -> (N, 3, S, S) network input and the crops' parameters."""
     size = int(cfg.MODEL.IMAGE_SIZE)
-    crops = [box_to_crop(b, bool(r), rescale_factor, tuple(cfg.MODEL.BBOX_SHAPE)) for b, r in zip(boxes, rights)]
+    bbox_shape = tuple(cfg.MODEL.BBOX_SHAPE)
+    crops = [box_to_crop(b, bool(r), rescale_factor, bbox_shape) for b, r in zip(boxes, rights, strict=True)]
     patches = crop_images(img_bgr, crops, size)
     return normalize_patches(patches, cfg.MODEL.IMAGE_MEAN, cfg.MODEL.IMAGE_STD), crops
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from synthetic import make_data_dir
 
 SHARED_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"

@@ -12,7 +12,6 @@ import torch
 from hamer.checkpoint import build_model, load_checkpoint
 from hamer.configs import data_paths
 from hamer.hamer_module import HAMER
-from synthetic import make_data_dir
 
 BOXES = {"Right": [30.0, 40.0, 110.0, 130.0], "Left": [150.0, 60.0, 210.0, 120.0]}
 IMAGE = np.random.default_rng(1).integers(0, 256, size=(200, 260, 3), dtype=np.uint8)
@@ -123,8 +122,8 @@ def test_weights_that_do_not_fit_are_named(data_dir, tmp_path):
 
 def test_full_size_config_with_small_weights_is_an_error(data_dir, tmp_path):
     root = _copy(data_dir, tmp_path)
-    from synthetic import training_config
     import yaml
+    from synthetic import training_config
 
     (root / "hamer_ckpts/model_config.yaml").write_text(yaml.safe_dump(training_config(small=False)))
     with pytest.raises(ValueError, match="does not fit the model config"):

@@ -64,7 +64,7 @@ def test_crops_equal_the_original_whole_image_procedure(seed):
     ]
     crops = [box_to_crop(np.array(box), right) for box, right in cases]
     ours = normalize_patches(crop_images(img, crops), MEAN, STD)
-    for (box, right), patch in zip(cases, ours):
+    for (box, right), patch in zip(cases, ours, strict=True):
         expected = reference_crop(img, box, right)
         np.testing.assert_allclose(patch, expected, rtol=0, atol=1e-5)
 

@@ -10,10 +10,16 @@ import pytest
 import smplx
 import torch
 from smplx.utils import Struct
-
-from hamer.models.mano import (FINGERTIP_VERTICES, MANO, MANO_KEYS, MANO_TO_OPENPOSE, load_mano_pickle,
-                               mano_data_from_state_dict)
 from synthetic import mano_arrays, write_mano_pickle
+
+from hamer.models.mano import (
+    FINGERTIP_VERTICES,
+    MANO,
+    MANO_KEYS,
+    MANO_TO_OPENPOSE,
+    load_mano_pickle,
+    mano_data_from_state_dict,
+)
 
 
 def test_official_structure_loads_without_chumpy_or_scipy(tmp_path):

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -12,7 +9,6 @@ import torch
 import hamer.configs as hcfg
 from hamer.hamer_module import HAMER
 from hamer.pipeline import make_inputs
-from synthetic import make_data_dir
 
 BOXES = {"Right": [60.0, 50.0, 140.0, 150.0], "Left": [200.0, 80.0, 260.0, 140.0]}
 

@@ -57,7 +57,6 @@ class HaMeRNet(nn.Module):
 
     def forward(self, crops: torch.Tensor) -> dict[str, torch.Tensor]:
         """(B, 3, S, S) normalized crops -> dict of :data:`OUTPUT_NAMES` tensors (see the class docstring)."""
-        batch = crops.shape[0]
         features = self.backbone(crops[:, :, :, 32:-32])
         params, pred_cam = self.mano_head(features)
         with torch.autocast(device_type=crops.device.type, enabled=False):

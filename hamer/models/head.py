@@ -154,7 +154,10 @@ class MANOTransformerDecoderHead(nn.Module):
         self.register_buffer("init_cam", torch.zeros(1, 3))
 
     def forward(self, features: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """(B, C, h, w) features -> MANO params {global_orient (B,1,3,3), hand_pose (B,15,3,3), betas (B,10)}, cam (B,3)."""
+        """(B, C, h, w) features -> MANO params and camera.
+
+        Returns {global_orient (B,1,3,3), hand_pose (B,15,3,3) rotation matrices, betas (B,10)} and cam (B,3).
+        """
         batch = features.shape[0]
         context = rearrange(features, "b c h w -> b (h w) c")
         pose = self.init_hand_pose.expand(batch, -1)

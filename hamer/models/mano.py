@@ -12,8 +12,9 @@ import copyreg
 import io
 import logging
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import smplx
@@ -150,12 +151,12 @@ def check_mano_data(data: Mapping[str, np.ndarray], source: str) -> None:
 
 def mano_data_from_state_dict(state_dict: Mapping[str, torch.Tensor], prefix: str = "mano.") -> dict[str, np.ndarray]:
     """Rebuild the MANO arrays from the buffers HaMeR's checkpoint carries (``mano.v_template`` ...)."""
-    names = ["v_template", "shapedirs", "posedirs", "J_regressor", "lbs_weights", "parents", "faces_tensor",
-             "hand_components", "hand_mean"]
+    names = ["v_template", "shapedirs", "posedirs", "J_regressor", "lbs_weights", "hand_components", "hand_mean",
+             "parents", "faces_tensor"]
     missing = [prefix + n for n in names if prefix + n not in state_dict]
     if missing:
         raise KeyError(f"checkpoint lacks MANO buffers {missing}")
-    sd = {n: state_dict[prefix + n].detach().float().cpu().numpy() for n in names if n not in ("parents", "faces_tensor")}
+    sd = {n: state_dict[prefix + n].detach().float().cpu().numpy() for n in names[:-2]}
     parents = state_dict[prefix + "parents"].cpu().numpy().astype(np.int64)
     num_basis = sd["posedirs"].shape[0]
     data = {
