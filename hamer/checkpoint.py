@@ -12,9 +12,10 @@ import logging
 import pickle
 import zipfile
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ class Checkpoint:
     """Weights by name (CPU tensors, possibly memory-mapped) and the training config stored with them, if any."""
 
     state_dict: dict[str, torch.Tensor]
-    config: Optional[dict]
+    config: dict | None
 
 
 class _Opaque:
@@ -190,3 +191,30 @@ def _check_weights(model: torch.nn.Module, weights: Mapping[str, torch.Tensor], 
 
 def _first(items: list[str], n: int = 8) -> str:
     return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def save_safetensors(model: HaMeRNet, cfg: Mapping, path: Path, half: bool = False) -> None:
+    """Write everything :func:`build_model` needs as one safetensors file that :func:`load_checkpoint` reads.
+
+    The tensors are ``model.state_dict()`` (backbone, head with its ``init_*`` mean parameters, MANO buffers); the
+    config (e.g. the ``cfg`` :func:`build_model` returns) is stored as JSON under metadata key
+    :data:`SAFETENSORS_CONFIG_KEY`. ``half`` stores floating tensors as float16 (``build_model`` casts them back to
+    float32); ValueError if a value would overflow float16.
+    """
+    import os
+
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu()
+        if half and tensor.is_floating_point():
+            halved = tensor.half()
+            if bool((torch.isinf(halved) & torch.isfinite(tensor)).any()):
+                raise ValueError(f"{name} has values beyond float16's range; convert without half precision")
+            tensor = halved
+        tensors[name] = tensor.contiguous()
+    save_file(tensors, str(path), metadata={SAFETENSORS_CONFIG_KEY: json.dumps(cfg)})
+    umask = os.umask(0)  # safetensors creates the file private (0600): give it the permissions of any new file
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)

@@ -1,0 +1,482 @@
+"""The ``hamer`` command line (also ``python -m hamer``); see docs/CLI.md.
+
+    hamer run INPUT... [--out DIR] [--overlay] [--smooth]   images, folders of images, videos -> JSONL + NPZ
+    hamer check [--data DIR]                                 what the data folder holds and lacks
+    hamer convert CHECKPOINT OUT.safetensors [--half]        one safetensors file with weights and config
+
+Exit status: 0 success, 1 something failed (an unreadable input, a model that does not load), 2 bad usage,
+130 interrupted (143 on SIGTERM). Only this module prints; the library logs. The commands import torch and
+MediaPipe themselves, so that ``hamer --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+
+from . import __version__, configs
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from .hamer_module import HAMER
+    from .outputs import FrameWriter
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({
+    ".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".jp2", ".pbm", ".pgm", ".ppm",
+    ".pnm", ".pxm", ".sr", ".ras", ".exr", ".hdr", ".pic", ".avif",
+})
+DEFAULT_FPS = 30.0
+
+
+# ---------------------------------------------------------------------------------------------------- run: inputs
+
+class InputError(Exception):
+    """An INPUT that cannot be read."""
+
+
+@dataclass
+class Input:
+    """One INPUT argument. kind: "image", "folder" (its images, sorted by name) or "video"."""
+
+    path: Path
+    kind: str
+    images: list[Path] = field(default_factory=list)
+    frames: int = 0  # frames or images to expect, 0 if unknown
+    fps: float = DEFAULT_FPS
+
+
+def classify(path: Path) -> Input:
+    """What ``path`` is; InputError saying why it cannot be read."""
+    if path.is_dir():
+        images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise InputError("the folder holds no image files")
+        return Input(path, "folder", images, len(images))
+    if not path.is_file():
+        raise InputError("no such file or folder")
+    if cv2.haveImageReader(str(path)):
+        return Input(path, "image", [path], 1)
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened() or not cap.read()[0]:
+            raise InputError("not an image or a video that OpenCV can read")
+        fps, count = cap.get(cv2.CAP_PROP_FPS), int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    finally:
+        cap.release()
+    if not (np.isfinite(fps) and fps > 0):
+        log.warning("%s: no frame rate in the file; assuming %g fps", path, DEFAULT_FPS)
+        fps = DEFAULT_FPS
+    return Input(path, "video", frames=max(count, 0), fps=fps)
+
+
+def read_video(path: Path) -> Iterator[np.ndarray]:
+    """The BGR frames of a video, until the first that cannot be decoded."""
+    cap = cv2.VideoCapture(str(path))
+    try:
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                return
+            yield frame
+    finally:
+        cap.release()
+
+
+def unique_name(stem: str, used: set[str]) -> str:
+    """``stem``, or ``stem-2``, ``stem-3``... when taken; the result is added to ``used``."""
+    name, n = stem, 1
+    while name in used:
+        n += 1
+        name = f"{stem}-{n}"
+    used.add(name)
+    return name
+
+
+# ---------------------------------------------------------------------------------------------------- run: frames
+
+class ModelError(Exception):
+    """HaMeR or MediaPipe cannot be set up: nothing can run."""
+
+
+class Runner:
+    """Runs every input through HaMeR and writes its outputs; records whether anything failed."""
+
+    def __init__(self, args: argparse.Namespace, bar: tqdm) -> None:
+        self.args = args
+        self.bar = bar
+        self.out = Path(args.out)
+        self.failed = False
+        self._hamer: HAMER | None = None
+
+    def report(self, message: str) -> None:
+        self.bar.write(f"error: {message}", file=sys.stderr)
+        self.failed = True
+
+    def say(self, message: str) -> None:
+        if not self.args.quiet:
+            self.bar.write(message, file=sys.stdout)
+
+    def hamer(self, mode: str) -> HAMER:
+        """The HAMER for ``mode``, built (and its network loaded) on first use; one mode's is kept at a time."""
+        if self._hamer is not None and self._hamer.mode == mode:
+            return self._hamer
+        from .hamer_module import HAMER
+
+        if self._hamer is not None:
+            self._hamer.close()
+            self._hamer = None
+        a = self.args
+        try:
+            hamer = HAMER(mode=mode, device=a.device, num_hands=a.max_hands, rescale_factor=a.rescale_factor,
+                          data_dir=a.data, checkpoint=a.checkpoint)
+            if not a.bbox_only:
+                hamer.load()
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ModelError(str(exc)) from exc
+        self._hamer = hamer
+        return hamer
+
+    def close(self) -> None:
+        if self._hamer is not None:
+            self._hamer.close()
+
+    def run(self, inp: Input, name: str) -> None:
+        """Write ``<name>.jsonl``, ``<name>.npz`` and with --overlay ``<name>.overlay.jpg`` (an image),
+        ``<name>.overlay/`` (a folder: one .jpg per image) or ``<name>.overlay.mp4`` (a video) into --out."""
+        from .outputs import FrameWriter
+
+        self.bar.set_postfix_str(inp.path.name)
+        written = [self.out / f"{name}.jsonl", self.out / f"{name}.npz"]
+        overlay = None
+        if self.args.overlay:
+            suffix = {"image": ".overlay.jpg", "folder": ".overlay", "video": ".overlay.mp4"}[inp.kind]
+            overlay = self.out / f"{name}{suffix}"
+            written.append(overlay)
+        with FrameWriter(*written[:2]) as results:
+            if inp.kind == "video":
+                self._run_video(inp, results, overlay)
+            else:
+                self._run_images(inp, results, overlay)
+        hands = sum(len(f.hands) for f in results.frames)
+        self.say(f"{inp.path}: {len(results.frames)} frame(s), {hands} hand(s) -> {', '.join(map(str, written))}")
+
+    def _run_images(self, inp: Input, results: FrameWriter, overlay: Path | None) -> None:
+        from .outputs import Frame, frame_focal_length, hands_from_result, write_image
+        from .overlay import draw_hands
+
+        hamer = self.hamer("IMAGE")
+        used: set[str] = set()
+        for index, path in enumerate(inp.images):
+            img = cv2.imread(str(path))
+            self.bar.update()
+            if img is None:
+                self.report(f"{path}: cannot read the image; skipped")
+                continue
+            try:
+                hamer.process_with_mediapipe(img, bbox_only=self.args.bbox_only)
+            except ValueError as exc:
+                self.report(f"{path}: {exc}; skipped")
+                continue
+            result = hamer.result
+            chosen = {label: max((d for d in result["detections"] if d.label == label), key=lambda d: d.score)
+                      for label in result["hands"]}
+            hands = hands_from_result(result, chosen)
+            height, width = img.shape[:2]
+            results.add(Frame(str(path), index, None, (width, height), frame_focal_length(result), hands))
+            if overlay is not None and inp.kind == "image":
+                write_image(overlay, draw_hands(img, hands))
+            elif overlay is not None:
+                overlay.mkdir(exist_ok=True)
+                write_image(overlay / f"{unique_name(path.stem, used)}.jpg", draw_hands(img, hands))
+
+    def _run_video(self, inp: Input, results: FrameWriter, overlay_path: Path | None) -> None:
+        from .outputs import Frame, VideoFileWriter, frame_focal_length
+        from .overlay import draw_hands
+        from .tracking import HandTracker, OneEuroFilter, VideoHands
+
+        a = self.args
+        hamer = self.hamer("VIDEO")
+        make_filter = partial(OneEuroFilter, a.min_cutoff, a.beta) if a.smooth else None
+        video = VideoHands(hamer, HandTracker(label_hold=a.label_hold), make_filter, a.bbox_only)
+        last_ms = -1
+        try:
+            with VideoFileWriter(overlay_path, inp.fps) if overlay_path is not None else nullcontext() as overlay:
+                for index, img in enumerate(read_video(inp.path)):
+                    self.bar.update()
+                    last_ms = max(int(round(index * 1000.0 / inp.fps)), last_ms + 1)
+                    try:
+                        hands = video(img, last_ms)
+                    except ValueError as exc:
+                        self.report(f"{inp.path} frame {index}: {exc}; skipped")
+                        continue
+                    height, width = img.shape[:2]
+                    results.add(Frame(str(inp.path), index, index / inp.fps, (width, height),
+                                      frame_focal_length(hamer.result), hands))
+                    if overlay is not None:
+                        overlay.write(draw_hands(img, hands))
+        finally:
+            hamer.close()  # MediaPipe's timestamps start again with the next video
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    inputs: list[Input] = []
+    failed = False
+    for arg in args.inputs:
+        try:
+            inputs.append(classify(Path(arg)))
+        except InputError as exc:
+            print(f"error: {arg}: {exc}; skipped", file=sys.stderr)
+            failed = True
+    inputs.sort(key=lambda i: i.kind == "video")  # one HAMER mode after the other: the network loads at most twice
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    names = [unique_name(i.path.resolve().name if i.kind == "folder" else i.path.stem, used) for i in inputs]
+    total = None if any(i.frames == 0 for i in inputs) else sum(i.frames for i in inputs)
+    with logging_redirect_tqdm(), tqdm(total=total, unit="frame", disable=args.quiet, dynamic_ncols=True) as bar:
+        runner = Runner(args, bar)
+        try:
+            for inp, name in zip(inputs, names, strict=True):
+                try:
+                    runner.run(inp, name)
+                except OSError as exc:
+                    runner.report(f"{inp.path}: {exc}; its outputs were not written")
+        except ModelError as exc:
+            runner.report(f"cannot set up the model: {exc}\n       (`hamer check` tells what the data folder lacks)")
+        finally:
+            runner.close()
+    return 1 if failed or runner.failed else 0
+
+
+# ---------------------------------------------------------------------------------------------------- check
+
+@dataclass
+class CheckpointContents:
+    """What a checkpoint carries besides the network weights."""
+
+    kind: str
+    config: bool
+    mano: bool
+    mean_params: bool
+
+
+def inspect_checkpoint(path: Path) -> CheckpointContents:
+    """Read a checkpoint (ValueError if it cannot be) and say what it carries."""
+    from .checkpoint import MEAN_PARAM_BUFFERS, load_checkpoint
+    from .models.mano import mano_data_from_state_dict
+
+    ckpt = load_checkpoint(path)
+    try:
+        mano_data_from_state_dict(ckpt.state_dict)
+        has_mano = True
+    except (KeyError, ValueError):
+        has_mano = False
+    return CheckpointContents(
+        kind="safetensors file" if path.suffix == ".safetensors" else "Lightning checkpoint",
+        config=ckpt.config is not None,
+        mano=has_mano,
+        mean_params=all(name in ckpt.state_dict for name in MEAN_PARAM_BUFFERS.values()),
+    )
+
+
+def _size(path: Path) -> str:
+    size = path.stat().st_size
+    return f"{size / 2**30:.2f} GB" if size >= 2**30 else f"{size / 2**20:.1f} MB"
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .checkpoint import build_model
+    from .detection import HAND_TASK_PATH, POSE_TASK_PATH
+
+    paths = configs.data_paths(args.data, args.checkpoint)
+    print(f"HaMeR data folder: {paths.root}" + ("" if paths.root.is_dir() else "  (does not exist)"))
+    contents: CheckpointContents | None = None
+    missing: set[str] = set()
+    if not paths.checkpoint.is_file():
+        print(f"  checkpoint   MISSING  put hamer.ckpt at {paths.checkpoint}")
+        missing.add("demo")
+    else:
+        try:
+            contents = inspect_checkpoint(paths.checkpoint)
+        except ValueError as exc:
+            print(f"  checkpoint   BROKEN   {exc}\n               replace it with a good copy")
+            missing.add("demo")
+    if contents is not None:
+        yes = {True: "yes", False: "no"}
+        print(f"  checkpoint   found    {paths.checkpoint} ({_size(paths.checkpoint)}, {contents.kind})\n"
+              f"               carries  its config: {yes[contents.config]}, MANO (mano.*): {yes[contents.mano]}, "
+              f"mean params (mano_head.init_*): {yes[contents.mean_params]}")
+        if contents.config and contents.mano and contents.mean_params:
+            print("               -> the checkpoint alone is enough: the three files below are optional")
+    files = [("config", paths.config, "config", "demo"), ("MANO model", paths.mano, "mano", "mano"),
+             ("mean params", paths.mean_params, "mean_params", "demo")]
+    for title, path, carried, source in files:
+        if path.is_file():
+            print(f"  {title:<12} found    {path}")
+        elif contents is not None and getattr(contents, carried):
+            print(f"  {title:<12} absent   {path} (not needed: the checkpoint carries it)")
+        else:
+            print(f"  {title:<12} MISSING  put {path.name} at {path}")
+            missing.add(source)
+    tasks = all(p.is_file() for p in (HAND_TASK_PATH, POSE_TASK_PATH))
+    print(f"  MediaPipe    {'found  ' if tasks else 'MISSING'}  hand and pose landmarker bundles in "
+          f"{HAND_TASK_PATH.parent}" + ("" if tasks else " (reinstall the hamer package)"))
+    if "demo" in missing:
+        print("Where to get them: hamer.ckpt, model_config.yaml and mano_mean_params.npz come with HaMeR's demo data "
+              "(fetch_demo_data.sh of https://github.com/geopavlakos/hamer unpacks them into a _DATA folder: point "
+              "--data at it).")
+    if "mano" in missing:
+        print("MANO_RIGHT.pkl: register at https://mano.is.tue.mpg.de, download 'Models & Code', take "
+              "mano_v1_2/models/MANO_RIGHT.pkl.")
+    start = time.perf_counter()
+    try:
+        model, cfg = build_model(paths)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        print(f"model: does NOT load: {exc}")
+        return 1
+    bb = cfg.MODEL.BACKBONE
+    millions = sum(p.numel() for p in model.parameters()) / 1e6
+    print(f"model: loads ({millions:.1f} M parameters, ViT {bb.DEPTH} blocks x {bb.EMBED_DIM}) in "
+          f"{time.perf_counter() - start:.1f} s; " + ("`hamer run` is ready" if tasks else "MediaPipe is missing"))
+    return 0 if tasks else 1
+
+
+# ---------------------------------------------------------------------------------------------------- convert
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .checkpoint import build_model, save_safetensors
+    from .outputs import atomic_path
+
+    out = Path(args.output)
+    if out.suffix != ".safetensors":
+        print(f"error: {out}: the output must end in .safetensors", file=sys.stderr)
+        return 2
+    paths = configs.data_paths(args.data, args.checkpoint)
+    try:
+        model, cfg = build_model(paths)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        print(f"error: cannot load {paths.checkpoint}: {exc}", file=sys.stderr)
+        return 1
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with atomic_path(out) as tmp:
+            save_safetensors(model, cfg, tmp, half=args.half)
+    except (OSError, ValueError) as exc:
+        print(f"error: cannot write {out}: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {out} ({_size(out)}, {'float16' if args.half else 'float32'}, config included); use it with "
+          f"`hamer run --checkpoint {out} ...` or HAMER(checkpoint=...)")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- parser
+
+def _positive(value: str) -> float:
+    number = float(value)
+    if not (np.isfinite(number) and number > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
+    return number
+
+
+def _non_negative(value: str) -> float:
+    number = float(value)
+    if not (np.isfinite(number) and number >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {value}")
+    return number
+
+
+def _count(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hamer", description="3D hand joints with HaMeR (docs/CLI.md).")
+    parser.add_argument("--version", action="version", version=f"hamer {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details (model loading...)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = argparse.ArgumentParser(add_help=False)
+    data.add_argument("--data", metavar="DIR", help=f"the HaMeR data folder (default: {configs.CACHE_DIR_HAMER})")
+    model = argparse.ArgumentParser(add_help=False, parents=[data])
+    model.add_argument("--checkpoint", metavar="PATH",
+                       help="a checkpoint (.ckpt or .safetensors) other than DIR/" + configs.CHECKPOINT_FILE)
+
+    run = sub.add_parser("run", parents=[model], help="hands in images, folders of images and videos",
+                         description="One JSON Lines file and one .npz per INPUT (images, folders of images, "
+                                     "videos) in --out; with --overlay the hands drawn on the images or video.")
+    run.add_argument("inputs", nargs="+", metavar="INPUT", help="an image, a folder of images, or a video")
+    run.add_argument("--out", default="hamer_out", metavar="DIR", help="output folder (default: hamer_out)")
+    run.add_argument("--overlay", action="store_true",
+                     help="also write each image (.overlay.jpg) or video (.overlay.mp4) with the hands drawn in")
+    run.add_argument("--quiet", action="store_true", help="no progress bar and no summary (errors still show)")
+    run.add_argument("--bbox-only", action="store_true", help="MediaPipe boxes and labels only; no HaMeR")
+    run.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps (default: cpu)")
+    run.add_argument("--rescale-factor", type=_positive, default=2.0,
+                     help="crop side / hand box side, as HaMeR's demo (default: 2.0)")
+    run.add_argument("--max-hands", type=_count, default=2,
+                     help="hands MediaPipe looks for (default: 2); at most one Right and one Left are reconstructed")
+    video = run.add_argument_group("videos")
+    video.add_argument("--label-hold", type=_count, default=5, metavar="FRAMES",
+                       help="frames MediaPipe must report the other label before a hand's label changes (default: 5)")
+    video.add_argument("--smooth", action="store_true", help="One Euro filter of each hand's joints")
+    video.add_argument("--min-cutoff", type=_positive, default=1.0, metavar="HZ",
+                       help="One Euro cutoff at rest: lower = less jitter (default: 1.0)")
+    video.add_argument("--beta", type=_non_negative, default=10.0, metavar="S_PER_M",
+                       help="One Euro speed coefficient: higher = less lag when moving (default: 10)")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check", parents=[model], help="what the data folder holds, what it lacks",
+                           description="Lists the files HaMeR needs, where each goes, and tries to load the model "
+                                       "(exit status 1 when it does not load).")
+    check.set_defaults(func=cmd_check)
+
+    convert = sub.add_parser("convert", parents=[data], help="a checkpoint as one .safetensors file",
+                             description="Writes the weights HaMeR needs (backbone, head, MANO, mean parameters) "
+                                         "and its config as one safetensors file that HAMER(checkpoint=...) loads "
+                                         "without the config, MANO or mean-parameter files.")
+    convert.add_argument("checkpoint", metavar="CHECKPOINT", help="a HaMeR Lightning checkpoint (hamer.ckpt)")
+    convert.add_argument("output", metavar="OUT.safetensors")
+    convert.add_argument("--half", action="store_true", help="store float16 (half the size)")
+    convert.set_defaults(func=cmd_convert)
+    return parser
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(format="%(levelname)s: %(message)s")
+    logging.getLogger("hamer").setLevel(logging.INFO if args.verbose else logging.WARNING)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted: unfinished outputs were not written", file=sys.stderr)
+        return 130
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,250 @@
+"""What ``hamer run`` writes: per-frame records as JSON Lines and NumPy .npz, and overlay images or MP4 videos.
+
+Every file is first written to a hidden temporary file beside its destination and moved over it with
+``os.replace`` once complete; on an error or an interrupt the temporary file is removed, so no output is ever
+half-written. Units: boxes and 2D joints in image pixels; 3D joints and camera translation in metres.
+
+JSON Lines, one object per frame (floats rounded to 1e-6)::
+
+    {"source": "clip.mp4", "frame": 0, "time_s": 0.0, "image_size": [W, H], "focal_length": 17578.1,
+     "hands": [{"label": "Right", "detected_label": "Right", "score": 0.98, "detector": "hand", "track_id": 0,
+                "box": [x1, y1, x2, y2], "keypoints_3d": [[x, y, z] x 21], "keypoints_2d": [[u, v] x 21],
+                "cam_t": [tx, ty, tz]}]}
+
+NPZ, F frames, one slot per label (``labels`` = ["Right", "Left"]); an absent hand is NaN (-1 for ``track_id``),
+so frames without hands are rows with ``num_hands`` 0: see :data:`NPZ_ARRAYS`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+
+from .pipeline import LABELS
+
+if TYPE_CHECKING:
+    from .detection import HandDetection
+
+NPZ_ARRAYS = {
+    "labels": "(2,) str: the label of each hand slot, 'Right' then 'Left'",
+    "source": "(F,) str: the image file, or the video, of each frame",
+    "frame": "(F,) int64: frame number in the video, or position of the image in its folder",
+    "time_s": "(F,) float64: seconds from the start of the video (frame / fps); NaN for images",
+    "image_size": "(F, 2) int32: width, height in pixels",
+    "focal_length": "(F,) float32: pixels, of the camera HaMeR assumes (principal point at the image centre); "
+                    "NaN without hands",
+    "num_hands": "(F,) int8: hands reconstructed (or boxed, with --bbox-only) in the frame",
+    "present": "(F, 2) bool: the slot holds a hand",
+    "score": "(F, 2) float32: MediaPipe's handedness score (pose fallback: mean visibility)",
+    "track_id": "(F, 2) int32: the hand's identity across the frames of a video; -1 for images and absent hands",
+    "box": "(F, 2, 4) float32: x1, y1, x2, y2 pixels",
+    "keypoints_3d": "(F, 2, 21, 3) float32: metres, MANO frame with camera axes (x right, y down, z away); "
+                    "add cam_t for camera coordinates",
+    "keypoints_2d": "(F, 2, 21, 2) float32: image pixels",
+    "cam_t": "(F, 2, 3) float32: metres, translation of the hand into the camera frame",
+}
+
+
+@dataclass
+class Hand:
+    """One hand in one frame. ``label`` is the label HaMeR was run with; ``detected_label`` MediaPipe's.
+
+    box (4,) pixels; keypoints_3d (21, 3) metres (MANO frame, camera axes); keypoints_2d (21, 2) pixels;
+    cam_t (3,) metres. The joint arrays are None with ``--bbox-only``.
+    """
+
+    label: str
+    detected_label: str
+    score: float
+    detector: str
+    box: np.ndarray
+    track_id: int = -1
+    keypoints_3d: np.ndarray | None = None
+    keypoints_2d: np.ndarray | None = None
+    cam_t: np.ndarray | None = None
+
+    @classmethod
+    def from_detection(cls, det: HandDetection, label: str | None = None, track_id: int = -1) -> Hand:
+        """A hand without joints from a MediaPipe detection, under ``label`` (default: the detected one)."""
+        return cls(label or det.label, det.label, det.score, det.source, det.box, track_id)
+
+
+@dataclass
+class Frame:
+    """One image or video frame and its hands. ``focal_length`` in pixels (None when HaMeR did not run)."""
+
+    source: str
+    index: int
+    time_s: float | None
+    image_size: tuple[int, int]
+    focal_length: float | None = None
+    hands: list[Hand] = field(default_factory=list)
+
+
+def hands_from_result(result: Mapping[str, Any], detections: Mapping[str, HandDetection],
+                      track_ids: Mapping[str, int] | None = None) -> list[Hand]:
+    """The hands of ``HAMER.result`` (``result["hands"]`` order), with the detection each label's box came from."""
+    hands = []
+    for i, label in enumerate(result["hands"]):
+        hand = Hand.from_detection(detections[label], label, (track_ids or {}).get(label, -1))
+        if "keypoints_3d" in result:
+            hand.keypoints_3d = result["keypoints_3d"][i]
+            hand.keypoints_2d = result["keypoints_2d"][i]
+            hand.cam_t = result["cam_t_full"][i]
+        hands.append(hand)
+    return hands
+
+
+def frame_focal_length(result: Mapping[str, Any]) -> float | None:
+    """The full-image focal length (pixels) of ``HAMER.result``, None when HaMeR did not run."""
+    return float(result["focal_length_full"]) if "focal_length_full" in result else None
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` (same suffix) that replaces ``path`` if the block completes.
+
+    On any exception (KeyboardInterrupt included) the temporary file is removed and ``path`` left as it was.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_image(path: Path, img_bgr: np.ndarray) -> None:
+    """Write an image whole (format by the suffix of ``path``, e.g. .jpg, .png)."""
+    ok, data = cv2.imencode(Path(path).suffix, img_bgr)
+    if not ok:
+        raise OSError(f"cannot encode an image as {Path(path).suffix}")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.tobytes())
+
+
+def _rounded(arr: np.ndarray | None) -> list | None:
+    return None if arr is None else np.round(np.asarray(arr, dtype=np.float64), 6).tolist()
+
+
+def frame_json(frame: Frame) -> dict[str, Any]:
+    """The JSON Lines object of a frame (see the module docstring)."""
+    return {
+        "source": frame.source,
+        "frame": frame.index,
+        "time_s": None if frame.time_s is None else round(frame.time_s, 6),
+        "image_size": list(frame.image_size),
+        "focal_length": None if frame.focal_length is None else round(frame.focal_length, 6),
+        "hands": [{
+            "label": h.label,
+            "detected_label": h.detected_label,
+            "score": round(float(h.score), 6),
+            "detector": h.detector,
+            "track_id": h.track_id if h.track_id >= 0 else None,
+            "box": _rounded(h.box),
+            "keypoints_3d": _rounded(h.keypoints_3d),
+            "keypoints_2d": _rounded(h.keypoints_2d),
+            "cam_t": _rounded(h.cam_t),
+        } for h in frame.hands],
+    }
+
+
+def npz_arrays(frames: list[Frame]) -> dict[str, np.ndarray]:
+    """The arrays of :data:`NPZ_ARRAYS` for ``frames``."""
+    n = len(frames)
+    out = {
+        "labels": np.array(LABELS),
+        "source": np.array([f.source for f in frames], dtype=str).reshape(n),
+        "frame": np.array([f.index for f in frames], dtype=np.int64).reshape(n),
+        "time_s": np.array([np.nan if f.time_s is None else f.time_s for f in frames], dtype=np.float64).reshape(n),
+        "image_size": np.array([f.image_size for f in frames], dtype=np.int32).reshape(n, 2),
+        "focal_length": np.array([np.nan if f.focal_length is None else f.focal_length for f in frames],
+                                 dtype=np.float32).reshape(n),
+        "num_hands": np.array([len(f.hands) for f in frames], dtype=np.int8).reshape(n),
+        "present": np.zeros((n, 2), dtype=bool),
+        "score": np.full((n, 2), np.nan, dtype=np.float32),
+        "track_id": np.full((n, 2), -1, dtype=np.int32),
+        "box": np.full((n, 2, 4), np.nan, dtype=np.float32),
+        "keypoints_3d": np.full((n, 2, 21, 3), np.nan, dtype=np.float32),
+        "keypoints_2d": np.full((n, 2, 21, 2), np.nan, dtype=np.float32),
+        "cam_t": np.full((n, 2, 3), np.nan, dtype=np.float32),
+    }
+    for i, frame in enumerate(frames):
+        for hand in frame.hands:
+            slot = LABELS.index(hand.label)
+            out["present"][i, slot] = True
+            out["score"][i, slot] = hand.score
+            out["track_id"][i, slot] = hand.track_id
+            out["box"][i, slot] = hand.box
+            for key, value in (("keypoints_3d", hand.keypoints_3d), ("keypoints_2d", hand.keypoints_2d),
+                               ("cam_t", hand.cam_t)):
+                if value is not None:
+                    out[key][i, slot] = value
+    return out
+
+
+class FrameWriter:
+    """Writes the frames of one input to ``<stem>.jsonl`` (streamed) and ``<stem>.npz`` (at the end).
+
+    Use as a context manager: both files appear when the block completes, neither when it raises.
+    """
+
+    def __init__(self, jsonl_path: Path, npz_path: Path) -> None:
+        self.jsonl_path, self.npz_path = Path(jsonl_path), Path(npz_path)
+        self.frames: list[Frame] = []
+        self._jsonl: IO[str] | None = None
+
+    def __enter__(self) -> FrameWriter:
+        self._stack = ExitStack()
+        self._jsonl = self._stack.enter_context(open(self._stack.enter_context(atomic_path(self.jsonl_path)), "w",
+                                                     encoding="utf-8"))
+        return self
+
+    def add(self, frame: Frame) -> None:
+        self._jsonl.write(json.dumps(frame_json(frame), separators=(",", ":")) + "\n")
+        self.frames.append(frame)
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:
+            self._stack.__exit__(exc_type, exc, tb)
+            return
+        with self._stack, atomic_path(self.npz_path) as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, **npz_arrays(self.frames))
+
+
+class VideoFileWriter:
+    """An MP4 (``mp4v``) written frame by frame, whole or not at all; its size is the first frame's.
+
+    Use as a context manager: the file appears when the block completes (and a frame was written).
+    """
+
+    def __init__(self, path: Path, fps: float) -> None:
+        self.path, self.fps = Path(path), fps
+        self._writer: cv2.VideoWriter | None = None
+
+    def __enter__(self) -> VideoFileWriter:
+        return self
+
+    def write(self, img_bgr: np.ndarray) -> None:
+        if self._writer is None:
+            self._file = atomic_path(self.path)
+            height, width = img_bgr.shape[:2]
+            fourcc = cv2.VideoWriter_fourcc(*"mp4v")
+            self._writer = cv2.VideoWriter(str(self._file.__enter__()), fourcc, self.fps, (width, height))
+            if not self._writer.isOpened():
+                raise OSError(f"OpenCV cannot write an MP4 video ({self.path})")
+        self._writer.write(img_bgr)
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._file.__exit__(exc_type, exc, tb)
