@@ -133,18 +133,17 @@ class Runner:
             self.bar.write(message, file=sys.stdout)
 
     def hamer(self, mode: str) -> HAMER:
-        """The HAMER for ``mode``, built (and its network loaded) on first use; one mode's is kept at a time."""
-        if self._hamer is not None and self._hamer.mode == mode:
+        """The HAMER in ``mode``, built (and its network loaded) on first use, then switched between modes."""
+        if self._hamer is not None:
+            self._hamer.set_mode(mode)
             return self._hamer
         from .hamer_module import HAMER
 
-        if self._hamer is not None:
-            self._hamer.close()
-            self._hamer = None
         a = self.args
         try:
             hamer = HAMER(mode=mode, device=a.device, num_hands=a.max_hands, rescale_factor=a.rescale_factor,
-                          data_dir=a.data, checkpoint=a.checkpoint)
+                          data_dir=a.data, checkpoint=a.checkpoint, precision=a.precision, backend=a.backend,
+                          onnx_path=a.onnx)
             if not a.bbox_only:
                 hamer.load()
         except (OSError, ValueError, RuntimeError) as exc:
@@ -432,6 +431,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bar and no summary (errors still show)")
     run.add_argument("--bbox-only", action="store_true", help="MediaPipe boxes and labels only; no HaMeR")
     run.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps (default: cpu)")
+    run.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                     help="torch (default), or onnx: ONNX Runtime on --onnx (no data folder needed)")
+    run.add_argument("--onnx", metavar="PATH", help="the .onnx file for --backend onnx (from HAMER(export_onnx=...))")
+    run.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                     help="torch backend: fp32 (default), bf16 autocast, fp16 autocast (CUDA)")
     run.add_argument("--rescale-factor", type=_positive, default=2.0,
                      help="crop side / hand box side, as HaMeR's demo (default: 2.0)")
     run.add_argument("--max-hands", type=_count, default=2,

@@ -17,18 +17,17 @@ Not thread-safe: use one detector per thread.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
 
 import cv2
 import mediapipe as mp
 import numpy as np
 from mediapipe.tasks.python import BaseOptions, vision
 
+from .configs import PathLike
 from .images import as_bgr
 
 logger = logging.getLogger(__name__)
@@ -42,7 +41,6 @@ POSE_HAND_INDICES = {"Left": (15, 17, 19, 21), "Right": (16, 18, 20, 22)}
 # Frame step assumed in VIDEO mode when no timestamp is given (about 30 fps).
 DEFAULT_FRAME_STEP_MS = 33
 
-PathLike = Union[str, os.PathLike]
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,8 +75,8 @@ class DetectorOptions:
         min_pose_visibility: least visibility of each pose point a fallback box is made from.
     """
 
-    hand_task_path: Optional[PathLike] = HAND_TASK_PATH
-    pose_task_path: Optional[PathLike] = POSE_TASK_PATH
+    hand_task_path: PathLike | None = HAND_TASK_PATH
+    pose_task_path: PathLike | None = POSE_TASK_PATH
     mode: str = "IMAGE"
     num_hands: int = 2
     num_poses: int = 2
@@ -88,7 +86,7 @@ class DetectorOptions:
     min_pose_visibility: float = 0.5
 
 
-def _check_task_path(path: Optional[PathLike]) -> Optional[str]:
+def _check_task_path(path: PathLike | None) -> str | None:
     if path is None:
         return None
     if not Path(path).is_file():
@@ -140,7 +138,7 @@ class HandDetector:
     Use as a context manager or call :meth:`close`; detectors left open are closed at interpreter exit.
     """
 
-    def __init__(self, options: Optional[DetectorOptions] = None) -> None:
+    def __init__(self, options: DetectorOptions | None = None) -> None:
         options = options if options is not None else DetectorOptions()
         if options.mode not in ("IMAGE", "VIDEO"):
             raise ValueError(f"mode must be 'IMAGE' or 'VIDEO', got {options.mode!r}")
@@ -150,9 +148,9 @@ class HandDetector:
         pose_path = _check_task_path(options.pose_task_path)
         self._options = options
         running_mode = vision.RunningMode[options.mode]
-        self._last_timestamp_ms: Optional[int] = None
-        self._hand: Optional[vision.HandLandmarker] = None
-        self._pose: Optional[vision.PoseLandmarker] = None
+        self._last_timestamp_ms: int | None = None
+        self._hand: vision.HandLandmarker | None = None
+        self._pose: vision.PoseLandmarker | None = None
         self._closed = False
         try:
             if hand_path is not None:
@@ -174,7 +172,7 @@ class HandDetector:
         _open_detectors.add(self)
         _register_exit_hook()
 
-    def detect(self, img_bgr: np.ndarray, timestamp_ms: Optional[int] = None) -> list[HandDetection]:
+    def detect(self, img_bgr: np.ndarray, timestamp_ms: int | None = None) -> list[HandDetection]:
         """All hands found in a BGR (or BGRA, grayscale) uint8 image, by score descending.
 
         ``timestamp_ms`` is the frame time in VIDEO mode and must increase strictly from call to call; when None it
@@ -209,7 +207,7 @@ class HandDetector:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _next_timestamp(self, timestamp_ms: Optional[int]) -> int:
+    def _next_timestamp(self, timestamp_ms: int | None) -> int:
         last = self._last_timestamp_ms
         if timestamp_ms is None:
             timestamp_ms = 0 if last is None else last + DEFAULT_FRAME_STEP_MS
@@ -219,7 +217,7 @@ class HandDetector:
         self._last_timestamp_ms = timestamp_ms
         return timestamp_ms
 
-    def _detect_hands(self, image: mp.Image, timestamp: Optional[int], width: int,
+    def _detect_hands(self, image: mp.Image, timestamp: int | None, width: int,
                       height: int) -> list[HandDetection]:
         if self._hand is None:
             return []
@@ -228,14 +226,14 @@ class HandDetector:
         else:
             result = self._hand.detect_for_video(image, timestamp)
         detections = []
-        for handedness, landmarks in zip(result.handedness, result.hand_landmarks):
+        for handedness, landmarks in zip(result.handedness, result.hand_landmarks, strict=True):
             points = np.array([(lm.x * width, lm.y * height) for lm in landmarks], dtype=np.float32)
             box = np.concatenate([points.min(axis=0), points.max(axis=0)])
             detections.append(HandDetection(label=handedness[0].category_name, score=float(handedness[0].score),
                                             box=box, landmarks=points, source="hand"))
         return detections
 
-    def _detect_pose_hands(self, image: mp.Image, timestamp: Optional[int], width: int, height: int,
+    def _detect_pose_hands(self, image: mp.Image, timestamp: int | None, width: int, height: int,
                            sides: list[str]) -> list[HandDetection]:
         if timestamp is None:
             result = self._pose.detect(image)

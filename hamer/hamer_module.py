@@ -11,9 +11,11 @@ camera); left hands un-mirrored. Add ``result["cam_t_full"][i]`` for camera coor
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from yacs.config import CfgNode
@@ -21,9 +23,10 @@ from yacs.config import CfgNode
 from . import configs
 from .checkpoint import build_model
 from .detection import HAND_TASK_PATH, POSE_TASK_PATH, DetectorOptions, HandDetection, HandDetector
+from .export import ExportOnFirstCall
 from .images import as_bgr
 from .pipeline import LABELS, check_boxes, hand_outputs, make_inputs
-from .runtime import PRECISIONS, TorchRuntime, resolve_device
+from .runtime import PRECISIONS, OnnxRuntime, TorchRuntime, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,7 @@ hand_path = HAND_TASK_PATH
 pose_path = POSE_TASK_PATH
 
 MODES = ("IMAGE", "VIDEO")
+BACKENDS = ("torch", "onnx")
 
 
 class HAMER:
@@ -45,19 +49,28 @@ class HAMER:
         rescale_factor: crop side = rescale_factor * max(h, 4/3 w) of the box (HaMeR's demo: 2.0).
         data_dir: the HaMeR data folder; default ``hamer.configs.CACHE_DIR_HAMER`` as set when the model loads.
         checkpoint: a checkpoint path other than ``<data_dir>/hamer_ckpts/checkpoints/hamer.ckpt``.
-        precision: "fp32" (default), "bf16" (CPU or CUDA autocast) or "fp16" (CUDA autocast).
+        precision: torch backend: "fp32" (default), "bf16" (CPU or CUDA autocast) or "fp16" (CUDA autocast).
+        backend: "torch" (default) or "onnx": ONNX Runtime on ``onnx_path`` (CUDA provider first when ``device`` is
+            CUDA and onnxruntime has it). The file alone suffices (config in its metadata; no data folder). For
+            8-bit weights pass a file from ``hamer.export.quantize_onnx``.
+        onnx_path: the ``.onnx`` file the "onnx" backend runs (from ``export_onnx`` or ``hamer.export``).
+        export_onnx: torch backend: write the network (MANO included) to this ``.onnx`` path on the first call that
+            runs it, check it with ONNX Runtime (RuntimeError if off), then carry on.
     """
 
     def __init__(
         self,
         mode: str = "IMAGE",
         device: str = "cpu",
-        task_paths: Optional[Mapping[str, Any]] = None,
+        task_paths: Mapping[str, Any] | None = None,
         num_hands: int = 2,
         rescale_factor: float = 2.0,
-        data_dir: Optional[configs.PathLike] = None,
-        checkpoint: Optional[configs.PathLike] = None,
+        data_dir: configs.PathLike | None = None,
+        checkpoint: configs.PathLike | None = None,
         precision: str = "fp32",
+        backend: str = "torch",
+        onnx_path: configs.PathLike | None = None,
+        export_onnx: configs.PathLike | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -67,6 +80,11 @@ class HAMER:
             task_paths = {"hand": hand_path, "pose": pose_path}
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if backend == "onnx" and (onnx_path is None or export_onnx is not None or precision != "fp32"):
+            raise ValueError("backend 'onnx' needs onnx_path and takes no export_onnx or precision (the file sets "
+                             "the weights' precision: see hamer.export.quantize_onnx)")
         unknown = set(task_paths) - {"hand", "pose"}
         if unknown:
             raise ValueError(f"task_paths keys must be 'hand' and/or 'pose', got {sorted(unknown)}")
@@ -74,25 +92,44 @@ class HAMER:
         self.device = resolve_device(device)
         self.rescale_factor = float(rescale_factor)
         self.precision = precision
+        self.backend = backend
+        self._onnx_path = onnx_path
+        self._export_onnx = export_onnx
         self._data_dir = data_dir
         self._checkpoint = checkpoint
         self._detector_options = DetectorOptions(
             hand_task_path=task_paths.get("hand"), pose_task_path=task_paths.get("pose"), mode=mode,
             num_hands=num_hands,
         )
-        self._detector: Optional[HandDetector] = None
-        self._runtime: Optional[TorchRuntime] = None
-        self.cfg: Optional[CfgNode] = None
+        self._detector: HandDetector | None = None
+        self._runtime: TorchRuntime | OnnxRuntime | ExportOnFirstCall | None = None
+        self.cfg: CfgNode | None = None
         self.result: dict[str, Any] = {}
+
+    def set_mode(self, mode: str) -> None:
+        """Switch between "IMAGE" and "VIDEO" (MediaPipe's running mode); the loaded network is kept."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode != self.mode:
+            self.close()
+            self.mode = mode
+            self._detector_options = dataclasses.replace(self._detector_options, mode=mode)
 
     def load(self) -> None:
         """Load the network now (otherwise the first call that needs it does)."""
         if self._runtime is not None:
             return
-        paths = configs.data_paths(self._data_dir, self._checkpoint)
         start = time.perf_counter()
+        if self.backend == "onnx":
+            self._runtime = OnnxRuntime(self._onnx_path, self.device)
+            self.cfg = self._runtime.cfg
+            log.info("HaMeR loaded from %s (ONNX Runtime) in %.1f s", self._onnx_path, time.perf_counter() - start)
+            return
+        paths = configs.data_paths(self._data_dir, self._checkpoint)
         model, self.cfg = build_model(paths)
         self._runtime = TorchRuntime(model, self.device, self.precision)
+        if self._export_onnx is not None:
+            self._runtime = ExportOnFirstCall(self._runtime, self.cfg, self._export_onnx)
         log.info("HaMeR loaded from %s in %.1f s", paths.checkpoint, time.perf_counter() - start)
 
     def process(self, img_bgr: np.ndarray, bboxes: Mapping[str, Sequence[float]]
@@ -112,7 +149,7 @@ class HAMER:
         return self._per_hand(self.result), boxes
 
     def process_with_mediapipe(self, img_bgr: np.ndarray, bbox_only: bool = False,
-                               timestamp_ms: Optional[int] = None
+                               timestamp_ms: int | None = None
                                ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Find the hands with MediaPipe, then reconstruct them (unless ``bbox_only``).
 
@@ -174,7 +211,7 @@ class HAMER:
             self._detector.close()
             self._detector = None
 
-    def __enter__(self) -> "HAMER":
+    def __enter__(self) -> HAMER:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -1,18 +1,33 @@
-"""Running the HaMeR network on a batch of normalized crops: the torch backend."""
+"""Running the HaMeR network on a batch of normalized crops: the torch backend and the ONNX Runtime backend."""
 
 from __future__ import annotations
 
+import json
 import logging
 from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import torch
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+from yacs.config import CfgNode
 
+from .configs import PathLike, merge_config
 from .models.hamer import HaMeRNet
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+ONNX_INPUT = "crops"
+ONNX_CONFIG_KEY = "hamer_config"  # metadata_props key: the model config as JSON (cropping needs it)
+_ORT_LOAD_ERRORS = (ort_errors.Fail, ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.InvalidArgument,
+                    ort_errors.NoSuchFile, ort_errors.NotImplemented, RuntimeError)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether oneDNN has bf16 kernels for this CPU (AVX512-BF16/AMX, or AVX-512 conversions); else bf16 is slow."""
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -41,6 +56,8 @@ class TorchRuntime:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if precision == "fp16" and device.type != "cuda":
             raise ValueError("precision 'fp16' needs a CUDA device (use 'bf16' on CPU)")
+        if precision == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
+            log.warning("this CPU has no bf16 kernels (no AVX-512): bf16 runs several times slower than fp32")
         self.model = model.to(device).eval()
         self.device = device
         self.precision = precision
@@ -57,3 +74,58 @@ class TorchRuntime:
         with torch.inference_mode(), self._autocast():
             out = self.model(x)
         return {k: v.float().cpu().numpy() for k, v in out.items()}
+
+
+def onnx_providers(device: torch.device) -> list[str]:
+    """ONNX Runtime providers for ``device``: CUDA first when asked for and available, CPU always."""
+    if device.type == "cuda":
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        log.warning("device %s asked for, but this onnxruntime has no CUDAExecutionProvider: running on CPU", device)
+    return ["CPUExecutionProvider"]
+
+
+def onnx_session(path: Path, device: torch.device) -> ort.InferenceSession:
+    """An ONNX Runtime session on ``path``: all graph optimizations, one intra-op thread per torch thread (cores).
+
+    FileNotFoundError when the file is missing, ValueError when ONNX Runtime cannot read it.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX model not found: {path}")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.log_severity_level = 3  # errors only: ORT warns about every constant-folded shape node
+    try:
+        return ort.InferenceSession(str(path), options, providers=onnx_providers(device))
+    except _ORT_LOAD_ERRORS as exc:
+        raise ValueError(f"{path} is not a readable ONNX model: {exc}") from None
+
+
+def onnx_config(session: ort.InferenceSession, path: Path) -> CfgNode:
+    """The model config that :func:`hamer.export.export_onnx` stored in the file's metadata."""
+    meta = session.get_modelmeta().custom_metadata_map
+    if ONNX_CONFIG_KEY not in meta:
+        raise ValueError(f"ONNX model {path} has no '{ONNX_CONFIG_KEY}' metadata: not exported by hamer.export")
+    inputs = [i.name for i in session.get_inputs()]
+    if inputs != [ONNX_INPUT]:
+        raise ValueError(f"ONNX model {path} takes inputs {inputs}, expected ['{ONNX_INPUT}']")
+    return merge_config(json.loads(meta[ONNX_CONFIG_KEY]))
+
+
+class OnnxRuntime:
+    """The exported network (``hamer.export``) through ONNX Runtime; ``cfg`` is the config stored in the file.
+
+    One session for the object's life. The file alone suffices: no checkpoint, no MANO pickle.
+    """
+
+    def __init__(self, path: PathLike, device: torch.device) -> None:
+        self.path = Path(path).expanduser()
+        self.session = onnx_session(self.path, device)
+        self.cfg = onnx_config(self.session, self.path)
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """(N, 3, 256, 256) float32 normalized crops -> network outputs (:data:`OUTPUT_NAMES`), float32 numpy."""
+        outputs = self.session.run(None, {ONNX_INPUT: np.ascontiguousarray(inputs, dtype=np.float32)})
+        return dict(zip(self.output_names, outputs, strict=True))

@@ -69,7 +69,8 @@ def test_help_and_python_dash_m():
                          timeout=60)
     assert out.returncode == 0
     for flag in ("--out", "--overlay", "--quiet", "--data", "--bbox-only", "--device", "--rescale-factor",
-                 "--max-hands", "--smooth", "--min-cutoff", "--beta", "--checkpoint"):
+                 "--max-hands", "--smooth", "--min-cutoff", "--beta", "--checkpoint", "--backend", "--onnx",
+                 "--precision"):
         assert flag in out.stdout
 
 
@@ -259,3 +260,27 @@ def test_convert_round_trip(data_dir, tmp_path, half, capsys):
 def test_convert_rejects_other_suffixes(data_dir, tmp_path, capsys):
     assert main(["convert", str(data_dir / "hamer_ckpts/checkpoints/hamer.ckpt"), str(tmp_path / "x.pt")]) == 2
     assert "must end in .safetensors" in capsys.readouterr().err
+
+
+@needs_images
+def test_run_with_the_onnx_backend_matches_torch(data_dir, tmp_path):
+    onnx_path = tmp_path / "hamer.onnx"
+    img = cv2.imread(str(IMAGES / "test4.jpg"))
+    with HAMER(data_dir=data_dir, export_onnx=onnx_path) as hamer:
+        hamer.process_with_mediapipe(img)
+    image = str(IMAGES / "test4.jpg")
+    assert main(["run", image, "--data", str(data_dir), "--out", str(tmp_path / "torch"), "--quiet"]) == 0
+    assert main(["run", image, "--data", str(tmp_path / "no_data"), "--backend", "onnx", "--onnx", str(onnx_path),
+                 "--out", str(tmp_path / "onnx"), "--quiet"]) == 0
+    torch_hands = read_jsonl(tmp_path / "torch" / "test4.jsonl")[0]["hands"]
+    onnx_hands = read_jsonl(tmp_path / "onnx" / "test4.jsonl")[0]["hands"]
+    assert [h["label"] for h in onnx_hands] == [h["label"] for h in torch_hands] and onnx_hands
+    for a, b in zip(onnx_hands, torch_hands, strict=True):
+        np.testing.assert_allclose(a["keypoints_3d"], b["keypoints_3d"], atol=1e-5)
+
+
+def test_run_onnx_backend_without_a_file_fails_clearly(tmp_path, capsys):
+    img = tmp_path / "a.png"
+    cv2.imwrite(str(img), noise_image(0))
+    assert main(["run", str(img), "--backend", "onnx", "--out", str(tmp_path / "o"), "--quiet"]) == 1
+    assert "onnx_path" in capsys.readouterr().err

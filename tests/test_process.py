@@ -185,3 +185,13 @@ def test_bf16_autocast_runs_close_to_fp32(data_dir, image):
     ref, _ = HAMER(data_dir=data_dir).process(image, BOXES)
     out, _ = HAMER(data_dir=data_dir, precision="bf16").process(image, BOXES)
     assert np.abs(out["Right"] - ref["Right"]).max() < 5e-3  # metres, random small model
+
+
+def test_switching_mode_keeps_the_loaded_network(data_dir):
+    hamer = HAMER(data_dir=data_dir)
+    hamer.load()
+    runtime = hamer._runtime
+    hamer.set_mode("VIDEO")
+    assert hamer.mode == "VIDEO" and hamer._runtime is runtime
+    with pytest.raises(ValueError, match="mode"):
+        hamer.set_mode("video")

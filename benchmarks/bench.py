@@ -1,0 +1,305 @@
+"""Speed, memory and joint error of HaMeR's inference paths on this machine, in one run.
+
+Paths: torch fp32, torch bf16 (autocast), onnxruntime fp32, onnxruntime int8 (``hamer.export.quantize_onnx``).
+Each runs ``HAMER.process`` (crop, network, MANO, camera) in a fresh subprocess: load time (``HAMER()`` +
+``load()``), peak RSS after loading and after the runs (VmHWM), per-hand latency and throughput at batch 1 (one
+hand) and batch 2 (both hands of the frame), after ``--warmup`` calls per batch size, median of ``--runs``. A path
+whose first call takes over ``--budget`` s per hand (bf16 on a CPU without bf16 kernels) reports that cold call
+alone. Joint error: 3D joints against torch fp32 on the same crops, in mm.
+
+Also measured: the matmul peak (fp32, bf16) and the network's FLOPs per hand from its shapes (torch's FLOP
+counter on one forward, attention through the math kernel so that it is counted), giving each path's GFLOP/s and
+its fraction of the peak (int8 paths: fp32-equivalent FLOPs against the fp32 peak).
+
+Weights are random, in the official layout (``tests/synthetic.py``; full ViT-H unless ``--small``), written once
+under ``--work`` with the ONNX files; nothing is downloaded. Writes ``bench.json`` and ``bench.md`` to ``--out``.
+
+Run: ``python benchmarks/bench.py`` (2 cores: ~9 minutes the first time, which writes the model files; ~5 after).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+PATHS = ("torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8")
+BOXES = {"Right": [100.0, 100.0, 250.0, 300.0], "Left": [350.0, 120.0, 500.0, 320.0]}  # batch 2; Right alone: 1
+ONNX_FILES = {"onnx-fp32": "hamer.onnx", "onnx-int8": "hamer-int8.onnx"}
+
+
+def bench_image() -> np.ndarray:
+    """The benchmark's frame: (480, 640, 3) uint8 noise, fixed seed (random weights make content irrelevant)."""
+    return np.random.default_rng(0).uniform(0, 255, (480, 640, 3)).astype(np.uint8)
+
+
+def memory_gb(key: str = "VmHWM") -> float:
+    """This process's peak (VmHWM) or current (VmRSS) resident memory, GB."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 / 1e9 for line in f if line.startswith(key + ":"))
+
+
+# ---------------------------------------------------------------------------------------------------- machine
+
+
+def machine() -> dict:
+    """CPU model, cores, threads and the instruction-set extensions that matter for fp32/bf16/int8 speed."""
+    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    lscpu = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    flags = set(lscpu.get("Flags", "").split())
+    import onnxruntime
+
+    return {
+        "cpu": lscpu.get("Model name", platform.processor()).strip(),
+        "cpu_family_model": f"{lscpu.get('CPU family', '?').strip()}/{lscpu.get('Model', '?').strip()}",
+        "cores": int(lscpu.get("Core(s) per socket", "0")) * int(lscpu.get("Socket(s)", "1")),
+        "logical_cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "isa": sorted(f for f in flags if f.startswith(("avx512", "amx", "avx_vnni")) or f in ("avx2", "fma")),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 3.0) -> float:
+    """GFLOP/s of an (n, n) x (n, n) ``F.linear``, the kernel of the network's layers (for bf16 on CPUs without
+    bf16 instructions ``torch.matmul`` takes a 20x slower path), best of the runs in ~``seconds``."""
+    a, w = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.nn.functional.linear(a, w)
+    best, deadline = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        torch.nn.functional.linear(a, w)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def matmul_peaks() -> dict[str, float]:
+    return {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+
+
+def network_flops(model: torch.nn.Module) -> float:
+    """FLOPs of one hand through the network (multiply-add = 2), counted by torch on a batch of one."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, 256, 256))
+    return float(counter.get_total_flops())
+
+
+# ---------------------------------------------------------------------------------------------------- assets
+
+
+def prepare(work: Path, small: bool) -> dict:
+    """Data folder, ONNX fp32 and int8 files under ``work`` (once), FLOPs and weight bytes (``prep.json``)."""
+    info_file = work / "prep.json"
+    if info_file.is_file():
+        info = json.loads(info_file.read_text())
+        if info["small"] != small:
+            raise SystemExit(f"{work} holds the {'small' if info['small'] else 'full'} model: use another --work")
+        return info
+    from synthetic import make_data_dir, training_config
+
+    from hamer.configs import merge_config
+    from hamer.export import export_onnx, quantize_onnx
+    from hamer.pipeline import make_inputs
+
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"writing random-weight {'small' if small else 'ViT-H'} model files to {work} ...", flush=True)
+    model = make_data_dir(work / "_DATA", small=small)
+    cfg = merge_config(training_config(small))
+    labels = list(BOXES)
+    crops, _ = make_inputs(bench_image(), np.array([BOXES[k] for k in labels]),
+                           np.array([k == "Right" for k in labels]), cfg, 2.0)
+    start = time.perf_counter()
+    export_onnx(model, cfg, work / ONNX_FILES["onnx-fp32"], crops)
+    export_s = time.perf_counter() - start
+    start = time.perf_counter()
+    quantize_onnx(work / ONNX_FILES["onnx-fp32"], work / ONNX_FILES["onnx-int8"])
+    info = {
+        "flops_per_hand": network_flops(model),
+        "torch_weight_bytes": sum(t.numel() * t.element_size() for t in model.state_dict().values()),
+        "export_s": export_s,
+        "quantize_s": time.perf_counter() - start,
+        "small": small,
+    }
+    for name, file in ONNX_FILES.items():
+        info[f"{name}_weight_bytes"] = sum(p.stat().st_size for p in work.glob(file + "*"))
+    info_file.write_text(json.dumps(info, indent=1))
+    del model
+    gc.collect()
+    return info
+
+
+# ---------------------------------------------------------------------------------------------------- worker
+
+
+def worker(path: str, work: Path, warmup: int, runs: int, batches: list[int], budget: float) -> dict:
+    """One path in this (fresh) process: load, warm up, time; the joints of the last run by hand label."""
+    from hamer.hamer_module import HAMER
+
+    image, labels = bench_image(), list(BOXES)
+    rss_imports = memory_gb("VmRSS")
+    start = time.perf_counter()
+    if path in ONNX_FILES:
+        hamer = HAMER(backend="onnx", onnx_path=work / ONNX_FILES[path], task_paths={})
+    else:
+        hamer = HAMER(data_dir=work / "_DATA", task_paths={}, precision=path.split("-")[1])
+    hamer.load()
+    out = {"load_s": time.perf_counter() - start, "rss_imports_gb": rss_imports, "rss_load_gb": memory_gb(),
+           "latency": {}}
+    for batch in batches:
+        boxes = {k: BOXES[k] for k in labels[:batch]}
+        for _ in range(warmup):
+            start = time.perf_counter()
+            hamer.process(image, boxes)
+            seconds = time.perf_counter() - start
+            if "first_call_s" not in out:
+                out["first_call_s"], out["rss_first_call_gb"] = seconds, memory_gb()
+            if seconds / batch > budget:  # too slow to time: report this cold call alone
+                out["latency"][str(batch)] = {"s_per_hand": seconds / batch, "runs": [seconds], "cold": True}
+                break
+        else:
+            times = []
+            for _ in range(runs):
+                start = time.perf_counter()
+                hamer.process(image, boxes)
+                times.append(time.perf_counter() - start)
+            out["latency"][str(batch)] = {"s_per_hand": float(np.median(times)) / batch, "runs": times, "cold": False}
+        out["joints"] = {k: hamer.result["keypoints_3d"][i].tolist() for i, k in enumerate(hamer.result["hands"])}
+        if out["latency"][str(batch)]["cold"]:
+            break
+    out["rss_peak_gb"] = memory_gb()
+    return out
+
+
+def run_worker(path: str, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, __file__, "--worker", path, "--work", str(args.work), "--warmup", str(args.warmup),
+           "--runs", str(args.runs), "--budget", str(args.budget), "--batches", *map(str, args.batches)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{path} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------------------- report
+
+
+def joint_error_mm(joints: dict, reference: dict) -> dict:
+    """Max and mean 3D joint distance (mm) over the hands both have."""
+    d = np.concatenate([np.linalg.norm(np.subtract(joints[k], reference[k]), axis=-1)
+                        for k in joints if k in reference])
+    return {"max_mm": float(d.max()) * 1000, "mean_mm": float(d.mean()) * 1000}
+
+
+def summarize(results: dict, info: dict, peaks: dict) -> None:
+    """Add weight bytes, GFLOP/s, fraction of peak and joint error to each path's result (in place)."""
+    reference = results["torch-fp32"]["joints"] if "torch-fp32" in results else None
+    for path, r in results.items():
+        weights = info[f"{path}_weight_bytes"] if path in ONNX_FILES else info["torch_weight_bytes"]
+        r["weight_gb"] = weights / 1e9
+        r["rss_first_call_x_weights"] = r["rss_first_call_gb"] * 1e9 / weights
+        r["rss_above_imports_x_weights"] = (r["rss_first_call_gb"] - r["rss_imports_gb"]) * 1e9 / weights
+        peak = peaks["bf16"] if path.endswith("bf16") else peaks["fp32"]
+        for lat in r["latency"].values():
+            lat["hands_per_s"] = 1.0 / lat["s_per_hand"]
+            lat["gflops"] = info["flops_per_hand"] / lat["s_per_hand"] / 1e9
+            lat["fraction_of_peak"] = lat["gflops"] / peak
+        if reference is not None and path != "torch-fp32":
+            r["joint_error"] = joint_error_mm(r["joints"], reference)
+
+
+TABLE_HEADER = (
+    "| path | weights GB | load s (1st call s) | RSS after imports GB | peak RSS load + 1st call GB (x weights; "
+    "above imports) | s/hand b=1 | s/hand b=2 | hands/s b=2 | GFLOP/s (% peak) | joints vs fp32, max / mean mm |\n"
+    "|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def _cell(latency: dict, batch: str, key: str) -> str:
+    if batch not in latency:
+        return "-"
+    return f"{latency[batch][key]:.2f}" + (" (1 cold call)" if latency[batch]["cold"] else "")
+
+
+def _row(path: str, r: dict) -> str:
+    lat = r["latency"]
+    best = lat["2"] if "2" in lat else lat["1"]
+    err = r.get("joint_error")
+    return (f"| {path} | {r['weight_gb']:.2f} | {r['load_s']:.1f} ({r['first_call_s']:.1f}) | "
+            f"{r['rss_imports_gb']:.2f} | {r['rss_first_call_gb']:.2f} ({r['rss_first_call_x_weights']:.2f}x; "
+            f"{r['rss_above_imports_x_weights']:.2f}x) | {_cell(lat, '1', 's_per_hand')} | "
+            f"{_cell(lat, '2', 's_per_hand')} | {_cell(lat, '2', 'hands_per_s')} | {best['gflops']:.0f} "
+            f"({100 * best['fraction_of_peak']:.0f}%) | "
+            + (f"{err['max_mm']:.3f} / {err['mean_mm']:.3f}" if err else "reference") + " |")
+
+
+def markdown(report: dict) -> str:
+    m, info, peaks, settings = report["machine"], report["prep"], report["peaks"], report["settings"]
+    model = "small test model" if info["small"] else "ViT-H"
+    lines = [
+        (f"Machine: {m['cpu']} (family/model {m['cpu_family_model']}), {m['cores']} cores ({m['logical_cpus']} "
+         f"logical CPUs), ISA: {' '.join(m['isa'])}; torch {m['torch']} ({m['torch_threads']} threads), "
+         f"onnxruntime {m['onnxruntime']}."),
+        (f"Matmul peak (2048x2048 F.linear, best of start and end): fp32 {peaks['fp32']:.0f} GFLOP/s, "
+         f"bf16 {peaks['bf16']:.1f} GFLOP/s. Network: {info['flops_per_hand'] / 1e9:.1f} GFLOP per hand ({model}, "
+         f"random weights). Export {info['export_s']:.0f} s, int8 quantization {info['quantize_s']:.0f} s."),
+        (f"Warm-up {settings['warmup']} call per batch size, median of {settings['runs']} runs. Load average "
+         f"(1 min) before / after: {report['loadavg'][0]:.2f} / {report['loadavg'][1]:.2f}."),
+        "",
+        TABLE_HEADER,
+        *(_row(path, r) for path, r in report["results"].items()),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, help="model files, kept (default /tmp/hamer_bench[_small])")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results")
+    parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
+    parser.add_argument("--batches", nargs="+", type=int, choices=(1, 2), default=[1, 2])
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--budget", type=float, default=60.0, help="s/hand of a first call above which not to time")
+    parser.add_argument("--small", action="store_true", help="the small test model (a quick check of this script)")
+    parser.add_argument("--worker", choices=PATHS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.work = args.work or Path("/tmp/hamer_bench" + ("_small" if args.small else ""))
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.work, args.warmup, args.runs, args.batches, args.budget)))
+        return
+    report = {"machine": machine(), "settings": {k: v for k, v in vars(args).items() if k in ("warmup", "runs")}}
+    report["peaks"] = matmul_peaks()
+    print(f"{report['machine']}\nmatmul peak GFLOP/s: {report['peaks']}", flush=True)
+    report["prep"] = prepare(args.work, args.small)
+    report["results"], loadavg = {}, os.getloadavg()[0]
+    for path in args.paths:
+        print(f"timing {path} ...", flush=True)
+        report["results"][path] = run_worker(path, args)
+    report["loadavg"] = [loadavg, os.getloadavg()[0]]
+    end = matmul_peaks()
+    report["peaks"] = {k: max(v, end[k]) for k, v in report["peaks"].items()}  # best of start and end
+    summarize(report["results"], report["prep"], report["peaks"])
+    args.out.mkdir(parents=True, exist_ok=True)
+    table = markdown(report)
+    (args.out / "bench.json").write_text(json.dumps(report, indent=1))
+    (args.out / "bench.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
