@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from yacs.config import CfgNode
 
-from .configs import DataPaths, check_supported, load_config, merge_config
+from .configs import CONFIG_METADATA_KEY, DataPaths, check_supported, load_config, merge_config
 from .models.hamer import HaMeRNet
 from .models.mano import MANO, load_mano_pickle, mano_data_from_state_dict
 
@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 
 NETWORK_PREFIXES = ("backbone.", "mano_head.")
 MEAN_PARAM_BUFFERS = {"pose": "mano_head.init_hand_pose", "shape": "mano_head.init_betas", "cam": "mano_head.init_cam"}
-SAFETENSORS_CONFIG_KEY = "hamer_config"
 
 
 @dataclass
@@ -91,7 +90,7 @@ def load_safetensors_checkpoint(path: Path) -> Checkpoint:
         state_dict = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise ValueError(f"cannot read safetensors checkpoint {path} (truncated or corrupt?): {exc}") from exc
-    config = json.loads(meta[SAFETENSORS_CONFIG_KEY]) if SAFETENSORS_CONFIG_KEY in meta else None
+    config = json.loads(meta[CONFIG_METADATA_KEY]) if CONFIG_METADATA_KEY in meta else None
     return Checkpoint(state_dict, config)
 
 
@@ -198,8 +197,8 @@ def save_safetensors(model: HaMeRNet, cfg: Mapping, path: Path, half: bool = Fal
 
     The tensors are ``model.state_dict()`` (backbone, head with its ``init_*`` mean parameters, MANO buffers); the
     config (e.g. the ``cfg`` :func:`build_model` returns) is stored as JSON under metadata key
-    :data:`SAFETENSORS_CONFIG_KEY`. ``half`` stores floating tensors as float16 (``build_model`` casts them back to
-    float32); ValueError if a value would overflow float16.
+    :data:`~hamer.configs.CONFIG_METADATA_KEY`. ``half`` stores floating tensors as float16 (``build_model`` casts
+    them back to float32); ValueError if a value would overflow float16.
     """
     import os
 
@@ -214,7 +213,7 @@ def save_safetensors(model: HaMeRNet, cfg: Mapping, path: Path, half: bool = Fal
                 raise ValueError(f"{name} has values beyond float16's range; convert without half precision")
             tensor = halved
         tensors[name] = tensor.contiguous()
-    save_file(tensors, str(path), metadata={SAFETENSORS_CONFIG_KEY: json.dumps(cfg)})
+    save_file(tensors, str(path), metadata={CONFIG_METADATA_KEY: json.dumps(cfg)})
     umask = os.umask(0)  # safetensors creates the file private (0600): give it the permissions of any new file
     os.umask(umask)
     os.chmod(path, 0o666 & ~umask)

@@ -24,6 +24,7 @@ CHECKPOINT_FILE = "hamer_ckpts/checkpoints/hamer.ckpt"
 CONFIG_FILE = "hamer_ckpts/model_config.yaml"
 MANO_FILE = "data/mano/MANO_RIGHT.pkl"
 MEAN_PARAMS_FILE = "data/mano_mean_params.npz"
+CONFIG_METADATA_KEY = "hamer_config"  # the model config as JSON in safetensors and ONNX files' metadata
 
 PathLike = str | os.PathLike
 

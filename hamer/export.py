@@ -27,9 +27,9 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from torch import nn
 from yacs.config import CfgNode
 
-from .configs import PathLike
+from .configs import CONFIG_METADATA_KEY, PathLike
 from .models.hamer import OUTPUT_NAMES, HaMeRNet
-from .runtime import ONNX_CONFIG_KEY, ONNX_INPUT, OnnxRuntime, TorchRuntime
+from .runtime import ONNX_INPUT, OnnxRuntime, TorchRuntime
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def export_onnx(model: HaMeRNet, cfg: CfgNode, path: PathLike, crops: np.ndarray
                               output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic, opset_version=OPSET,
                               dynamo=False)
         proto = onnx.load(str(traced))
-    onnx.helper.set_model_props(proto, {ONNX_CONFIG_KEY: json.dumps(cfg)})
+    onnx.helper.set_model_props(proto, {CONFIG_METADATA_KEY: json.dumps(cfg)})
     data = _data_file(path)
     data.unlink(missing_ok=True)  # onnx would append to it
     onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
@@ -144,8 +144,8 @@ def quantize_onnx(src: PathLike, dst: PathLike) -> Path:
     if not src.is_file():
         raise FileNotFoundError(f"ONNX model not found: {src}")
     graph = onnx.load(str(src), load_external_data=False)
-    if ONNX_CONFIG_KEY not in {p.key for p in graph.metadata_props}:
-        raise ValueError(f"{src} has no '{ONNX_CONFIG_KEY}' metadata: not exported by hamer.export")
+    if CONFIG_METADATA_KEY not in {p.key for p in graph.metadata_props}:
+        raise ValueError(f"{src} has no '{CONFIG_METADATA_KEY}' metadata: not exported by hamer.export")
     mano_nodes = [n.name for n in graph.graph.node if n.name.startswith(_MANO_SCOPE)]
     if not mano_nodes:
         raise ValueError(f"{src} has no nodes named {_MANO_SCOPE}*: cannot keep the MANO layer in fp32")

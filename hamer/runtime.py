@@ -13,14 +13,13 @@ import torch
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from yacs.config import CfgNode
 
-from .configs import PathLike, merge_config
+from .configs import CONFIG_METADATA_KEY, PathLike, merge_config
 from .models.hamer import HaMeRNet
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 ONNX_INPUT = "crops"
-ONNX_CONFIG_KEY = "hamer_config"  # metadata_props key: the model config as JSON (cropping needs it)
 _ORT_LOAD_ERRORS = (ort_errors.Fail, ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.InvalidArgument,
                     ort_errors.NoSuchFile, ort_errors.NotImplemented, RuntimeError)
 
@@ -105,12 +104,12 @@ def onnx_session(path: Path, device: torch.device) -> ort.InferenceSession:
 def onnx_config(session: ort.InferenceSession, path: Path) -> CfgNode:
     """The model config that :func:`hamer.export.export_onnx` stored in the file's metadata."""
     meta = session.get_modelmeta().custom_metadata_map
-    if ONNX_CONFIG_KEY not in meta:
-        raise ValueError(f"ONNX model {path} has no '{ONNX_CONFIG_KEY}' metadata: not exported by hamer.export")
+    if CONFIG_METADATA_KEY not in meta:
+        raise ValueError(f"ONNX model {path} has no '{CONFIG_METADATA_KEY}' metadata: not exported by hamer.export")
     inputs = [i.name for i in session.get_inputs()]
     if inputs != [ONNX_INPUT]:
         raise ValueError(f"ONNX model {path} takes inputs {inputs}, expected ['{ONNX_INPUT}']")
-    return merge_config(json.loads(meta[ONNX_CONFIG_KEY]))
+    return merge_config(json.loads(meta[CONFIG_METADATA_KEY]))
 
 
 class OnnxRuntime:

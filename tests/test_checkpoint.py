@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -25,6 +26,16 @@ def _keypoints(root) -> dict[str, np.ndarray]:
 def _copy(data_dir, tmp_path):
     root = tmp_path / "_DATA"
     shutil.copytree(data_dir, root)
+    return root
+
+
+def _edited_copy(data_dir, tmp_path, edit: Callable[[dict], None]):
+    """A copy of the data folder whose checkpoint dict ``edit`` changed (the tests' own, trusted file)."""
+    root = _copy(data_dir, tmp_path)
+    path = root / "hamer_ckpts/checkpoints/hamer.ckpt"
+    raw = torch.load(path, weights_only=False)
+    edit(raw)
+    torch.save(raw, path)
     return root
 
 
@@ -56,12 +67,11 @@ def test_checkpoint_buffers_override_pickle_and_npz_as_in_the_original(data_dir,
 
 
 def test_mean_params_from_npz_when_the_checkpoint_lacks_them(data_dir, tmp_path):
-    root = _copy(data_dir, tmp_path)
-    path = root / "hamer_ckpts/checkpoints/hamer.ckpt"
-    raw = torch.load(path, weights_only=False)
-    for name in ("init_hand_pose", "init_betas", "init_cam"):
-        del raw["state_dict"][f"mano_head.{name}"]
-    torch.save(raw, path)
+    def edit(raw: dict) -> None:
+        for name in ("init_hand_pose", "init_betas", "init_cam"):
+            del raw["state_dict"][f"mano_head.{name}"]
+
+    root = _edited_copy(data_dir, tmp_path, edit)
     with np.load(root / "data/mano_mean_params.npz") as npz:
         betas = npz["shape"]
     model, _ = build_model(data_paths(root))
@@ -72,11 +82,10 @@ def test_mean_params_from_npz_when_the_checkpoint_lacks_them(data_dir, tmp_path)
 
 
 def test_no_mano_anywhere_names_what_is_missing(data_dir, tmp_path):
-    root = _copy(data_dir, tmp_path)
-    path = root / "hamer_ckpts/checkpoints/hamer.ckpt"
-    raw = torch.load(path, weights_only=False)
-    raw["state_dict"] = {k: v for k, v in raw["state_dict"].items() if not k.startswith("mano.")}
-    torch.save(raw, path)
+    def edit(raw: dict) -> None:
+        raw["state_dict"] = {k: v for k, v in raw["state_dict"].items() if not k.startswith("mano.")}
+
+    root = _edited_copy(data_dir, tmp_path, edit)
     assert _keypoints(root)["Right"].shape == (21, 3)  # MANO_RIGHT.pkl is there
     os.remove(root / "data/mano/MANO_RIGHT.pkl")
     with pytest.raises(FileNotFoundError, match=r"MANO_RIGHT\.pkl.*mano\.v_template"):
@@ -105,13 +114,12 @@ def test_missing_truncated_and_foreign_files(data_dir, tmp_path):
 
 
 def test_weights_that_do_not_fit_are_named(data_dir, tmp_path):
-    root = _copy(data_dir, tmp_path)
-    path = root / "hamer_ckpts/checkpoints/hamer.ckpt"
-    raw = torch.load(path, weights_only=False)
-    del raw["state_dict"]["backbone.blocks.1.mlp.fc2.weight"]
-    raw["state_dict"]["mano_head.decpose.weight"] = torch.zeros(90, 64)
-    raw["state_dict"]["backbone.blocks.7.norm1.weight"] = torch.zeros(64)
-    torch.save(raw, path)
+    def edit(raw: dict) -> None:
+        del raw["state_dict"]["backbone.blocks.1.mlp.fc2.weight"]
+        raw["state_dict"]["mano_head.decpose.weight"] = torch.zeros(90, 64)
+        raw["state_dict"]["backbone.blocks.7.norm1.weight"] = torch.zeros(64)
+
+    root = _edited_copy(data_dir, tmp_path, edit)
     with pytest.raises(ValueError) as err:
         build_model(data_paths(root))
     message = str(err.value)
@@ -138,11 +146,10 @@ class TrainerState:
 
 
 def test_unknown_metadata_classes_become_inert_stand_ins(data_dir, tmp_path):
-    root = _copy(data_dir, tmp_path)
-    path = root / "hamer_ckpts/checkpoints/hamer.ckpt"
-    raw = torch.load(path, weights_only=False)
-    raw["callbacks"] = {"state": TrainerState(7)}
-    torch.save(raw, path)
+    def edit(raw: dict) -> None:
+        raw["callbacks"] = {"state": TrainerState(7)}
+
+    root = _edited_copy(data_dir, tmp_path, edit)
     assert _keypoints(root)["Right"].shape == (21, 3)
 
 
@@ -153,11 +160,10 @@ def test_code_in_a_checkpoint_never_runs(data_dir, tmp_path):
         def __reduce__(self):
             return (os.system, (f"touch {marker}",))
 
-    root = _copy(data_dir, tmp_path)
-    path = root / "hamer_ckpts/checkpoints/hamer.ckpt"
-    raw = torch.load(path, weights_only=False)
-    raw["callbacks"] = {"Evil": Evil()}
-    torch.save(raw, path)
+    def edit(raw: dict) -> None:
+        raw["callbacks"] = {"Evil": Evil()}
+
+    root = _edited_copy(data_dir, tmp_path, edit)
     with pytest.raises(ValueError, match="never unpickled"):
         build_model(data_paths(root))
     assert not marker.exists()

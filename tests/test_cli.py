@@ -12,15 +12,15 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_IMAGES as IMAGES
 from synthetic import make_data_dir
 
 from hamer import overlay as overlay_module
-from hamer.checkpoint import SAFETENSORS_CONFIG_KEY
 from hamer.cli import main
+from hamer.configs import CONFIG_METADATA_KEY
 from hamer.hamer_module import HAMER
 from hamer.outputs import NPZ_ARRAYS
 
-IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
 needs_images = pytest.mark.skipif(not IMAGES.is_dir(), reason=f"test photographs not found at {IMAGES}")
 
 HAND_KEYS = {"label", "detected_label", "score", "detector", "track_id", "box", "keypoints_3d", "keypoints_2d",
@@ -241,7 +241,7 @@ def test_convert_round_trip(data_dir, tmp_path, half, capsys):
     assert "wrote" in capsys.readouterr().out
     with safe_open(str(target), framework="pt") as f:
         keys = set(f.keys())
-        config = json.loads(f.metadata()[SAFETENSORS_CONFIG_KEY])
+        config = json.loads(f.metadata()[CONFIG_METADATA_KEY])
         dtype = f.get_tensor("backbone.pos_embed").dtype
     assert dtype == (torch.float16 if half else torch.float32)
     assert not any(k.startswith("discriminator") or k == "initialized" for k in keys)

@@ -11,11 +11,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import SHARED_IMAGES as IMAGES
 
 from hamer.detection import HAND_TASK_PATH, POSE_TASK_PATH, DetectorOptions, HandDetection, HandDetector
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-IMAGES = REPO_ROOT.parent / "shared" / "images"
 needs_images = pytest.mark.skipif(not IMAGES.is_dir(), reason=f"test photographs not found at {IMAGES}")
 
 # What the hand landmarker finds with num_hands=4 (shared/images/README.md), sorted.
