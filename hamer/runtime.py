@@ -30,20 +30,21 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """A torch device that exists here; ValueError naming the problem otherwise."""
+    """A torch device that exists here ("cpu", "cuda", "cuda:1", "mps", "xpu", ...); ValueError naming the problem."""
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise ValueError(f"invalid device {device!r}: {exc}") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested but CUDA is not available (torch {torch.__version__})")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s)")
-    elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {device!r} requested but MPS is not available")
-    elif dev.type not in ("cpu", "cuda", "mps"):
+    if dev.type == "cpu":
+        return dev
+    backend = getattr(torch, dev.type, None)  # torch.cuda, torch.mps, torch.xpu ...
+    if backend is None or not hasattr(backend, "is_available"):
         raise ValueError(f"unsupported device {device!r}")
+    if not backend.is_available():
+        raise ValueError(f"device {device!r} requested but {dev.type} is not available (torch {torch.__version__})")
+    count = backend.device_count() if hasattr(backend, "device_count") else 1
+    if dev.index is not None and dev.index >= count:
+        raise ValueError(f"device {device!r} requested but only {count} {dev.type} device(s)")
     return dev
 
 

@@ -164,10 +164,13 @@ def test_data_dir_is_read_when_the_model_loads(monkeypatch, data_dir, image, tmp
 
 def test_unavailable_or_invalid_device():
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="CUDA is not available"):
+        with pytest.raises(ValueError, match="cuda is not available"):
             HAMER(device="cuda")
     with pytest.raises(ValueError, match="device"):
         HAMER(device="gpu:zero")
+    with pytest.raises(ValueError, match="device"):
+        HAMER(device="meta")
+    assert HAMER(device="cpu").device == torch.device("cpu")
 
 
 def test_bad_constructor_arguments():
