@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
 import zipfile
 from collections import OrderedDict
@@ -200,8 +201,6 @@ def save_safetensors(model: HaMeRNet, cfg: Mapping, path: Path, half: bool = Fal
     :data:`~hamer.configs.CONFIG_METADATA_KEY`. ``half`` stores floating tensors as float16 (``build_model`` casts
     them back to float32); ValueError if a value would overflow float16.
     """
-    import os
-
     from safetensors.torch import save_file
 
     tensors = {}

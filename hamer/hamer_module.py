@@ -26,7 +26,7 @@ from .detection import HAND_TASK_PATH, POSE_TASK_PATH, DetectorOptions, HandDete
 from .export import ExportOnFirstCall
 from .images import as_bgr
 from .pipeline import LABELS, check_boxes, hand_outputs, make_inputs
-from .runtime import PRECISIONS, OnnxRuntime, TorchRuntime, resolve_device
+from .runtime import OnnxRuntime, TorchRuntime, check_precision, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +78,6 @@ class HAMER:
             raise ValueError(f"rescale_factor must be a positive number, got {rescale_factor!r}")
         if task_paths is None:
             task_paths = {"hand": hand_path, "pose": pose_path}
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if backend == "onnx" and (onnx_path is None or export_onnx is not None or precision != "fp32"):
@@ -90,6 +88,7 @@ class HAMER:
             raise ValueError(f"task_paths keys must be 'hand' and/or 'pose', got {sorted(unknown)}")
         self.mode = mode
         self.device = resolve_device(device)
+        check_precision(precision, self.device)
         self.rescale_factor = float(rescale_factor)
         self.precision = precision
         self.backend = backend

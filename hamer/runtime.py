@@ -29,6 +29,14 @@ def cpu_has_fast_bf16() -> bool:
     return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+def check_precision(precision: str, device: torch.device) -> None:
+    """ValueError for a precision other than :data:`PRECISIONS`, or fp16 on a device other than CUDA."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("precision 'fp16' needs a CUDA device (use 'bf16' on CPU)")
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     """A torch device that exists here ("cpu", "cuda", "cuda:1", "mps", "xpu", ...); ValueError naming the problem."""
     try:
@@ -52,10 +60,7 @@ class TorchRuntime:
     """The network on a torch device. ``precision``: "fp32" (default), "bf16" (autocast), "fp16" (autocast, CUDA)."""
 
     def __init__(self, model: HaMeRNet, device: torch.device, precision: str = "fp32") -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        if precision == "fp16" and device.type != "cuda":
-            raise ValueError("precision 'fp16' needs a CUDA device (use 'bf16' on CPU)")
+        check_precision(precision, device)
         if precision == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
             log.warning("this CPU has no bf16 kernels (no AVX-512): bf16 runs several times slower than fp32")
         self.model = model.to(device).eval()

@@ -182,6 +182,9 @@ def test_bad_constructor_arguments():
         HAMER(task_paths={"face": "x.task"})
     with pytest.raises(ValueError, match="precision"):
         HAMER(precision="int4")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="fp16' needs a CUDA device"):
+            HAMER(precision="fp16")  # checked at construction, not when the network loads
 
 
 def test_bf16_autocast_runs_close_to_fp32(data_dir, image):
