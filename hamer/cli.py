@@ -193,9 +193,7 @@ class Runner:
                 self.report(f"{path}: {exc}; skipped")
                 continue
             result = hamer.result
-            chosen = {label: max((d for d in result["detections"] if d.label == label), key=lambda d: d.score)
-                      for label in result["hands"]}
-            hands = hands_from_result(result, chosen)
+            hands = hands_from_result(result, result["mp_detections"])
             height, width = img.shape[:2]
             results.add(Frame(str(path), index, None, (width, height), frame_focal_length(result), hands))
             if overlay is not None and inp.kind == "image":
@@ -245,7 +243,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         except InputError as exc:
             print(f"error: {arg}: {exc}; skipped", file=sys.stderr)
             failed = True
-    inputs.sort(key=lambda i: i.kind == "video")  # one HAMER mode after the other: the network loads at most twice
+    inputs.sort(key=lambda i: i.kind == "video")  # images, then videos: MediaPipe switches mode at most once
     Path(args.out).mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
     names = [unique_name(i.path.resolve().name if i.kind == "folder" else i.path.stem, used) for i in inputs]

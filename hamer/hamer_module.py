@@ -153,8 +153,8 @@ class HAMER:
         """Find the hands with MediaPipe, then reconstruct them (unless ``bbox_only``).
 
         One hand per label goes to HaMeR: the most confident. ``result["detections"]`` keeps every detected hand,
-        ``result["mp_kpts"]`` the MediaPipe landmarks (pixels) of the hands used. In VIDEO mode ``timestamp_ms``
-        must increase from call to call; when omitted one is derived.
+        ``result["mp_detections"]`` the hands used, ``result["mp_kpts"]`` their MediaPipe landmarks (pixels).
+        In VIDEO mode ``timestamp_ms`` must increase from call to call; when omitted one is derived.
         """
         img = as_bgr(img_bgr)
         detections = self._get_detector().detect(img, timestamp_ms=timestamp_ms)
@@ -164,6 +164,7 @@ class HAMER:
         boxes = {label: chosen[label].box.astype(np.float32) for label in LABELS if label in chosen}
         mp_fields = {
             "detections": detections,
+            "mp_detections": {label: chosen[label] for label in boxes},
             "mp_kpts": {label: chosen[label].landmarks for label in boxes},
             "mp_source": {label: chosen[label].source for label in boxes},
         }

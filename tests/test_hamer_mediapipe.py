@@ -44,6 +44,7 @@ def test_one_hand_per_label_in_the_dict_all_in_the_result(tmp_path):
         assert len(lefts) >= 2 and "Left" in boxes
         assert len(detections) == len(lefts) + ("Right" in boxes)  # no right hand found: the pose fallback's box
         best = max(lefts, key=lambda d: d.score)
+        assert hamer.result["mp_detections"]["Left"] is best
         np.testing.assert_array_equal(boxes["Left"], best.box)
 
 
