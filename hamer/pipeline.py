@@ -26,7 +26,6 @@ def check_boxes(boxes: Mapping[str, Sequence[float]], image_shape: tuple[int, ..
     """
     if not isinstance(boxes, Mapping):
         raise ValueError(f"boxes must be a dict {{'Right'|'Left': [x1, y1, x2, y2]}}, got {type(boxes).__name__}")
-    height, width = image_shape[:2]
     checked = {}
     for label, box in boxes.items():
         if label not in LABELS:
@@ -37,15 +36,24 @@ def check_boxes(boxes: Mapping[str, Sequence[float]], image_shape: tuple[int, ..
             raise ValueError(f"{label} box must be 4 numbers [x1, y1, x2, y2], got {box!r}") from None
         if arr.shape != (4,):
             raise ValueError(f"{label} box must be 4 numbers [x1, y1, x2, y2], got {arr.size}")
-        if not np.isfinite(arr).all():
-            raise ValueError(f"{label} box has a NaN or infinite coordinate: {arr.tolist()}")
-        x1, y1, x2, y2 = arr
-        if x2 <= x1 or y2 <= y1:
-            raise ValueError(f"{label} box is inverted or has zero size (need x2 > x1, y2 > y1): {arr.tolist()}")
-        if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
-            raise ValueError(f"{label} box {arr.tolist()} lies entirely outside the {width}x{height} image")
+        problem = box_problem(arr, image_shape)
+        if problem:
+            raise ValueError(f"{label} box {arr.tolist()} {problem}")
         checked[label] = arr.astype(np.float32)
     return checked
+
+
+def box_problem(box: np.ndarray, image_shape: tuple[int, ...]) -> str | None:
+    """Why an (x1, y1, x2, y2) pixel box cannot be cropped from an image of ``image_shape``, or None if it can."""
+    height, width = image_shape[:2]
+    if not np.isfinite(box).all():
+        return "has a NaN or infinite coordinate"
+    x1, y1, x2, y2 = box
+    if x2 <= x1 or y2 <= y1:
+        return "is inverted or has zero size (need x2 > x1, y2 > y1)"
+    if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
+        return f"lies entirely outside the {width}x{height} image"
+    return None
 
 
 def make_inputs(img_bgr: np.ndarray, boxes: np.ndarray, rights: np.ndarray, cfg: CfgNode,

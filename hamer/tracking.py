@@ -21,7 +21,7 @@ import torch
 from .camera import perspective_projection
 from .detection import HandDetection
 from .outputs import Hand, hands_from_result
-from .pipeline import LABELS
+from .pipeline import LABELS, box_problem
 
 if TYPE_CHECKING:
     from .hamer_module import HAMER
@@ -147,9 +147,7 @@ class HandTracker:
 
     def _candidates(self, detections: Sequence[HandDetection], image_shape: tuple[int, ...]) -> list[HandDetection]:
         """Detections with a box that overlaps the image, minus pose boxes of hands the hand landmarker found."""
-        height, width = image_shape[:2]
-        usable = [d for d in detections if np.isfinite(d.box).all() and d.box[2] > d.box[0] and d.box[3] > d.box[1]
-                  and d.box[2] > 0 and d.box[3] > 0 and d.box[0] < width and d.box[1] < height]
+        usable = [d for d in detections if box_problem(d.box, image_shape) is None]
         hands = [d for d in usable if d.source == "hand"]
         poses = [d for d in usable if d.source != "hand" and not any(
             _intersection(d.box, h.box) > self.duplicate_overlap * min(_area(d.box), _area(h.box)) for h in hands)]
