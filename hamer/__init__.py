@@ -1,3 +1,29 @@
-"""hamer: faithful, stripped-down HaMeR inference (Pavlakos et al., CVPR 2024) for 3D hand joints."""
+"""hamer: faithful, stripped-down HaMeR inference (Pavlakos et al., CVPR 2024) for 3D hand joints.
+
+    from hamer import HAMER
+    result = HAMER(device="cpu").predict(img_bgr)      # FrameResult: result.hands, each a Hand
+
+Importing is cheap: the names below load their modules on first access (PEP 562), and the network code,
+MediaPipe and ONNX Runtime are imported when first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .hamer_module import HAMER
+    from .results import Camera, FrameResult, Hand, ManoParams, NetworkOutput
 
 __version__ = "0.1.0"
+__all__ = ["HAMER", "Camera", "FrameResult", "Hand", "ManoParams", "NetworkOutput", "__version__"]
+
+_EXPORTS = {"HAMER": "hamer_module", "Camera": "results", "FrameResult": "results", "Hand": "results",
+            "ManoParams": "results", "NetworkOutput": "results"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'hamer' has no attribute {name!r}")

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import pickle
+import threading
 import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -29,6 +30,9 @@ from .models.mano import MANO, load_mano_pickle, mano_data_from_state_dict
 log = logging.getLogger(__name__)
 
 NETWORK_PREFIXES = ("backbone.", "mano_head.")
+# torch's allow-list of unpickled classes (``safe_globals``) is process-wide: one loader at a time sets it, so that
+# one load's exit never removes it under another's.
+_SAFE_GLOBALS_LOCK = threading.Lock()
 MEAN_PARAM_BUFFERS = {"pose": "mano_head.init_hand_pose", "shape": "mano_head.init_betas", "cam": "mano_head.init_cam"}
 
 
@@ -67,7 +71,7 @@ def load_lightning_checkpoint(path: Path) -> Checkpoint:
         allowed += [(_Opaque, name) for name in unsafe if name != "yacs.config.CfgNode"]
         if len(allowed) > 1:
             log.info("checkpoint metadata classes read as inert stand-ins: %s", sorted(unsafe))
-        with torch.serialization.safe_globals(allowed):
+        with _SAFE_GLOBALS_LOCK, torch.serialization.safe_globals(allowed):
             raw = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as exc:
         raise ValueError(f"checkpoint {path} holds content that is never unpickled here: {exc}") from None

@@ -172,11 +172,11 @@ class Runner:
                 self._run_video(inp, results, overlay)
             else:
                 self._run_images(inp, results, overlay)
-        hands = sum(len(f.hands) for f in results.frames)
+        hands = sum(len(f.result.hands) for f in results.frames)
         self.say(f"{inp.path}: {len(results.frames)} frame(s), {hands} hand(s) -> {', '.join(map(str, written))}")
 
     def _run_images(self, inp: Input, results: FrameWriter, overlay: Path | None) -> None:
-        from .outputs import Frame, frame_focal_length, hands_from_result, write_image
+        from .outputs import Frame, write_image
         from .overlay import draw_hands
 
         hamer = self.hamer("IMAGE")
@@ -188,29 +188,27 @@ class Runner:
                 self.report(f"{path}: cannot read the image; skipped")
                 continue
             try:
-                hamer.process_with_mediapipe(img, bbox_only=self.args.bbox_only)
+                result = hamer.predict(img, bbox_only=self.args.bbox_only)
             except ValueError as exc:
                 self.report(f"{path}: {exc}; skipped")
                 continue
-            result = hamer.result
-            hands = hands_from_result(result, result["mp_detections"])
-            height, width = img.shape[:2]
-            results.add(Frame(str(path), index, None, (width, height), frame_focal_length(result), hands))
+            results.add(Frame(str(path), index, None, result))
             if overlay is not None and inp.kind == "image":
-                write_image(overlay, draw_hands(img, hands))
+                write_image(overlay, draw_hands(img, result.hands))
             elif overlay is not None:
                 overlay.mkdir(exist_ok=True)
-                write_image(overlay / f"{unique_name(path.stem, used)}.jpg", draw_hands(img, hands))
+                write_image(overlay / f"{unique_name(path.stem, used)}.jpg", draw_hands(img, result.hands))
 
     def _run_video(self, inp: Input, results: FrameWriter, overlay_path: Path | None) -> None:
-        from .outputs import Frame, VideoFileWriter, frame_focal_length
+        from .outputs import Frame, VideoFileWriter
         from .overlay import draw_hands
         from .tracking import HandTracker, OneEuroFilter, VideoHands
 
         a = self.args
         hamer = self.hamer("VIDEO")
         make_filter = partial(OneEuroFilter, a.min_cutoff, a.beta) if a.smooth else None
-        video = VideoHands(hamer, HandTracker(label_hold=a.label_hold), make_filter, a.bbox_only)
+        video = VideoHands(hamer.detector, None if a.bbox_only else hamer.reconstructor,
+                           HandTracker(label_hold=a.label_hold), make_filter)
         last_ms = -1
         try:
             with VideoFileWriter(overlay_path, inp.fps) if overlay_path is not None else nullcontext() as overlay:
@@ -218,15 +216,13 @@ class Runner:
                     self.bar.update()
                     last_ms = max(int(round(index * 1000.0 / inp.fps)), last_ms + 1)
                     try:
-                        hands = video(img, last_ms)
+                        result = video(img, last_ms)
                     except ValueError as exc:
                         self.report(f"{inp.path} frame {index}: {exc}; skipped")
                         continue
-                    height, width = img.shape[:2]
-                    results.add(Frame(str(inp.path), index, index / inp.fps, (width, height),
-                                      frame_focal_length(hamer.result), hands))
+                    results.add(Frame(str(inp.path), index, index / inp.fps, result))
                     if overlay is not None:
-                        overlay.write(draw_hands(img, hands))
+                        overlay.write(draw_hands(img, result.hands))
         finally:
             hamer.close()  # MediaPipe's timestamps start again with the next video
 

@@ -22,13 +22,17 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import cv2
-import mediapipe as mp
 import numpy as np
-from mediapipe.tasks.python import BaseOptions, vision
 
 from .configs import PathLike
 from .images import as_bgr
+
+if TYPE_CHECKING:
+    import mediapipe as mp
+    from mediapipe.tasks.python import vision
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +151,8 @@ class HandDetector:
         hand_path = _check_task_path(options.hand_task_path)
         pose_path = _check_task_path(options.pose_task_path)
         self._options = options
+        from mediapipe.tasks.python import BaseOptions, vision  # imported on first use: ~0.5 s
+
         running_mode = vision.RunningMode[options.mode]
         self._last_timestamp_ms: int | None = None
         self._hand: vision.HandLandmarker | None = None
@@ -182,6 +188,8 @@ class HandDetector:
             raise RuntimeError("HandDetector is closed")
         rgb = _to_rgb(img_bgr)
         height, width = rgb.shape[:2]
+        import mediapipe as mp
+
         image = mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb)
         timestamp = self._next_timestamp(timestamp_ms) if self._options.mode == "VIDEO" else None
 

@@ -1,38 +1,44 @@
 """``HAMER``: 3D hand joints from an image, with your boxes or MediaPipe's.
 
     hamer = HAMER(mode="IMAGE", device="cpu")
-    keypoints, bboxes = hamer.process(img_bgr, {"Right": [x1, y1, x2, y2]})
+    result = hamer.predict(img_bgr)                                   # FrameResult: typed hands
+    keypoints, bboxes = hamer.process(img_bgr, {"Right": [x1, y1, x2, y2]})   # the seed's calls
     keypoints, bboxes = hamer.process_with_mediapipe(img_bgr)
 
 ``keypoints[label]``: float32 (21, 3) MANO joints in metres, OpenPose order (wrist, thumb 1-4, index 5-8, middle
 9-12, ring 13-16, pinky 17-20), in the MANO model frame with camera-aligned axes (x right, y down, z away from the
-camera); left hands un-mirrored. Add ``result["cam_t_full"][i]`` for camera coordinates.
+camera); left hands un-mirrored. Add the hand's ``cam_t`` for camera coordinates.
+
+The network, its weights and MediaPipe are imported and loaded on first use, so ``from hamer import HAMER`` is
+cheap. One object may be called from several threads: its calls run one at a time.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from yacs.config import CfgNode
 
 from . import configs
-from .checkpoint import build_model
-from .detection import HAND_TASK_PATH, POSE_TASK_PATH, DetectorOptions, HandDetection, HandDetector
-from .export import ExportOnFirstCall
+from .detection import HAND_TASK_PATH, POSE_TASK_PATH, DetectorOptions
 from .images import as_bgr
-from .pipeline import LABELS, check_boxes, hand_outputs, make_inputs
-from .runtime import OnnxRuntime, TorchRuntime, check_precision, resolve_device
+from .pipeline import Reconstructor, predict_frame
+from .results import FrameResult
+
+if TYPE_CHECKING:
+    from yacs.config import CfgNode
+
+    from .detection import HandDetector
 
 log = logging.getLogger(__name__)
 
-hand_path = HAND_TASK_PATH
+hand_path = HAND_TASK_PATH  # the bundled MediaPipe models (the seed's names)
 pose_path = POSE_TASK_PATH
-
 MODES = ("IMAGE", "VIDEO")
 BACKENDS = ("torch", "onnx")
 
@@ -72,12 +78,13 @@ class HAMER:
         onnx_path: configs.PathLike | None = None,
         export_onnx: configs.PathLike | None = None,
     ) -> None:
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        from .runtime import check_precision, resolve_device
+
+        _check_mode(mode)
         if not (isinstance(rescale_factor, (int, float)) and np.isfinite(rescale_factor) and rescale_factor > 0):
             raise ValueError(f"rescale_factor must be a positive number, got {rescale_factor!r}")
         if task_paths is None:
-            task_paths = {"hand": hand_path, "pose": pose_path}
+            task_paths = {"hand": HAND_TASK_PATH, "pose": POSE_TASK_PATH}
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if backend == "onnx" and (onnx_path is None or export_onnx is not None or precision != "fp32"):
@@ -101,118 +108,144 @@ class HAMER:
             num_hands=num_hands,
         )
         self._detector: HandDetector | None = None
-        self._runtime: TorchRuntime | OnnxRuntime | ExportOnFirstCall | None = None
-        self.cfg: CfgNode | None = None
-        self.result: dict[str, Any] = {}
+        self._reconstructor: Reconstructor | None = None
+        self._lock = threading.RLock()
+        self._last: FrameResult | None = None
+        self._last_dict: dict[str, Any] | None = None
+
+    @property
+    def cfg(self) -> CfgNode | None:
+        """The model config, once the network is loaded."""
+        return None if self._reconstructor is None else self._reconstructor.cfg
+
+    @property
+    def last_result(self) -> FrameResult | None:
+        """The :class:`FrameResult` of the latest call (from any thread), None before the first."""
+        return self._last
+
+    @property
+    def result(self) -> dict[str, Any]:
+        """The seed's result dict of the latest call (a view of :attr:`last_result`; keys in the README)."""
+        with self._lock:
+            if self._last is None:
+                return {}
+            if self._last_dict is None:
+                self._last_dict = self._last.as_dict()
+            return self._last_dict
 
     def set_mode(self, mode: str) -> None:
         """Switch between "IMAGE" and "VIDEO" (MediaPipe's running mode); the loaded network is kept."""
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if mode != self.mode:
-            self.close()
-            self.mode = mode
-            self._detector_options = dataclasses.replace(self._detector_options, mode=mode)
+        _check_mode(mode)
+        with self._lock:
+            if mode != self.mode:
+                self.close()
+                self.mode = mode
+                self._detector_options = dataclasses.replace(self._detector_options, mode=mode)
 
     def load(self) -> None:
-        """Load the network now (otherwise the first call that needs it does)."""
-        if self._runtime is not None:
-            return
+        """Load the network now (otherwise the first call that needs it does). Thread-safe; loads once."""
+        with self._lock:
+            if self._reconstructor is None:
+                self._reconstructor = Reconstructor(*self._load_network(), self.rescale_factor)
+
+    def _load_network(self) -> tuple[Any, CfgNode]:
+        from .runtime import OnnxRuntime, TorchRuntime
+
         start = time.perf_counter()
         if self.backend == "onnx":
-            self._runtime = OnnxRuntime(self._onnx_path, self.device)
-            self.cfg = self._runtime.cfg
+            runtime = OnnxRuntime(self._onnx_path, self.device)
             log.info("HaMeR loaded from %s (ONNX Runtime) in %.1f s", self._onnx_path, time.perf_counter() - start)
-            return
+            return runtime, runtime.cfg
+        from .checkpoint import build_model
+
         paths = configs.data_paths(self._data_dir, self._checkpoint)
-        model, self.cfg = build_model(paths)
-        self._runtime = TorchRuntime(model, self.device, self.precision)
+        model, cfg = build_model(paths)
+        runtime = TorchRuntime(model, self.device, self.precision)
         if self._export_onnx is not None:
-            self._runtime = ExportOnFirstCall(self._runtime, self.cfg, self._export_onnx)
+            from .export import ExportOnFirstCall
+
+            runtime = ExportOnFirstCall(runtime, cfg, self._export_onnx)
         log.info("HaMeR loaded from %s in %.1f s", paths.checkpoint, time.perf_counter() - start)
+        return runtime, cfg
+
+    @property
+    def reconstructor(self) -> Reconstructor:
+        """Detected hands -> reconstructed hands (loads the network on first use)."""
+        self.load()
+        return self._reconstructor
+
+    @property
+    def detector(self) -> HandDetector:
+        """The MediaPipe hand detector (created on first use; closed by :meth:`close`)."""
+        from .detection import HandDetector
+
+        with self._lock:
+            if self._detector is None:
+                self._detector = HandDetector(self._detector_options)
+            return self._detector
+
+    def predict(self, img_bgr: np.ndarray, boxes: Mapping[str, Sequence[float]] | None = None, *,
+                bbox_only: bool = False, timestamp_ms: int | None = None) -> FrameResult:
+        """The hands of one image.
+
+        Args:
+            img_bgr: uint8 (H, W, 3) BGR image (BGRA and grayscale are converted).
+            boxes: ``{"Right"|"Left": [x1, y1, x2, y2]}`` pixels, the subject's own hands; None: MediaPipe finds
+                the hands and the most confident of each label is reconstructed.
+            bbox_only: detect only; HaMeR is neither loaded nor run (the hands have no joints).
+            timestamp_ms: VIDEO mode: the frame's time, increasing from call to call (None: previous + 33 ms).
+        Returns:
+            a :class:`~hamer.results.FrameResult` (hands Right first; frames and units in its docstring).
+        """
+        img = as_bgr(img_bgr)
+        with self._lock:
+            result = predict_frame(img, None if bbox_only else self.reconstructor, boxes=boxes,
+                                   detector=None if boxes is not None else self.detector, timestamp_ms=timestamp_ms)
+            self._last, self._last_dict = result, None
+        return result
 
     def process(self, img_bgr: np.ndarray, bboxes: Mapping[str, Sequence[float]]
                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """3D joints of the hands in your boxes.
+        """3D joints of the hands in your boxes (the seed's call; see :meth:`predict`).
 
         Args:
             img_bgr: uint8 (H, W, 3) BGR image (BGRA and grayscale are converted).
             bboxes: {"Right"|"Left": [x1, y1, x2, y2]} in pixels; the label is the subject's own hand.
         Returns:
-            keypoints {label: float32 (21, 3) metres}, bboxes {label: float32 (4,) pixels}. ``self.result`` holds
-            the batched outputs (see the README).
+            keypoints {label: float32 (21, 3) metres}, bboxes {label: float32 (4,) pixels}, Right first.
+            ``self.result`` holds the batched outputs (see the README).
         """
-        img = as_bgr(img_bgr)
-        boxes = check_boxes(bboxes, img.shape)
-        self.result = self._run(img, boxes)
-        return self._per_hand(self.result), boxes
+        if bboxes is None:
+            raise ValueError("bboxes must be a dict {'Right'|'Left': [x1, y1, x2, y2]}, got None")
+        result = self.predict(img_bgr, bboxes)
+        return result.keypoints_3d, result.boxes
 
     def process_with_mediapipe(self, img_bgr: np.ndarray, bbox_only: bool = False,
                                timestamp_ms: int | None = None
                                ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """Find the hands with MediaPipe, then reconstruct them (unless ``bbox_only``).
+        """Find the hands with MediaPipe, then reconstruct them unless ``bbox_only`` (the seed's call).
 
         One hand per label goes to HaMeR: the most confident. ``result["detections"]`` keeps every detected hand,
         ``result["mp_detections"]`` the hands used, ``result["mp_kpts"]`` their MediaPipe landmarks (pixels).
         In VIDEO mode ``timestamp_ms`` must increase from call to call; when omitted one is derived.
         """
-        img = as_bgr(img_bgr)
-        detections = self._get_detector().detect(img, timestamp_ms=timestamp_ms)
-        chosen: dict[str, HandDetection] = {}
-        for det in sorted(detections, key=lambda d: -d.score):
-            chosen.setdefault(det.label, det)
-        boxes = {label: chosen[label].box.astype(np.float32) for label in LABELS if label in chosen}
-        mp_fields = {
-            "detections": detections,
-            "mp_detections": {label: chosen[label] for label in boxes},
-            "mp_kpts": {label: chosen[label].landmarks for label in boxes},
-            "mp_source": {label: chosen[label].source for label in boxes},
-        }
-        if bbox_only:
-            self.result = {"hands": list(boxes), **mp_fields}
-            return {}, boxes
-        self.result = {**self._run(img, boxes), **mp_fields}
-        return self._per_hand(self.result), boxes
-
-    def _run(self, img: np.ndarray, boxes: Mapping[str, np.ndarray]) -> dict[str, Any]:
-        labels = list(boxes)
-        if not labels:
-            return {"hands": []}
-        self.load()
-        rights = np.array([label == "Right" for label in labels])
-        inputs, crops = make_inputs(img, np.stack([boxes[k] for k in labels]), rights, self.cfg, self.rescale_factor)
-        net = self._runtime(inputs)
-        result: dict[str, Any] = {
-            "pred_cam": net["pred_cam"],
-            "pred_cam_t": net["pred_cam_t"],
-            "focal_length": net["focal_length"],
-            "pred_keypoints_3d": net["pred_keypoints_3d"],
-            "pred_vertices": net["pred_vertices"],
-            "pred_keypoints_2d": net["pred_keypoints_2d"],
-            "pred_mano_params": {k: net[k] for k in ("global_orient", "hand_pose", "betas")},
-            "hands": labels,
-            "right": rights,
-        }
-        result.update(hand_outputs(net, rights, crops, img.shape, self.cfg))
-        return result
-
-    @staticmethod
-    def _per_hand(result: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        return {label: result["keypoints_3d"][i] for i, label in enumerate(result["hands"])}
-
-    def _get_detector(self) -> HandDetector:
-        if self._detector is None:
-            self._detector = HandDetector(self._detector_options)
-        return self._detector
+        result = self.predict(img_bgr, bbox_only=bbox_only, timestamp_ms=timestamp_ms)
+        return result.keypoints_3d, result.boxes
 
     def close(self) -> None:
         """Close the MediaPipe landmarkers (the network needs no closing)."""
-        if self._detector is not None:
-            self._detector.close()
-            self._detector = None
+        with self._lock:
+            if self._detector is not None:
+                self._detector.close()
+                self._detector = None
 
     def __enter__(self) -> HAMER:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")

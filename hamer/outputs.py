@@ -21,17 +21,14 @@ import json
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import cv2
 import numpy as np
 
-from .pipeline import LABELS
-
-if TYPE_CHECKING:
-    from .detection import HandDetection
+from .results import LABELS, FrameResult
 
 NPZ_ARRAYS = {
     "labels": "(2,) str: the label of each hand slot, 'Right' then 'Left'",
@@ -40,7 +37,7 @@ NPZ_ARRAYS = {
     "time_s": "(F,) float64: seconds from the start of the video (frame / fps); NaN for images",
     "image_size": "(F, 2) int32: width, height in pixels",
     "focal_length": "(F,) float32: pixels, of the camera HaMeR assumes (principal point at the image centre); "
-                    "NaN without hands",
+                    "NaN with --bbox-only",
     "num_hands": "(F,) int8: hands reconstructed (or boxed, with --bbox-only) in the frame",
     "present": "(F, 2) bool: the slot holds a hand",
     "score": "(F, 2) float32: MediaPipe's handedness score (pose fallback: mean visibility)",
@@ -53,59 +50,23 @@ NPZ_ARRAYS = {
 }
 
 
-@dataclass
-class Hand:
-    """One hand in one frame. ``label`` is the label HaMeR was run with; ``detected_label`` MediaPipe's.
-
-    box (4,) pixels; keypoints_3d (21, 3) metres (MANO frame, camera axes); keypoints_2d (21, 2) pixels;
-    cam_t (3,) metres. The joint arrays are None with ``--bbox-only``.
-    """
-
-    label: str
-    detected_label: str
-    score: float
-    detector: str
-    box: np.ndarray
-    track_id: int = -1
-    keypoints_3d: np.ndarray | None = None
-    keypoints_2d: np.ndarray | None = None
-    cam_t: np.ndarray | None = None
-
-    @classmethod
-    def from_detection(cls, det: HandDetection, label: str | None = None, track_id: int = -1) -> Hand:
-        """A hand without joints from a MediaPipe detection, under ``label`` (default: the detected one)."""
-        return cls(label or det.label, det.label, det.score, det.source, det.box, track_id)
-
-
-@dataclass
+@dataclass(frozen=True)
 class Frame:
-    """One image or video frame and its hands. ``focal_length`` in pixels (None when HaMeR did not run)."""
+    """One image or video frame of an input: where it comes from and its hands.
+
+    ``index``: frame number in the video, or position of the image in its input; ``time_s``: seconds from the
+    start of the video (None for images).
+    """
 
     source: str
     index: int
     time_s: float | None
-    image_size: tuple[int, int]
-    focal_length: float | None = None
-    hands: list[Hand] = field(default_factory=list)
+    result: FrameResult
 
-
-def hands_from_result(result: Mapping[str, Any], detections: Mapping[str, HandDetection],
-                      track_ids: Mapping[str, int] | None = None) -> list[Hand]:
-    """The hands of ``HAMER.result`` (``result["hands"]`` order), with the detection each label's box came from."""
-    hands = []
-    for i, label in enumerate(result["hands"]):
-        hand = Hand.from_detection(detections[label], label, (track_ids or {}).get(label, -1))
-        if "keypoints_3d" in result:
-            hand.keypoints_3d = result["keypoints_3d"][i]
-            hand.keypoints_2d = result["keypoints_2d"][i]
-            hand.cam_t = result["cam_t_full"][i]
-        hands.append(hand)
-    return hands
-
-
-def frame_focal_length(result: Mapping[str, Any]) -> float | None:
-    """The full-image focal length (pixels) of ``HAMER.result``, None when HaMeR did not run."""
-    return float(result["focal_length_full"]) if "focal_length_full" in result else None
+    @property
+    def focal_length(self) -> float | None:
+        """The full-image focal length in pixels (None when HaMeR did not run)."""
+        return None if self.result.camera is None else self.result.camera.fx
 
 
 @contextmanager
@@ -142,19 +103,19 @@ def frame_json(frame: Frame) -> dict[str, Any]:
         "source": frame.source,
         "frame": frame.index,
         "time_s": None if frame.time_s is None else round(frame.time_s, 6),
-        "image_size": list(frame.image_size),
+        "image_size": list(frame.result.image_size),
         "focal_length": None if frame.focal_length is None else round(frame.focal_length, 6),
         "hands": [{
             "label": h.label,
             "detected_label": h.detected_label,
-            "score": round(float(h.score), 6),
+            "score": None if np.isnan(h.score) else round(float(h.score), 6),
             "detector": h.detector,
             "track_id": h.track_id if h.track_id >= 0 else None,
             "box": _rounded(h.box),
             "keypoints_3d": _rounded(h.keypoints_3d),
             "keypoints_2d": _rounded(h.keypoints_2d),
             "cam_t": _rounded(h.cam_t),
-        } for h in frame.hands],
+        } for h in frame.result.hands],
     }
 
 
@@ -166,10 +127,10 @@ def npz_arrays(frames: list[Frame]) -> dict[str, np.ndarray]:
         "source": np.array([f.source for f in frames], dtype=str).reshape(n),
         "frame": np.array([f.index for f in frames], dtype=np.int64).reshape(n),
         "time_s": np.array([np.nan if f.time_s is None else f.time_s for f in frames], dtype=np.float64).reshape(n),
-        "image_size": np.array([f.image_size for f in frames], dtype=np.int32).reshape(n, 2),
+        "image_size": np.array([f.result.image_size for f in frames], dtype=np.int32).reshape(n, 2),
         "focal_length": np.array([np.nan if f.focal_length is None else f.focal_length for f in frames],
                                  dtype=np.float32).reshape(n),
-        "num_hands": np.array([len(f.hands) for f in frames], dtype=np.int8).reshape(n),
+        "num_hands": np.array([len(f.result.hands) for f in frames], dtype=np.int8).reshape(n),
         "present": np.zeros((n, 2), dtype=bool),
         "score": np.full((n, 2), np.nan, dtype=np.float32),
         "track_id": np.full((n, 2), -1, dtype=np.int32),
@@ -179,7 +140,7 @@ def npz_arrays(frames: list[Frame]) -> dict[str, np.ndarray]:
         "cam_t": np.full((n, 2, 3), np.nan, dtype=np.float32),
     }
     for i, frame in enumerate(frames):
-        for hand in frame.hands:
+        for hand in frame.result.hands:
             slot = LABELS.index(hand.label)
             out["present"][i, slot] = True
             out["score"][i, slot] = hand.score

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from .outputs import Hand
+from .results import Hand
 
 FINGERS = ((1, 2, 3, 4), (5, 6, 7, 8), (9, 10, 11, 12), (13, 14, 15, 16), (17, 18, 19, 20))
 HAND_EDGES = tuple((0 if i == 0 else finger[i - 1], finger[i]) for finger in FINGERS for i in range(4))
@@ -36,7 +36,7 @@ def draw_hands(img_bgr: np.ndarray, hands: Sequence[Hand]) -> np.ndarray:
 
 
 def _caption(hand: Hand) -> str:
-    text = f"{hand.label} {hand.score:.2f}"
+    text = hand.label if np.isnan(hand.score) else f"{hand.label} {hand.score:.2f}"
     if hand.detected_label != hand.label:
         text += f" (MediaPipe: {hand.detected_label})"
     return text

@@ -1,22 +1,38 @@
-"""One frame through HaMeR: labelled boxes -> crops -> network -> joints in the image.
+"""One frame through HaMeR: image -> boxes -> crops -> network -> hands, as typed values.
 
-Data flows one way: :func:`check_boxes` validates the user's boxes, :func:`make_inputs` crops and normalizes them
-into one batch, a runtime runs the network, :func:`hand_outputs` un-mirrors left hands and places every hand in the
-full image with the original demo's camera.
+Data flows one way. :func:`hands_from_boxes` (the user's boxes) or a selection of MediaPipe's detections
+(:func:`best_per_label`, or a video tracker) gives detected-only :class:`~hamer.results.Hand` values;
+:class:`Reconstructor` crops them (:func:`make_inputs`), runs the network on one batch, un-mirrors left hands and
+places every hand in the full image with a :class:`~hamer.results.Camera`. :func:`predict_frame` strings these
+together; ``HAMER``, the video tracker and the command line all call it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
 from yacs.config import CfgNode
 
-from .camera import cam_crop_to_full, perspective_projection
+from .camera import cam_crop_to_full
 from .cropping import CropParams, box_to_crop, crop_images, normalize_patches
+from .results import LABELS, Camera, FrameResult, Hand, ManoParams, NetworkOutput, frozen_array
 
-LABELS = ("Right", "Left")
+if TYPE_CHECKING:
+    from .detection import HandDetection, HandDetector
+
+__all__ = ["LABELS", "Reconstructor", "best_per_label", "box_problem", "check_boxes", "hands_from_boxes",
+           "make_inputs", "predict_frame"]
+
+Select = Callable[[Sequence["HandDetection"], tuple[int, ...]], list[Hand]]
+
+
+class Network(Protocol):
+    """A runtime of the network (``hamer.runtime``): (N, 3, S, S) normalized crops -> outputs by name."""
+
+    def __call__(self, inputs: np.ndarray) -> dict[str, np.ndarray]: ...
 
 
 def check_boxes(boxes: Mapping[str, Sequence[float]], image_shape: tuple[int, ...]) -> dict[str, np.ndarray]:
@@ -56,6 +72,21 @@ def box_problem(box: np.ndarray, image_shape: tuple[int, ...]) -> str | None:
     return None
 
 
+def hands_from_boxes(boxes: Mapping[str, Sequence[float]], image_shape: tuple[int, ...]) -> list[Hand]:
+    """The user's ``{"Right"|"Left": box}`` (checked by :func:`check_boxes`) as detected-only hands, Right first."""
+    checked = check_boxes(boxes, image_shape)
+    return [Hand(label=label, box=frozen_array(checked[label])) for label in LABELS if label in checked]
+
+
+def best_per_label(detections: Sequence[HandDetection], image_shape: tuple[int, ...]) -> list[Hand]:
+    """The most confident detection of each label, as detected-only hands, Right first."""
+    del image_shape  # a detector's boxes always overlap the image they come from
+    chosen: dict[str, HandDetection] = {}
+    for det in sorted(detections, key=lambda d: -d.score):
+        chosen.setdefault(det.label, det)
+    return [Hand.from_detection(chosen[label]) for label in LABELS if label in chosen]
+
+
 def make_inputs(img_bgr: np.ndarray, boxes: np.ndarray, rights: np.ndarray, cfg: CfgNode,
                 rescale_factor: float) -> tuple[np.ndarray, list[CropParams]]:
     """(N, 4) boxes, (N,) right flags -> (N, 3, S, S) network input and the crops' parameters."""
@@ -66,15 +97,53 @@ def make_inputs(img_bgr: np.ndarray, boxes: np.ndarray, rights: np.ndarray, cfg:
     return normalize_patches(patches, cfg.MODEL.IMAGE_MEAN, cfg.MODEL.IMAGE_STD), crops
 
 
-def hand_outputs(net: Mapping[str, np.ndarray], rights: np.ndarray, crops: Sequence[CropParams],
-                 image_shape: tuple[int, ...], cfg: CfgNode) -> dict[str, np.ndarray]:
-    """Un-mirrored joints and vertices, the full-image camera and the joints projected into the image.
+class Reconstructor:
+    """Detected hands of an image -> reconstructed hands: crops, one network batch, full-image placement.
+
+    Args:
+        network: runs the network on normalized crops (``hamer.runtime.TorchRuntime`` or ``OnnxRuntime``).
+        cfg: the model config (crop size, normalization, focal length).
+        rescale_factor: crop side = ``rescale_factor * max(h, 4/3 w)`` of the box (HaMeR's demo: 2.0).
+    """
+
+    def __init__(self, network: Network, cfg: CfgNode, rescale_factor: float = 2.0) -> None:
+        self.network = network
+        self.cfg = cfg
+        self.rescale_factor = float(rescale_factor)
+
+    def camera(self, image_size: tuple[int, int]) -> Camera:
+        """The full-image camera of a ``(W, H)`` image (HaMeR demo's)."""
+        return Camera.hamer_default(image_size, float(self.cfg.EXTRA.FOCAL_LENGTH), int(self.cfg.MODEL.IMAGE_SIZE))
+
+    def __call__(self, img_bgr: np.ndarray, hands: Sequence[Hand]) -> list[Hand]:
+        """Reconstruct ``hands`` (boxes in ``img_bgr``, a uint8 BGR image) in one batch; same order."""
+        if not hands:
+            return []
+        rights = np.array([h.label == "Right" for h in hands])
+        inputs, crops = make_inputs(img_bgr, np.stack([h.box for h in hands]), rights, self.cfg,
+                                    self.rescale_factor)
+        net = self.network(inputs)
+        height, width = img_bgr.shape[:2]
+        camera = self.camera((width, height))
+        placed = _place(net, rights, crops, (width, height), camera)
+        box_size = placed.pop("box_size")
+        return [hand.replace(**{k: v[i] for k, v in placed.items()}, box_size=float(box_size[i]),
+                             mano=ManoParams(*(frozen_array(net[k][i]) for k in ("global_orient", "hand_pose",
+                                                                                  "betas"))),
+                             raw=NetworkOutput(*(frozen_array(net[k][i]) for k in (
+                                 "pred_cam", "pred_cam_t", "focal_length", "pred_keypoints_3d", "pred_vertices",
+                                 "pred_keypoints_2d"))))
+                for i, hand in enumerate(hands)]
+
+
+def _place(net: Mapping[str, np.ndarray], rights: np.ndarray, crops: Sequence[CropParams],
+           image_size: tuple[int, int], camera: Camera) -> dict[str, np.ndarray]:
+    """Un-mirrored joints and vertices, the camera translation and the joints projected into the image.
 
     Returns ``keypoints_3d`` (N,21,3) and ``vertices`` (N,778,3) in metres (MANO frame, x of left hands negated
-    back), ``cam_t_full`` (N,3) metres, ``keypoints_2d`` (N,21,2) image pixels, ``box_center`` (N,2) pixels,
-    ``box_size`` (N,) pixels, ``focal_length_full`` (scalar, pixels).
+    back), ``cam_t`` (N,3) metres (HaMeR demo's ``cam_crop_to_full``), ``keypoints_2d`` (N,21,2) image pixels,
+    ``box_center`` (N,2) and ``box_size`` (N,) pixels.
     """
-    height, width = image_shape[:2]
     sign = 2 * rights.astype(np.float32) - 1
     unmirror = np.ones((len(sign), 1, 3), dtype=np.float32)
     unmirror[:, 0, 0] = sign
@@ -85,18 +154,38 @@ def hand_outputs(net: Mapping[str, np.ndarray], rights: np.ndarray, crops: Seque
     pred_cam[:, 1] = torch.from_numpy(sign) * pred_cam[:, 1]
     box_center = torch.from_numpy(np.stack([c.center for c in crops]).astype(np.float32))
     box_size = torch.tensor([c.size for c in crops], dtype=torch.float32)
-    img_size = torch.tensor([[width, height]] * len(crops), dtype=torch.float32)
-    focal = float(cfg.EXTRA.FOCAL_LENGTH) / float(cfg.MODEL.IMAGE_SIZE) * img_size.max()
-    cam_t_full = cam_crop_to_full(pred_cam, box_center, box_size, img_size, focal)
-    keypoints_2d = perspective_projection(
-        torch.from_numpy(keypoints_3d), cam_t_full, focal.expand(len(crops), 2), img_size / 2.0
-    )
+    img_size = torch.tensor([image_size] * len(crops), dtype=torch.float32)
+    cam_t = cam_crop_to_full(pred_cam, box_center, box_size, img_size, torch.tensor(camera.fx)).numpy()
     return {
         "keypoints_3d": keypoints_3d,
         "vertices": vertices,
-        "cam_t_full": cam_t_full.numpy(),
-        "keypoints_2d": keypoints_2d.numpy(),
+        "cam_t": cam_t,
+        "keypoints_2d": camera.project(keypoints_3d + cam_t[:, None]),
         "box_center": box_center.numpy(),
         "box_size": box_size.numpy(),
-        "focal_length_full": np.float32(focal),
     }
+
+
+def predict_frame(img_bgr: np.ndarray, reconstructor: Reconstructor | None, *,
+                  boxes: Mapping[str, Sequence[float]] | None = None, detector: HandDetector | None = None,
+                  select: Select = best_per_label, timestamp_ms: int | None = None) -> FrameResult:
+    """The hands of one uint8 BGR image.
+
+    With ``boxes`` (``{"Right"|"Left": [x1, y1, x2, y2]}`` pixels) HaMeR runs on them; otherwise ``detector``
+    finds the hands (``timestamp_ms`` in VIDEO mode) and ``select`` picks the ones to reconstruct, with their
+    labels (default: the most confident of each label). ``reconstructor`` None: detected-only hands (no HaMeR).
+    """
+    height, width = img_bgr.shape[:2]
+    detections = None
+    if boxes is not None:
+        hands = hands_from_boxes(boxes, img_bgr.shape)
+    elif detector is not None:
+        detections = tuple(detector.detect(img_bgr, timestamp_ms=timestamp_ms))
+        hands = select(detections, img_bgr.shape)
+    else:
+        raise ValueError("predict_frame needs boxes or a detector")
+    camera = None
+    if reconstructor is not None:
+        hands = reconstructor(img_bgr, hands)
+        camera = reconstructor.camera((width, height))
+    return FrameResult(tuple(hands), (width, height), camera, detections)

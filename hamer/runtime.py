@@ -7,21 +7,23 @@ import logging
 from contextlib import nullcontext
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import onnxruntime as ort
 import torch
-from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from yacs.config import CfgNode
 
 from .configs import CONFIG_METADATA_KEY, PathLike, merge_config
-from .models.hamer import HaMeRNet
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
+    from .models.hamer import HaMeRNet
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 ONNX_INPUT = "crops"
-_ORT_LOAD_ERRORS = (ort_errors.Fail, ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.InvalidArgument,
-                    ort_errors.NoSuchFile, ort_errors.NotImplemented, RuntimeError)
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -83,6 +85,8 @@ class TorchRuntime:
 
 def onnx_providers(device: torch.device) -> list[str]:
     """ONNX Runtime providers for ``device``: CUDA first when asked for and available, CPU always."""
+    import onnxruntime as ort
+
     if device.type == "cuda":
         if "CUDAExecutionProvider" in ort.get_available_providers():
             return ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -97,13 +101,18 @@ def onnx_session(path: Path, device: torch.device) -> ort.InferenceSession:
     """
     if not path.is_file():
         raise FileNotFoundError(f"ONNX model not found: {path}")
+    import onnxruntime as ort  # imported on first use
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+    load_errors = (ort_errors.Fail, ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.InvalidArgument,
+                   ort_errors.NoSuchFile, ort_errors.NotImplemented, RuntimeError)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = torch.get_num_threads()
     options.log_severity_level = 3  # errors only: ORT warns about every constant-folded shape node
     try:
         return ort.InferenceSession(str(path), options, providers=onnx_providers(device))
-    except _ORT_LOAD_ERRORS as exc:
+    except load_errors as exc:
         raise ValueError(f"{path} is not a readable ONNX model: {exc}") from None
 
 

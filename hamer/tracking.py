@@ -9,6 +9,7 @@ mirrored by label, so relabelling the output would not do) and can smooth the jo
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -16,15 +17,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from .camera import perspective_projection
-from .detection import HandDetection
-from .outputs import Hand, hands_from_result
-from .pipeline import LABELS, box_problem
+from .pipeline import Reconstructor, box_problem, predict_frame
+from .results import LABELS, Camera, FrameResult, Hand
 
 if TYPE_CHECKING:
-    from .hamer_module import HAMER
+    from .detection import HandDetection, HandDetector
 
 log = logging.getLogger(__name__)
 
@@ -94,15 +92,6 @@ class Track:
     missed: int = 0  # consecutive frames without a matching detection
 
 
-@dataclass(frozen=True)
-class TrackedHand:
-    """A detection assigned to a track: ``label`` is the track's held label (may differ from ``detection.label``)."""
-
-    track_id: int
-    label: str
-    detection: HandDetection
-
-
 class HandTracker:
     """Keeps each hand's identity and Right/Left label across the frames of one video.
 
@@ -124,8 +113,10 @@ class HandTracker:
         self.tracks: list[Track] = []
         self._next_id = 0
 
-    def update(self, detections: Sequence[HandDetection], image_shape: tuple[int, ...]) -> list[TrackedHand]:
-        """This frame's tracked hands (Right first) from MediaPipe's detections in an image of ``image_shape``."""
+    def update(self, detections: Sequence[HandDetection], image_shape: tuple[int, ...]) -> list[Hand]:
+        """This frame's tracked hands (Right first) from MediaPipe's detections in an image of ``image_shape``.
+
+        Each hand has its track's held ``label`` and ``track_id``; ``detected_label`` is MediaPipe's."""
         candidates = self._candidates(detections, image_shape)
         matches = self._match(candidates)
         for track, det in matches.items():
@@ -142,7 +133,7 @@ class HandTracker:
             if track not in matches:
                 track.missed += 1
         self.tracks = [t for t in self.tracks if t.missed <= self.max_missed]
-        hands = [TrackedHand(t.id, t.label, det) for t, det in matches.items()]
+        hands = [Hand.from_detection(det, t.label, t.id) for t, det in matches.items()]
         return sorted(hands, key=lambda h: LABELS.index(h.label))
 
     def _candidates(self, detections: Sequence[HandDetection], image_shape: tuple[int, ...]) -> list[HandDetection]:
@@ -199,51 +190,49 @@ def _other(label: str) -> str:
 
 
 class VideoHands:
-    """The hands of one video, frame by frame: MediaPipe boxes -> :class:`HandTracker` -> HaMeR -> smoothing.
+    """The hands of one video, frame by frame: MediaPipe -> :class:`HandTracker` -> HaMeR -> smoothing.
 
     Args:
-        hamer: a ``HAMER(mode="VIDEO")``; its MediaPipe landmarkers must see this video's frames only.
+        detector: a ``HandDetector`` in VIDEO mode that sees this video's frames only (``HAMER.detector``).
+        reconstructor: runs HaMeR on the tracked hands (``HAMER.reconstructor``); None: boxes and labels only.
         tracker: default ``HandTracker()``.
-        make_filter: builds a filter per track for its 21 joints and camera translation (e.g.
+        make_filter: builds a filter per track for its joints, vertices and camera translation (e.g.
             ``functools.partial(OneEuroFilter, min_cutoff, beta)``); None: no smoothing.
-        bbox_only: track boxes and labels only; no HaMeR.
     """
 
-    def __init__(self, hamer: HAMER, tracker: HandTracker | None = None,
-                 make_filter: Callable[[], OneEuroFilter] | None = None, bbox_only: bool = False) -> None:
-        self.hamer = hamer
+    def __init__(self, detector: HandDetector, reconstructor: Reconstructor | None = None,
+                 tracker: HandTracker | None = None, make_filter: Callable[[], OneEuroFilter] | None = None) -> None:
+        self.detector = detector
+        self.reconstructor = reconstructor
         self.tracker = tracker if tracker is not None else HandTracker()
         self.make_filter = make_filter
-        self.bbox_only = bbox_only
         self._filters: dict[int, tuple[str, OneEuroFilter]] = {}
 
-    def __call__(self, img_bgr: np.ndarray, timestamp_ms: int) -> list[Hand]:
-        """Hands of the frame at ``timestamp_ms`` (strictly increasing), Right first; ``hamer.result`` as HaMeR's."""
-        self.hamer.process_with_mediapipe(img_bgr, bbox_only=True, timestamp_ms=timestamp_ms)
-        tracked = self.tracker.update(self.hamer.result["detections"], img_bgr.shape)
-        if self.bbox_only or not tracked:
-            return [Hand.from_detection(t.detection, t.label, t.track_id) for t in tracked]
-        self.hamer.process(img_bgr, {t.label: t.detection.box for t in tracked})
-        hands = hands_from_result(self.hamer.result, {t.label: t.detection for t in tracked},
-                                  {t.label: t.track_id for t in tracked})
-        if self.make_filter is not None:
-            self._smooth(hands, timestamp_ms / 1000.0, img_bgr.shape)
-        return hands
+    def __call__(self, img_bgr: np.ndarray, timestamp_ms: int) -> FrameResult:
+        """The frame at ``timestamp_ms`` (strictly increasing): tracked hands with held labels, Right first.
 
-    def _smooth(self, hands: list[Hand], t: float, image_shape: tuple[int, ...]) -> None:
-        """Filter each hand's joints and camera translation in place; reproject its 2D joints."""
+        The network runs once on the frame's tracked hands, each under its held label (the crop is mirrored by
+        label, so relabelling an output would not do); smoothed values replace the raw ones.
+        """
+        result = predict_frame(img_bgr, self.reconstructor, detector=self.detector, select=self.tracker.update,
+                               timestamp_ms=timestamp_ms)
+        if self.make_filter is None or result.camera is None:
+            return result
+        hands = self._smooth(result.hands, timestamp_ms / 1000.0, result.camera)
+        return dataclasses.replace(result, hands=hands)
+
+    def _smooth(self, hands: Sequence[Hand], t: float, camera: Camera) -> tuple[Hand, ...]:
+        """Each hand with its joints, vertices and camera translation filtered, its 2D joints reprojected."""
         live = {track.id for track in self.tracker.tracks}
         self._filters = {k: v for k, v in self._filters.items() if k in live}
-        height, width = image_shape[:2]
-        focal = torch.full((1, 2), float(self.hamer.result["focal_length_full"]))
-        center = torch.tensor([[width / 2.0, height / 2.0]])
+        smoothed = []
         for hand in hands:
             label, filt = self._filters.get(hand.track_id, (None, None))
             if filt is None or label != hand.label:  # new track, or relabelled: a different reconstruction
                 filt = self.make_filter()
                 self._filters[hand.track_id] = (hand.label, filt)
-            joined = filt(np.concatenate([hand.keypoints_3d, hand.cam_t[None]]), t).astype(np.float32)
-            hand.keypoints_3d, hand.cam_t = joined[:21], joined[21]
-            hand.keypoints_2d = perspective_projection(
-                torch.from_numpy(hand.keypoints_3d[None]), torch.from_numpy(hand.cam_t[None]), focal, center
-            )[0].numpy()
+            joined = filt(np.concatenate([hand.keypoints_3d, hand.vertices, hand.cam_t[None]]), t).astype(np.float32)
+            keypoints_3d, vertices, cam_t = joined[:21], joined[21:-1], joined[-1]
+            smoothed.append(hand.replace(keypoints_3d=keypoints_3d, vertices=vertices, cam_t=cam_t,
+                                         keypoints_2d=camera.project(keypoints_3d + cam_t)))
+        return tuple(smoothed)

@@ -116,7 +116,8 @@ def test_run_reports_unreadable_inputs_and_goes_on(data_dir, tmp_path, capsys):
         (0, "a_noise.png", []), (2, "c_noise.png", [])]
     arrays = check_npz(out / "frames.npz", 2)
     assert arrays["num_hands"].tolist() == [0, 0] and arrays["frame"].tolist() == [0, 2]
-    assert np.isnan(arrays["focal_length"]).all() and np.isnan(arrays["time_s"]).all()
+    assert arrays["focal_length"].tolist() == [3125.0, 3125.0]  # the camera, hands or not: 5000 / 256 * 160 px
+    assert np.isnan(arrays["time_s"]).all()
     assert sorted(p.name for p in (out / "frames.overlay").iterdir()) == ["a_noise.jpg", "c_noise.jpg"]
     assert sorted(p.name for p in out.iterdir()) == ["frames.jsonl", "frames.npz", "frames.overlay"]
 

@@ -7,9 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from hamer.camera import perspective_projection
 from hamer.detection import HandDetection
 from hamer.hamer_module import HAMER
 from hamer.tracking import HandTracker, OneEuroFilter, VideoHands, box_iou
@@ -89,7 +87,7 @@ def test_label_flicker_is_held_and_a_persistent_change_is_taken():
     for _ in range(2):
         hands = tracker.update([det("Right", RIGHT_BOX), det("Right", LEFT_BOX, score=0.6)], SHAPE)
         assert labels_of(hands) == ids
-        assert [h.detection.label for h in hands] == ["Right", "Right"]
+        assert [h.detected_label for h in hands] == ["Right", "Right"]
     # Both hands swap labels for good: taken on the 3rd consecutive frame, not before.
     for k in range(3):
         hands = tracker.update([det("Left", RIGHT_BOX), det("Right", LEFT_BOX)], SHAPE)
@@ -109,7 +107,7 @@ def test_pose_box_of_a_found_hand_is_dropped():
     tracker = HandTracker()
     hands = tracker.update([det("Right", [470, 358, 555, 398], 0.88),
                             det("Left", [473, 333, 547, 406], 0.93, source="pose")], SHAPE)
-    assert [(h.label, h.detection.source) for h in hands] == [("Right", "hand")]
+    assert [(h.label, h.detector) for h in hands] == [("Right", "hand")]
 
 
 def test_a_lost_hand_ends_and_a_new_one_waits_for_a_free_label():
@@ -132,54 +130,57 @@ def test_boxes_outside_the_image_are_ignored():
 
 # ---------------------------------------------------------------------------------------------------- VideoHands
 
-def scripted(hamer: HAMER, script: list[list[HandDetection]], monkeypatch) -> None:
-    """Make ``hamer``'s MediaPipe step report the scripted detections, one list per frame."""
-    frames = iter(script)
+class ScriptedDetector:
+    """Stands in for MediaPipe in VIDEO mode: reports the scripted detections, one list per frame."""
 
-    def fake(img, bbox_only=False, timestamp_ms=None):
-        assert bbox_only
-        hamer.result = {"hands": [], "detections": next(frames)}
-        return {}, {}
+    def __init__(self, script: list[list[HandDetection]]) -> None:
+        self.frames = iter(script)
+        self.timestamps: list[int] = []
 
-    monkeypatch.setattr(hamer, "process_with_mediapipe", fake)
+    def detect(self, img, timestamp_ms=None) -> list[HandDetection]:
+        self.timestamps.append(timestamp_ms)
+        return next(self.frames)
 
 
-def test_held_label_reruns_hamer_with_that_label(data_dir, monkeypatch):
+def test_held_label_reruns_hamer_with_that_label(data_dir):
     rng = np.random.default_rng(0)
     img = rng.integers(0, 255, size=SHAPE, dtype=np.uint8)
-    hamer = HAMER(mode="VIDEO", data_dir=data_dir)
     box = np.array(RIGHT_BOX, dtype=np.float32)
     script = [[det("Right", box)], [det("Left", box)], [det("Right", box)]]  # one frame of flicker
-    scripted(hamer, script, monkeypatch)
-    video = VideoHands(hamer, HandTracker(label_hold=3))
+    reference = HAMER(data_dir=data_dir)
+    video = VideoHands(ScriptedDetector(script), reference.reconstructor, HandTracker(label_hold=3))
     frames = [video(img, 33 * i) for i in range(3)]
 
-    reference = HAMER(data_dir=data_dir)
     right, _ = reference.process(img, {"Right": box})
     left, _ = reference.process(img, {"Left": box})
     assert np.abs(right["Right"] - left["Left"]).max() > 1e-3  # the mirror reconstruction differs
-    flicker = frames[1][0]
+    (flicker,) = frames[1].hands
     assert (flicker.label, flicker.detected_label) == ("Right", "Left")
     np.testing.assert_allclose(flicker.keypoints_3d, right["Right"], atol=1e-5)
-    assert {h.track_id for f in frames for h in f} == {0}
+    assert {h.track_id for f in frames for h in f.hands} == {0}
+    assert [len(f.detections) for f in frames] == [1, 1, 1]
 
 
-def test_smoothing_filters_3d_and_reprojects_2d(data_dir, monkeypatch):
+def test_smoothing_filters_3d_and_reprojects_2d(data_dir):
     rng = np.random.default_rng(1)
-    hamer = HAMER(mode="VIDEO", data_dir=data_dir)
     boxes = [np.array(RIGHT_BOX, np.float32) + rng.normal(scale=3, size=4).astype(np.float32) for _ in range(4)]
-    scripted(hamer, [[det("Right", b)] for b in boxes], monkeypatch)
-    video = VideoHands(hamer, make_filter=lambda: OneEuroFilter(1.0, 10.0))
+    reconstructor = HAMER(data_dir=data_dir).reconstructor
+    raw_video = VideoHands(ScriptedDetector([[det("Right", b)] for b in boxes]), reconstructor)
+    video = VideoHands(ScriptedDetector([[det("Right", b)] for b in boxes]), reconstructor,
+                       make_filter=lambda: OneEuroFilter(1.0, 10.0))
     img = rng.integers(0, 255, size=SHAPE, dtype=np.uint8)
+    focal, center = 5000 / 256 * 640, np.array([320.0, 240.0])  # HaMeR's camera for a 640x480 image
     raw, smooth = [], []
     for i in range(4):
-        (hand,) = video(img, 33 * i)
-        raw.append(hamer.result["keypoints_3d"][0])
-        smooth.append(hand.keypoints_3d)
-        focal = torch.full((1, 2), float(hamer.result["focal_length_full"]))
-        center = torch.tensor([[SHAPE[1] / 2, SHAPE[0] / 2]])
-        expected = perspective_projection(torch.from_numpy(hand.keypoints_3d[None]),
-                                          torch.from_numpy(hand.cam_t[None]), focal, center)[0].numpy()
-        np.testing.assert_allclose(hand.keypoints_2d, expected, rtol=1e-5, atol=1e-3)
-    np.testing.assert_allclose(smooth[0], raw[0], atol=1e-6)  # the first sample passes through
-    assert not np.allclose(smooth[-1], raw[-1], atol=1e-6)
+        (raw_hand,) = raw_video(img, 33 * i).hands
+        result = video(img, 33 * i)
+        (hand,) = result.hands
+        raw.append(raw_hand)
+        smooth.append(hand)
+        assert result.camera.fx == focal and (result.camera.cx, result.camera.cy) == tuple(center)
+        p = hand.keypoints_3d.astype(np.float64) + hand.cam_t
+        np.testing.assert_allclose(hand.keypoints_2d, focal * p[:, :2] / p[:, 2:] + center, rtol=1e-5, atol=1e-3)
+        np.testing.assert_array_equal(hand.mano.hand_pose, raw_hand.mano.hand_pose)  # parameters stay raw
+    for key in ("keypoints_3d", "vertices", "cam_t"):
+        np.testing.assert_allclose(getattr(smooth[0], key), getattr(raw[0], key), atol=1e-6)  # first passes
+        assert not np.allclose(getattr(smooth[-1], key), getattr(raw[-1], key), atol=1e-6), key
