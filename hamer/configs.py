@@ -18,6 +18,8 @@ from pathlib import Path
 import yaml
 from yacs.config import CfgNode
 
+from .models.variants import variant_config
+
 CACHE_DIR_HAMER = "./hamer_ckpt/_DATA"
 
 CHECKPOINT_FILE = "hamer_ckpts/checkpoints/hamer.ckpt"
@@ -52,10 +54,11 @@ def data_paths(root: PathLike | None = None, checkpoint: PathLike | None = None)
 
 
 def default_config() -> CfgNode:
-    """The keys inference reads, with the released model's values (ViT-H backbone, transformer-decoder MANO head).
+    """The keys inference reads, with the released model's values (variant ``vit_h``: ViT-H backbone,
+    transformer-decoder MANO head).
 
     ``MODEL.BACKBONE.EMBED_DIM/DEPTH/NUM_HEADS/MLP_RATIO`` are this package's own keys (the original hard-codes ViT-H);
-    they let tests build a small model of the same architecture.
+    the sizes come from :mod:`hamer.models.variants`.
     """
     cfg = CfgNode(new_allowed=True)
     cfg.MODEL = CfgNode(new_allowed=True)
@@ -63,23 +66,14 @@ def default_config() -> CfgNode:
     cfg.MODEL.IMAGE_MEAN = [0.485, 0.456, 0.406]
     cfg.MODEL.IMAGE_STD = [0.229, 0.224, 0.225]
     cfg.MODEL.BBOX_SHAPE = [192, 256]
-    cfg.MODEL.BACKBONE = CfgNode(new_allowed=True)
-    cfg.MODEL.BACKBONE.TYPE = "vit"
-    cfg.MODEL.BACKBONE.EMBED_DIM = 1280
-    cfg.MODEL.BACKBONE.DEPTH = 32
-    cfg.MODEL.BACKBONE.NUM_HEADS = 16
-    cfg.MODEL.BACKBONE.MLP_RATIO = 4.0
+    sizes = variant_config("vit_h")["MODEL"]
+    cfg.MODEL.BACKBONE = CfgNode({"TYPE": "vit", **sizes["BACKBONE"]}, new_allowed=True)
     cfg.MODEL.MANO_HEAD = CfgNode(new_allowed=True)
     cfg.MODEL.MANO_HEAD.TYPE = "transformer_decoder"
     cfg.MODEL.MANO_HEAD.IEF_ITERS = 1
     cfg.MODEL.MANO_HEAD.TRANSFORMER_INPUT = "zero"
     cfg.MODEL.MANO_HEAD.JOINT_REP = "6d"
-    cfg.MODEL.MANO_HEAD.TRANSFORMER_DECODER = CfgNode(new_allowed=True)
-    cfg.MODEL.MANO_HEAD.TRANSFORMER_DECODER.depth = 6
-    cfg.MODEL.MANO_HEAD.TRANSFORMER_DECODER.heads = 8
-    cfg.MODEL.MANO_HEAD.TRANSFORMER_DECODER.mlp_dim = 1024
-    cfg.MODEL.MANO_HEAD.TRANSFORMER_DECODER.dim_head = 64
-    cfg.MODEL.MANO_HEAD.TRANSFORMER_DECODER.context_dim = 1280
+    cfg.MODEL.MANO_HEAD.TRANSFORMER_DECODER = CfgNode(sizes["MANO_HEAD"]["TRANSFORMER_DECODER"], new_allowed=True)
     cfg.MANO = CfgNode(new_allowed=True)
     cfg.MANO.MODEL_PATH = "data/mano"
     cfg.MANO.MEAN_PARAMS = "data/mano_mean_params.npz"

@@ -159,6 +159,13 @@ class Hand:
                    detector=detection.source, detected_label=detection.label, track_id=track_id,
                    landmarks=frozen_array(detection.landmarks))
 
+    def __repr__(self) -> str:
+        box = ", ".join(f"{v:.1f}" for v in self.box)
+        track = f", track_id={self.track_id}" if self.track_id >= 0 else ""
+        relabel = f", detected_label={self.detected_label!r}" if self.detected_label != self.label else ""
+        return (f"Hand(label={self.label!r}, detector={self.detector!r}, score={self.score:.3f}, box=[{box}]"
+                f"{relabel}{track}, reconstructed={self.reconstructed})")
+
     def replace(self, **changes: Any) -> Hand:
         """A copy with ``changes`` (arrays are stored read-only)."""
         arrays = {k: frozen_array(v) if isinstance(v, np.ndarray) else v for k, v in changes.items()}
@@ -180,6 +187,10 @@ class FrameResult:
     image_size: tuple[int, int]
     camera: Camera | None = None
     detections: tuple[HandDetection, ...] | None = None
+
+    def __repr__(self) -> str:
+        found = "" if self.detections is None else f", detections={len(self.detections)}"
+        return f"FrameResult(image_size={self.image_size}, hands={list(self.hands)}{found}, camera={self.camera})"
 
     def __getitem__(self, label: str) -> Hand:
         """The hand labelled ``label``; KeyError when there is none."""

@@ -23,18 +23,13 @@ import yaml
 from yacs.config import CfgNode
 
 from hamer.configs import merge_config
+from hamer.models.variants import variant_config
 from hamer.models.hamer import HaMeRNet
 from hamer.models.mano import MANO
 
 MANO_PARENTS = [-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 0, 10, 11, 0, 13, 14]
 
-SMALL_MODEL = {
-    "MODEL": {
-        "BACKBONE": {"EMBED_DIM": 64, "DEPTH": 2, "NUM_HEADS": 4, "MLP_RATIO": 2.0},
-        "MANO_HEAD": {"TRANSFORMER_DECODER": {"dim": 64, "depth": 2, "heads": 2, "dim_head": 16, "mlp_dim": 64,
-                                              "context_dim": 64}},
-    }
-}
+SMALL_MODEL = variant_config("tiny")
 
 
 def training_config(small: bool = True) -> dict:

@@ -12,7 +12,7 @@ from torch import nn
 class PatchEmbed(nn.Module):
     """Conv patch embedding with ViTPose's padding of 2 (16x16 kernel, stride 16)."""
 
-    def __init__(self, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 1280, padding: int = 2) -> None:
+    def __init__(self, embed_dim: int, patch_size: int = 16, in_chans: int = 3, padding: int = 2) -> None:
         super().__init__()
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size, padding=padding)
 
@@ -32,16 +32,16 @@ class ViT(nn.Module):
 
     def __init__(
         self,
+        embed_dim: int,
+        depth: int,
+        num_heads: int,
+        mlp_ratio: float,
         img_size: tuple[int, int] = (256, 192),
         patch_size: int = 16,
-        embed_dim: int = 1280,
-        depth: int = 32,
-        num_heads: int = 16,
-        mlp_ratio: float = 4.0,
     ) -> None:
         super().__init__()
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
-        self.patch_embed = PatchEmbed(patch_size=patch_size, embed_dim=embed_dim)
+        self.patch_embed = PatchEmbed(embed_dim, patch_size=patch_size)
         num_patches = (img_size[0] // patch_size) * (img_size[1] // patch_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))
         self.blocks = nn.ModuleList(

@@ -44,7 +44,7 @@ class HaMeRNet(nn.Module):
         )
         self.mano_head = MANOTransformerDecoderHead(
             num_hand_joints=int(cfg.MANO.NUM_HAND_JOINTS),
-            dim=int(dec.get("dim", 1024)),
+            dim=int(dec.dim),
             depth=int(dec.depth),
             heads=int(dec.heads),
             dim_head=int(dec.dim_head),

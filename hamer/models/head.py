@@ -129,13 +129,13 @@ class MANOTransformerDecoderHead(nn.Module):
 
     def __init__(
         self,
+        dim: int,
+        depth: int,
+        heads: int,
+        dim_head: int,
+        mlp_dim: int,
+        context_dim: int,
         num_hand_joints: int = 15,
-        dim: int = 1024,
-        depth: int = 6,
-        heads: int = 8,
-        dim_head: int = 64,
-        mlp_dim: int = 1024,
-        context_dim: int = 1280,
         ief_iters: int = 1,
         mean_shape_input: bool = False,
     ) -> None:

@@ -1,0 +1,99 @@
+"""The writers (outputs.py) and the drawing (overlay.py) on hand-made typed results."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hamer.outputs import Frame, FrameWriter, frame_json, npz_arrays
+from hamer.overlay import FINGER_COLORS, LABEL_COLORS, draw_hands
+from hamer.results import Camera, FrameResult, Hand, frozen_array
+
+SIZE = (200, 100)  # W, H
+
+
+def has_color(pixels: np.ndarray, color: tuple[int, int, int], tol: int = 30) -> bool:
+    """Whether any pixel is within ``tol`` of ``color`` (lines are anti-aliased)."""
+    return bool((np.abs(pixels.reshape(-1, 3).astype(int) - color).max(axis=1) <= tol).any())
+
+
+def left_hand(track_id: int = 3) -> Hand:
+    joints = np.zeros((21, 3), np.float32)
+    joints[:, 0] = np.linspace(-0.05, 0.05, 21)
+    joints_2d = np.stack([np.linspace(120, 180, 21), np.full(21, 50.0)], axis=1)
+    return Hand(label="Left", box=frozen_array([110, 20, 190, 80]), score=0.75, detector="pose",
+                detected_label="Right", track_id=track_id, keypoints_3d=frozen_array(joints),
+                keypoints_2d=frozen_array(joints_2d), cam_t=frozen_array([0.1, -0.2, 3.0]))
+
+
+def frame(hands: tuple[Hand, ...], camera: Camera | None = Camera(800.0, 800.0, 100.0, 50.0)) -> Frame:
+    return Frame("clip.mp4", 7, 7 / 30, FrameResult(hands, SIZE, camera))
+
+
+def test_a_left_hand_alone_goes_to_the_left_slot():
+    arrays = npz_arrays([frame(()), frame((left_hand(),))])
+    assert arrays["labels"].tolist() == ["Right", "Left"]
+    assert arrays["present"].tolist() == [[False, False], [False, True]]
+    assert arrays["num_hands"].tolist() == [0, 1]
+    assert arrays["track_id"].tolist() == [[-1, -1], [-1, 3]]
+    np.testing.assert_array_equal(arrays["box"][1, 1], [110, 20, 190, 80])
+    assert np.isnan(arrays["box"][1, 0]).all() and np.isnan(arrays["keypoints_3d"][:, 0]).all()
+    np.testing.assert_array_equal(arrays["keypoints_3d"][1, 1, :, 0], np.linspace(-0.05, 0.05, 21, dtype=np.float32))
+    np.testing.assert_array_equal(arrays["cam_t"][1, 1], np.float32([0.1, -0.2, 3.0]))
+    assert arrays["score"][1, 1] == np.float32(0.75) and arrays["focal_length"].tolist() == [800.0, 800.0]
+    assert arrays["image_size"].tolist() == [[200, 100], [200, 100]]
+
+
+def test_jsonl_record_of_a_frame():
+    record = frame_json(frame((left_hand(),)))
+    assert json.loads(json.dumps(record)) == record  # plain JSON: no NaN, no numpy types
+    assert (record["source"], record["frame"], record["time_s"]) == ("clip.mp4", 7, round(7 / 30, 6))
+    assert record["image_size"] == [200, 100] and record["focal_length"] == 800.0
+    (hand,) = record["hands"]
+    assert (hand["label"], hand["detected_label"], hand["detector"], hand["track_id"]) == ("Left", "Right", "pose", 3)
+    assert hand["box"] == [110, 20, 190, 80] and hand["cam_t"] == [0.1, -0.2, 3.0]
+    assert hand["keypoints_3d"][20] == [0.05, 0.0, 0.0] and hand["keypoints_2d"][0] == [120.0, 50.0]
+    user = frame((Hand(label="Right", box=frozen_array([1, 2, 3, 4])),), camera=None)
+    record = frame_json(user)
+    assert record["hands"][0]["score"] is None and record["hands"][0]["keypoints_3d"] is None
+    assert record["focal_length"] is None and record["hands"][0]["track_id"] is None
+
+
+def test_frame_writer_writes_both_files_or_neither(tmp_path):
+    jsonl, npz = tmp_path / "a.jsonl", tmp_path / "a.npz"
+    with FrameWriter(jsonl, npz) as writer:
+        writer.add(frame((left_hand(),)))
+        writer.add(frame(()))
+    assert [len(json.loads(line)["hands"]) for line in jsonl.read_text().splitlines()] == [1, 0]
+    with np.load(npz) as arrays:
+        assert arrays["present"].tolist() == [[False, True], [False, False]]
+    with pytest.raises(RuntimeError), FrameWriter(tmp_path / "b.jsonl", tmp_path / "b.npz") as writer:
+        writer.add(frame(()))
+        raise RuntimeError("interrupted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "a.npz"]
+
+
+def test_overlay_draws_box_label_and_skeleton_on_a_copy():
+    img = np.zeros((100, 200, 3), np.uint8)
+    out = draw_hands(img, [left_hand()])
+    assert not img.any()  # the input is untouched
+    assert has_color(out[79:82, 150], LABEL_COLORS["Left"])  # bottom edge of the box
+    assert has_color(out[30, 189:192], LABEL_COLORS["Left"])  # right edge
+    assert not has_color(out[90:, :], LABEL_COLORS["Left"])  # nothing below the box
+    # the bones: joints 0..20 lie on y = 50 from x = 120 to 180; the thumb (joints 1-4) is red, the pinky magenta
+    assert has_color(out[49:52, 125:133], FINGER_COLORS[0])
+    assert not has_color(out[49:52, 125:133], FINGER_COLORS[4])
+    assert has_color(out[49:52, 172:178], FINGER_COLORS[4])
+    assert out[:18].any()  # the caption band sits above the box (y1 = 20)
+
+
+def test_overlay_of_detected_only_hands_and_bad_joints():
+    img = np.full((100, 200, 3), 255, np.uint8)
+    hand = Hand(label="Right", box=frozen_array([10, 10, 60, 60]), score=0.9, detector="hand")
+    out = draw_hands(img, [hand])
+    assert has_color(out[59:62, 30], LABEL_COLORS["Right"])
+    assert not any(has_color(out, c) for c in FINGER_COLORS)  # no joints: no skeleton
+    bad = left_hand().replace(keypoints_2d=np.full((21, 2), np.nan))
+    draw_hands(img, [bad])  # non-finite joints are skipped, not drawn at (0, 0) nor raising
