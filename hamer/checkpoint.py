@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
 import threading
 import zipfile
@@ -26,6 +25,7 @@ from yacs.config import CfgNode
 from .configs import CONFIG_METADATA_KEY, DataPaths, check_supported, load_config, merge_config
 from .models.hamer import HaMeRNet
 from .models.mano import MANO, load_mano_pickle, mano_data_from_state_dict
+from .outputs import give_default_permissions
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,11 @@ def load_lightning_checkpoint(path: Path) -> Checkpoint:
         raise ValueError(f"cannot read checkpoint {path} (truncated or corrupt?): {exc}") from exc
     if not isinstance(raw, dict) or "state_dict" not in raw:
         raise ValueError(f"checkpoint {path} has no 'state_dict' (not a HaMeR Lightning checkpoint)")
+    weights = raw["state_dict"]
+    bad = [k for k, v in weights.items() if not isinstance(v, torch.Tensor)] if isinstance(weights, dict) else None
+    if bad is None or bad:
+        what = f"non-tensor entries {_first(sorted(map(str, bad)))}" if bad else "no mapping of weights"
+        raise ValueError(f"checkpoint {path}: 'state_dict' holds {what}")
     hparams = raw.get("hyper_parameters") or {}
     config = _plain(hparams["cfg"]) if isinstance(hparams, dict) and isinstance(hparams.get("cfg"), dict) else None
     return Checkpoint(dict(raw["state_dict"]), config)
@@ -95,7 +100,16 @@ def load_safetensors_checkpoint(path: Path) -> Checkpoint:
         state_dict = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise ValueError(f"cannot read safetensors checkpoint {path} (truncated or corrupt?): {exc}") from exc
-    config = json.loads(meta[CONFIG_METADATA_KEY]) if CONFIG_METADATA_KEY in meta else None
+    config = None
+    if CONFIG_METADATA_KEY in meta:
+        try:
+            config = json.loads(meta[CONFIG_METADATA_KEY])
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"safetensors checkpoint {path}: metadata '{CONFIG_METADATA_KEY}' is not valid JSON: "
+                             f"{exc}") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"safetensors checkpoint {path}: metadata '{CONFIG_METADATA_KEY}' is not a JSON "
+                             f"object (got {type(config).__name__})")
     return Checkpoint(state_dict, config)
 
 
@@ -109,15 +123,36 @@ def load_checkpoint(path: Path) -> Checkpoint:
     return load_lightning_checkpoint(path)
 
 
+MEAN_PARAM_SIZES = {"pose": 96, "shape": 10, "cam": 3}
+
+
+def read_mean_params(path: Path) -> dict[str, np.ndarray]:
+    """``pose`` (96,), ``shape`` (10,), ``cam`` (3,) float32 from ``mano_mean_params.npz`` (no pickles);
+    ValueError naming the file when it is not such a file."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            sizes = {info.filename: info.file_size for info in archive.infolist()}
+        if any(size > 2**20 for size in sizes.values()):
+            raise ValueError("an array is larger than 1 MiB")
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in MEAN_PARAM_SIZES if k not in npz]
+            if missing:
+                raise ValueError(f"lacks {missing}")
+            arrays = {k: np.asarray(npz[k], dtype=np.float32).reshape(-1) for k in MEAN_PARAM_SIZES}
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, TypeError) as exc:
+        raise ValueError(f"mean parameters {path}: {exc} (truncated or not mano_mean_params.npz?)") from None
+    wrong = {k: a.size for k, a in arrays.items() if a.size != MEAN_PARAM_SIZES[k]}
+    if wrong:
+        raise ValueError(f"mean parameters {path}: sizes {wrong}, expected {MEAN_PARAM_SIZES}")
+    return arrays
+
+
 def _mean_params(paths: DataPaths, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The head's ``init_*`` buffers from ``mano_mean_params.npz``; the checkpoint's values win, as in the original."""
     out: dict[str, torch.Tensor] = {}
     if paths.mean_params.is_file():
-        with np.load(paths.mean_params, allow_pickle=False) as npz:
-            for key, name in MEAN_PARAM_BUFFERS.items():
-                if key not in npz:
-                    raise ValueError(f"{paths.mean_params} lacks '{key}'")
-                out[name] = torch.from_numpy(npz[key].astype(np.float32)).unsqueeze(0)
+        out.update({MEAN_PARAM_BUFFERS[k]: torch.from_numpy(v).unsqueeze(0)
+                    for k, v in read_mean_params(paths.mean_params).items()})
     out.update({name: state_dict[name] for name in MEAN_PARAM_BUFFERS.values() if name in state_dict})
     missing = [name for name in MEAN_PARAM_BUFFERS.values() if name not in out]
     if missing:
@@ -140,11 +175,15 @@ def _mano_data(paths: DataPaths, state_dict: Mapping[str, torch.Tensor]) -> dict
 
 
 def _config(paths: DataPaths, checkpoint: Checkpoint) -> CfgNode:
-    if paths.config.is_file():
+    """The model config: a safetensors file's own; else ``model_config.yaml`` beside the checkpoint (as the
+    original reads it); else the one a Lightning checkpoint carries."""
+    if checkpoint.config is not None and paths.checkpoint.suffix == ".safetensors":
+        cfg = merge_config(checkpoint.config, f"the config stored in {paths.checkpoint}")
+    elif paths.config.is_file():
         cfg = load_config(paths.config)
     elif checkpoint.config is not None:
         log.info("%s not found; using the config stored in the checkpoint", paths.config)
-        cfg = merge_config(checkpoint.config)
+        cfg = merge_config(checkpoint.config, f"the config stored in {paths.checkpoint}")
     else:
         raise FileNotFoundError(f"model config not found: {paths.config} (and the checkpoint carries none)")
     check_supported(cfg)
@@ -217,6 +256,4 @@ def save_safetensors(model: HaMeRNet, cfg: Mapping, path: Path, half: bool = Fal
             tensor = halved
         tensors[name] = tensor.contiguous()
     save_file(tensors, str(path), metadata={CONFIG_METADATA_KEY: json.dumps(cfg)})
-    umask = os.umask(0)  # safetensors creates the file private (0600): give it the permissions of any new file
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+    give_default_permissions(path)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -28,6 +29,7 @@ import cv2
 import numpy as np
 
 from . import __version__, configs
+from .images import opencv_path, read_image
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -63,6 +65,13 @@ class Input:
 
 def classify(path: Path) -> Input:
     """What ``path`` is; InputError saying why it cannot be read."""
+    try:
+        return _classify(path)
+    except OSError as exc:  # unreadable folder, a name too long for the system...
+        raise InputError(f"cannot be read ({exc.strerror or exc})") from None
+
+
+def _classify(path: Path) -> Input:
     if path.is_dir():
         images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not images:
@@ -70,15 +79,18 @@ def classify(path: Path) -> Input:
         return Input(path, "folder", images, len(images))
     if not path.is_file():
         raise InputError("no such file or folder")
-    if cv2.haveImageReader(str(path)):
-        return Input(path, "image", [path], 1)
-    cap = cv2.VideoCapture(str(path))
-    try:
-        if not cap.isOpened() or not cap.read()[0]:
-            raise InputError("not an image or a video that OpenCV can read")
-        fps, count = cap.get(cv2.CAP_PROP_FPS), int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-    finally:
-        cap.release()
+    with open(path, "rb"):  # PermissionError here rather than a silent failure in OpenCV
+        pass
+    with opencv_path(path) as name:
+        if cv2.haveImageReader(name):
+            return Input(path, "image", [path], 1)
+        cap = cv2.VideoCapture(name)
+        try:
+            if not cap.isOpened() or not cap.read()[0]:
+                raise InputError("not an image or a video that OpenCV can read")
+            fps, count = cap.get(cv2.CAP_PROP_FPS), int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        finally:
+            cap.release()
     if not (np.isfinite(fps) and fps > 0):
         log.warning("%s: no frame rate in the file; assuming %g fps", path, DEFAULT_FPS)
         fps = DEFAULT_FPS
@@ -87,15 +99,16 @@ def classify(path: Path) -> Input:
 
 def read_video(path: Path) -> Iterator[np.ndarray]:
     """The BGR frames of a video, until the first that cannot be decoded."""
-    cap = cv2.VideoCapture(str(path))
-    try:
-        while True:
-            ok, frame = cap.read()
-            if not ok:
-                return
-            yield frame
-    finally:
-        cap.release()
+    with opencv_path(path) as name:
+        cap = cv2.VideoCapture(name)
+        try:
+            while True:
+                ok, frame = cap.read()
+                if not ok:
+                    return
+                yield frame
+        finally:
+            cap.release()
 
 
 def unique_name(stem: str, used: set[str]) -> str:
@@ -111,7 +124,11 @@ def unique_name(stem: str, used: set[str]) -> str:
 # ---------------------------------------------------------------------------------------------------- run: frames
 
 class ModelError(Exception):
-    """HaMeR or MediaPipe cannot be set up: nothing can run."""
+    """HaMeR or MediaPipe cannot be set up: nothing can run. ``data_problem``: the data folder is at fault."""
+
+    def __init__(self, message: str, data_problem: bool = False) -> None:
+        super().__init__(message)
+        self.data_problem = data_problem
 
 
 class Runner:
@@ -144,10 +161,13 @@ class Runner:
             hamer = HAMER(mode=mode, device=a.device, num_hands=a.max_hands, rescale_factor=a.rescale_factor,
                           data_dir=a.data, checkpoint=a.checkpoint, precision=a.precision, backend=a.backend,
                           onnx_path=a.onnx)
-            if not a.bbox_only:
-                hamer.load()
         except (OSError, ValueError, RuntimeError) as exc:
             raise ModelError(str(exc)) from exc
+        if not a.bbox_only:
+            try:
+                hamer.load()
+            except (OSError, ValueError, RuntimeError) as exc:
+                raise ModelError(str(exc), data_problem=a.backend == "torch") from exc
         self._hamer = hamer
         return hamer
 
@@ -161,6 +181,8 @@ class Runner:
         from .outputs import FrameWriter
 
         self.bar.set_postfix_str(inp.path.name)
+        self.hamer("VIDEO" if inp.kind == "video" else "IMAGE")  # set up before anything is written
+        self.out.mkdir(parents=True, exist_ok=True)
         written = [self.out / f"{name}.jsonl", self.out / f"{name}.npz"]
         overlay = None
         if self.args.overlay:
@@ -182,8 +204,12 @@ class Runner:
         hamer = self.hamer("IMAGE")
         used: set[str] = set()
         for index, path in enumerate(inp.images):
-            img = cv2.imread(str(path))
             self.bar.update()
+            try:
+                img = read_image(path)
+            except OSError as exc:
+                self.report(f"{path}: cannot read the file ({exc.strerror or exc}); skipped")
+                continue
             if img is None:
                 self.report(f"{path}: cannot read the image; skipped")
                 continue
@@ -227,9 +253,53 @@ class Runner:
             hamer.close()  # MediaPipe's timestamps start again with the next video
 
 
+def run_usage_problem(args: argparse.Namespace) -> str | None:
+    """Why the options of ``hamer run`` cannot work, naming the flag; None when they can."""
+    from .runtime import check_precision, resolve_device
+
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        return f"argument --device: {exc}"
+    try:
+        check_precision(args.precision, device)
+    except ValueError as exc:
+        return f"argument --precision: {exc}"
+    if args.backend == "onnx":
+        if args.onnx is None:
+            return "argument --onnx: --backend onnx needs --onnx FILE.onnx"
+        if not Path(args.onnx).is_file():
+            return f"argument --onnx: {args.onnx} is {'a folder' if Path(args.onnx).is_dir() else 'not found'}"
+        if args.precision != "fp32":
+            return "argument --precision: --backend onnx takes no --precision (the .onnx file sets it)"
+    elif args.onnx is not None:
+        return "argument --onnx: only with --backend onnx"
+    return out_dir_problem(Path(args.out))
+
+
+def out_dir_problem(out: Path) -> str | None:
+    """Why the folder ``out`` cannot be created or written, naming --out; None when it can."""
+    try:
+        if out.exists() and not out.is_dir():
+            return f"argument --out: {out} is a file, not a folder"
+        existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+        if not existing.is_dir():
+            return f"argument --out: {existing} is a file, not a folder"
+        if not os.access(existing, os.W_OK | os.X_OK):
+            return f"argument --out: cannot write in {existing} (permission denied)"
+    except OSError as exc:
+        return f"argument --out: {out}: {exc.strerror or exc}"
+    return None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
+
+    problem = run_usage_problem(args)
+    if problem:
+        print(f"hamer run: error: {problem}", file=sys.stderr)
+        return 2
 
     inputs: list[Input] = []
     failed = False
@@ -240,7 +310,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"error: {arg}: {exc}; skipped", file=sys.stderr)
             failed = True
     inputs.sort(key=lambda i: i.kind == "video")  # images, then videos: MediaPipe switches mode at most once
-    Path(args.out).mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
     names = [unique_name(i.path.resolve().name if i.kind == "folder" else i.path.stem, used) for i in inputs]
     total = None if any(i.frames == 0 for i in inputs) else sum(i.frames for i in inputs)
@@ -253,7 +322,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 except OSError as exc:
                     runner.report(f"{inp.path}: {exc}; its outputs were not written")
         except ModelError as exc:
-            runner.report(f"cannot set up the model: {exc}\n       (`hamer check` tells what the data folder lacks)")
+            hint = "\n       (`hamer check` tells what the data folder lacks)" if exc.data_problem else ""
+            runner.report(f"cannot set up the model: {exc}{hint}")
         finally:
             runner.close()
     return 1 if failed or runner.failed else 0

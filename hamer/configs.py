@@ -11,6 +11,8 @@ The data folder has the layout of HaMeR's demo data::
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,13 +85,30 @@ def default_config() -> CfgNode:
     return cfg
 
 
-def merge_config(overrides: dict | CfgNode | None) -> CfgNode:
-    """The default config with ``overrides`` (a nested dict or CfgNode, e.g. a full training config) merged in."""
+def merge_config(overrides: dict | CfgNode | None, source: str = "the model config") -> CfgNode:
+    """The default config with ``overrides`` (a nested dict or CfgNode, e.g. a full training config) merged in.
+
+    ValueError naming ``source`` (a file, say) when the result is not a config inference can use.
+    """
+    if overrides is not None and not isinstance(overrides, dict):
+        raise ValueError(f"{source} is not a mapping of config keys (got {type(overrides).__name__})")
     merged = _as_plain_dict(default_config())
     _update(merged, _as_plain_dict(overrides or {}))
+    problem = config_problem(merged)
+    if problem:
+        raise ValueError(f"{source}: {problem}")
     cfg = CfgNode(merged, new_allowed=True)
     cfg.freeze()
     return cfg
+
+
+def config_from_json(text: str, source: str) -> CfgNode:
+    """A config stored as JSON (safetensors and ONNX metadata); ValueError naming ``source`` when it is not one."""
+    try:
+        raw = json.loads(text)
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise ValueError(f"{source} is not valid JSON: {exc}") from None
+    return merge_config(raw, source)
 
 
 def load_config(path: PathLike) -> CfgNode:
@@ -97,11 +116,53 @@ def load_config(path: PathLike) -> CfgNode:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model config not found: {path}")
-    with open(path) as f:
-        raw = yaml.safe_load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except yaml.YAMLError as exc:  # syntax errors, and tags such as !!python/object that safe_load refuses
+        raise ValueError(f"model config {path} is not plain YAML: {' '.join(str(exc).split())}") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"model config {path} is not UTF-8 text: {exc}") from None
     if not isinstance(raw, dict):
         raise ValueError(f"model config {path} is not a YAML mapping")
-    return merge_config(raw)
+    return merge_config(raw, f"model config {path}")
+
+
+_POSITIVE_INTS = {
+    ("MODEL", "IMAGE_SIZE"), ("MODEL", "BACKBONE", "EMBED_DIM"), ("MODEL", "BACKBONE", "DEPTH"),
+    ("MODEL", "BACKBONE", "NUM_HEADS"), ("MODEL", "MANO_HEAD", "IEF_ITERS"), ("MANO", "NUM_HAND_JOINTS"),
+    *(("MODEL", "MANO_HEAD", "TRANSFORMER_DECODER", k) for k in ("dim", "depth", "heads", "dim_head", "mlp_dim",
+                                                                "context_dim")),
+}
+_POSITIVE_NUMBERS = {("MODEL", "BACKBONE", "MLP_RATIO"), ("EXTRA", "FOCAL_LENGTH")}
+_NUMBER_LISTS = {("MODEL", "IMAGE_MEAN"): 3, ("MODEL", "IMAGE_STD"): 3, ("MODEL", "BBOX_SHAPE"): 2}
+MAX_IMAGE_SIZE = 1024  # HaMeR's crops are 256 px; a larger value is a broken config, not a model
+
+
+def config_problem(cfg: dict) -> str | None:
+    """What makes a merged config (plain nested dict) unusable for inference, or None."""
+    keys = sorted(_POSITIVE_INTS | _POSITIVE_NUMBERS | set(_NUMBER_LISTS))
+    for key in keys:
+        node: object = cfg
+        for depth, part in enumerate(key):
+            if not isinstance(node, dict):
+                return f"{'.'.join(key[:depth])} must be a mapping, got {node!r}"
+            node = node.get(part)
+        name = ".".join(key)
+        if key in _POSITIVE_INTS and not (isinstance(node, int) and not isinstance(node, bool) and node > 0):
+            return f"{name} must be a positive integer, got {node!r}"
+        if key in _POSITIVE_NUMBERS and not (_is_number(node) and node > 0):
+            return f"{name} must be a positive number, got {node!r}"
+        if key in _NUMBER_LISTS and not (isinstance(node, list) and len(node) == _NUMBER_LISTS[key]
+                                         and all(_is_number(v) and v > 0 for v in node)):
+            return f"{name} must be a list of {_NUMBER_LISTS[key]} positive numbers, got {node!r}"
+    if cfg["MODEL"]["IMAGE_SIZE"] > MAX_IMAGE_SIZE or cfg["MODEL"]["IMAGE_SIZE"] % 16:
+        return f"MODEL.IMAGE_SIZE must be a multiple of 16 up to {MAX_IMAGE_SIZE}, got {cfg['MODEL']['IMAGE_SIZE']}"
+    return None
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _as_plain_dict(node: dict | CfgNode) -> dict:

@@ -10,12 +10,17 @@ Patches are BGR as the image; :func:`normalize_patches` makes the network input.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 TRUNCATE = 4.0  # skimage/scipy default: kernel radius = int(TRUNCATE * sigma + 0.5)
+# Crops whose blur or region exceed these run on a shrunk region (see reduction_factor); all others are exact.
+MAX_EXACT_SIGMA = 16.0  # pixels: a crop side of about 17,000 px
+MAX_EXACT_REGION = 4096 * 4096  # pixels read (a float64 copy of them is 400 MB)
+REDUCED_SIGMA = 8.0  # pixels of the shrunk region
 
 
 @dataclass(frozen=True)
@@ -100,13 +105,60 @@ def _crop(img: np.ndarray, crop: CropParams, patch_size: int) -> np.ndarray:
     y1 = min(int(np.ceil(corners[1].max())) + 2 + radius, height)
     if x0 >= x1 or y0 >= y1:
         return np.zeros((patch_size, patch_size, 3), dtype=np.float64)
+    factor = reduction_factor(sigma, (x1 - x0) * (y1 - y0))
+    if factor > 1:
+        return _reduced_crop(img, (x0, y0, x1, y1), inverse, sigma, factor, patch_size)
     kernel = gaussian_kernel(sigma)
     region = cv2.sepFilter2D(img[y0:y1, x0:x1].astype(np.float64), cv2.CV_64F, kernel, kernel,
                              borderType=cv2.BORDER_REPLICATE)
     inverse[:, 2] -= (x0, y0)
-    return cv2.warpAffine(region, inverse, (patch_size, patch_size),
-                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+    return cv2.warpAffine(region, inverse, (patch_size, patch_size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def _reduced_crop(img: np.ndarray, bounds: tuple[int, int, int, int], inverse: np.ndarray, sigma: float,
+                  factor: int, patch_size: int) -> np.ndarray:
+    """The blurred crop of a huge box, computed on the region ``bounds`` = (x0, y0, x1, y1) of ``img`` (the pixels
+    the crop reads) shrunk about ``factor`` times.
+
+    The region is area-averaged into blocks that tile it exactly, so its edges stay in place; it is blurred with
+    ``sigma`` in shrunk pixels and sampled with the crop's map; each sample is then weighted by the share of its
+    bilinear footprint inside the image, as the exact path's zero border weights it.
+    """
+    x0, y0, x1, y1 = bounds
+    small = (-(-(x1 - x0) // factor), -(-(y1 - y0) // factor))
+    scale = np.array([(x1 - x0) / small[0], (y1 - y0) / small[1]])
+    shrunk = cv2.resize(img[y0:y1, x0:x1], small, interpolation=cv2.INTER_AREA)
+    kernel_x, kernel_y = gaussian_kernel(sigma / scale[0]), gaussian_kernel(sigma / scale[1])
+    blurred = cv2.sepFilter2D(shrunk.astype(np.float64), cv2.CV_64F, kernel_x, kernel_y,
+                              borderType=cv2.BORDER_REPLICATE)
+    local = inverse.copy()
+    local[:, 2] -= (x0, y0)
+    local = local / scale[:, None]
+    local[:, 2] += 0.5 / scale - 0.5
+    patch = cv2.warpAffine(blurred, local, (patch_size, patch_size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                           borderMode=cv2.BORDER_REPLICATE)
+    grid = np.arange(patch_size, dtype=np.float64)
+    height, width = img.shape[:2]
+    xs = inverse[0, 0] * grid + inverse[0, 2]  # the crop has no rotation: x depends on the column only
+    ys = inverse[1, 1] * grid + inverse[1, 2]
+    inside_x = np.clip(xs + 1, 0, 1) * np.clip(width - xs, 0, 1)
+    inside_y = np.clip(ys + 1, 0, 1) * np.clip(height - ys, 0, 1)
+    return patch * (inside_y[:, None] * inside_x[None, :])[:, :, None]
+
+
+def reduction_factor(sigma: float, region_pixels: int) -> int:
+    """1 (the exact path) for ordinary crops; else the integer factor a huge crop's region is shrunk by first.
+
+    A crop is huge when its blur is wider than :data:`MAX_EXACT_SIGMA` or the region it reads has more than
+    :data:`MAX_EXACT_REGION` pixels. The factor brings the blur to about :data:`REDUCED_SIGMA` pixels and the
+    region under :data:`MAX_EXACT_REGION`, so time and memory are bounded by the crop and the image, not the box.
+    """
+    if sigma <= MAX_EXACT_SIGMA and region_pixels <= MAX_EXACT_REGION:
+        return 1
+    by_sigma = math.ceil(sigma / REDUCED_SIGMA)
+    by_region = math.ceil(math.sqrt(region_pixels / MAX_EXACT_REGION))
+    return max(2, by_sigma, by_region)
 
 
 def normalize_patches(patches: list[np.ndarray], mean: np.ndarray, std: np.ndarray) -> np.ndarray:

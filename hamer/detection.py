@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import numpy as np
 
 from .configs import PathLike
 from .images import as_bgr
+from .native_output import stderr_to_log
 
 if TYPE_CHECKING:
     import mediapipe as mp
@@ -44,6 +46,9 @@ SIDES = ("Right", "Left")
 POSE_HAND_INDICES = {"Left": (15, 17, 19, 21), "Right": (16, 18, 20, 22)}
 # Frame step assumed in VIDEO mode when no timestamp is given (about 30 fps).
 DEFAULT_FRAME_STEP_MS = 33
+MAX_TIMESTAMP_MS = 10**12  # about 31 years of video; MediaPipe counts microseconds in an int64
+MAX_PEOPLE = 100  # most hands (poses) a landmarker may be asked for
+QUIET_FIRST_CALLS = 3  # detect calls whose native stderr output is captured (the runtime logs while warming up)
 
 
 
@@ -88,6 +93,19 @@ class DetectorOptions:
     min_hand_presence_confidence: float = 0.5
     min_tracking_confidence: float = 0.5
     min_pose_visibility: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("IMAGE", "VIDEO"):
+            raise ValueError(f"mode must be 'IMAGE' or 'VIDEO', got {self.mode!r}")
+        for name in ("num_hands", "num_poses"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_PEOPLE):
+                raise ValueError(f"{name} must be an integer from 1 to {MAX_PEOPLE}, got {value!r}")
+        for name in ("min_hand_detection_confidence", "min_hand_presence_confidence", "min_tracking_confidence",
+                     "min_pose_visibility"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+                raise ValueError(f"{name} must be a number from 0 to 1, got {value!r}")
 
 
 def _check_task_path(path: PathLike | None) -> str | None:
@@ -144,8 +162,6 @@ class HandDetector:
 
     def __init__(self, options: DetectorOptions | None = None) -> None:
         options = options if options is not None else DetectorOptions()
-        if options.mode not in ("IMAGE", "VIDEO"):
-            raise ValueError(f"mode must be 'IMAGE' or 'VIDEO', got {options.mode!r}")
         if options.hand_task_path is None and options.pose_task_path is None:
             raise ValueError("hand_task_path and pose_task_path are both None: nothing to detect with")
         hand_path = _check_task_path(options.hand_task_path)
@@ -158,20 +174,22 @@ class HandDetector:
         self._hand: vision.HandLandmarker | None = None
         self._pose: vision.PoseLandmarker | None = None
         self._closed = False
+        self._quiet_calls = QUIET_FIRST_CALLS
         try:
-            if hand_path is not None:
-                self._hand = vision.HandLandmarker.create_from_options(vision.HandLandmarkerOptions(
-                    base_options=BaseOptions(model_asset_path=hand_path),
-                    running_mode=running_mode,
-                    num_hands=options.num_hands,
-                    min_hand_detection_confidence=options.min_hand_detection_confidence,
-                    min_hand_presence_confidence=options.min_hand_presence_confidence,
-                    min_tracking_confidence=options.min_tracking_confidence))
-            if pose_path is not None:
-                self._pose = vision.PoseLandmarker.create_from_options(vision.PoseLandmarkerOptions(
-                    base_options=BaseOptions(model_asset_path=pose_path),
-                    running_mode=running_mode,
-                    num_poses=options.num_poses))
+            with stderr_to_log(logger, "mediapipe"):
+                if hand_path is not None:
+                    self._hand = vision.HandLandmarker.create_from_options(vision.HandLandmarkerOptions(
+                        base_options=BaseOptions(model_asset_path=hand_path),
+                        running_mode=running_mode,
+                        num_hands=options.num_hands,
+                        min_hand_detection_confidence=options.min_hand_detection_confidence,
+                        min_hand_presence_confidence=options.min_hand_presence_confidence,
+                        min_tracking_confidence=options.min_tracking_confidence))
+                if pose_path is not None:
+                    self._pose = vision.PoseLandmarker.create_from_options(vision.PoseLandmarkerOptions(
+                        base_options=BaseOptions(model_asset_path=pose_path),
+                        running_mode=running_mode,
+                        num_poses=options.num_poses))
         except BaseException:
             self.close()
             raise
@@ -193,20 +211,24 @@ class HandDetector:
         image = mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb)
         timestamp = self._next_timestamp(timestamp_ms) if self._options.mode == "VIDEO" else None
 
-        detections = self._detect_hands(image, timestamp, width, height)
-        missing = [side for side in SIDES if side not in {d.label for d in detections}]
-        if missing and self._pose is not None:
-            logger.debug("no hand landmarks for %s: running the pose landmarker", missing)
-            detections += self._detect_pose_hands(image, timestamp, width, height, missing)
+        quiet = self._quiet_calls > 0  # the native side logs on its first calls only: capture those
+        self._quiet_calls -= quiet
+        with stderr_to_log(logger, "mediapipe") if quiet else nullcontext():
+            detections = self._detect_hands(image, timestamp, width, height)
+            missing = [side for side in SIDES if side not in {d.label for d in detections}]
+            if missing and self._pose is not None:
+                logger.debug("no hand landmarks for %s: running the pose landmarker", missing)
+                detections += self._detect_pose_hands(image, timestamp, width, height, missing)
         return sorted(detections, key=lambda d: d.score, reverse=True)
 
     def close(self) -> None:
         """Release the landmarkers; further :meth:`detect` calls raise. Safe to call twice."""
         self._closed = True
         _open_detectors.discard(self)
-        for landmarker in (self._hand, self._pose):
-            if landmarker is not None:
-                landmarker.close()
+        with stderr_to_log(logger, "mediapipe"):
+            for landmarker in (self._hand, self._pose):
+                if landmarker is not None:
+                    landmarker.close()
         self._hand = self._pose = None
 
     def __enter__(self) -> HandDetector:
@@ -219,6 +241,9 @@ class HandDetector:
         last = self._last_timestamp_ms
         if timestamp_ms is None:
             timestamp_ms = 0 if last is None else last + DEFAULT_FRAME_STEP_MS
+        if not (isinstance(timestamp_ms, (int, np.integer)) and not isinstance(timestamp_ms, bool)
+                and 0 <= timestamp_ms <= MAX_TIMESTAMP_MS):
+            raise ValueError(f"timestamp_ms must be an integer from 0 to {MAX_TIMESTAMP_MS} ms, got {timestamp_ms!r}")
         timestamp_ms = int(timestamp_ms)
         if last is not None and timestamp_ms <= last:
             raise ValueError(f"VIDEO timestamps must increase strictly: got {timestamp_ms} ms after {last} ms")

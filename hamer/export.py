@@ -29,6 +29,7 @@ from yacs.config import CfgNode
 
 from .configs import CONFIG_METADATA_KEY, PathLike
 from .models.hamer import OUTPUT_NAMES, HaMeRNet
+from .outputs import give_default_permissions
 from .runtime import ONNX_INPUT, OnnxRuntime, TorchRuntime
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ def export_onnx(model: HaMeRNet, cfg: CfgNode, path: PathLike, crops: np.ndarray
     data.unlink(missing_ok=True)  # onnx would append to it
     onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=data.name, size_threshold=1024)
+    give_default_permissions(data)
     del proto
     log.info("exported ONNX model %s in %.1f s", path, time.perf_counter() - start)
     return _check_export(model, path, x)
@@ -154,5 +156,6 @@ def quantize_onnx(src: PathLike, dst: PathLike) -> Path:
     quantize_dynamic(src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
                      nodes_to_exclude=mano_nodes, use_external_data_format=True,
                      extra_options={"MatMulConstBOnly": True})
+    give_default_permissions(_data_file(dst))
     log.info("quantized %s -> %s (8-bit weights) in %.1f s", src, dst, time.perf_counter() - start)
     return dst

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 hand_path = HAND_TASK_PATH  # the bundled MediaPipe models (the seed's names)
 pose_path = POSE_TASK_PATH
 MODES = ("IMAGE", "VIDEO")
+MAX_RESCALE_FACTOR = 100.0  # crop side / box side (HaMeR's demo: 2.0)
 BACKENDS = ("torch", "onnx")
 
 
@@ -81,8 +82,8 @@ class HAMER:
         from .runtime import check_precision, resolve_device
 
         _check_mode(mode)
-        if not (isinstance(rescale_factor, (int, float)) and np.isfinite(rescale_factor) and rescale_factor > 0):
-            raise ValueError(f"rescale_factor must be a positive number, got {rescale_factor!r}")
+        if not (isinstance(rescale_factor, (int, float)) and 0 < rescale_factor <= MAX_RESCALE_FACTOR):
+            raise ValueError(f"rescale_factor must be a number in (0, {MAX_RESCALE_FACTOR}], got {rescale_factor!r}")
         if task_paths is None:
             task_paths = {"hand": HAND_TASK_PATH, "pose": POSE_TASK_PATH}
         if backend not in BACKENDS:
@@ -185,31 +186,33 @@ class HAMER:
             return self._detector
 
     def predict(self, img_bgr: np.ndarray, boxes: Mapping[str, Sequence[float]] | None = None, *,
-                bbox_only: bool = False, timestamp_ms: int | None = None) -> FrameResult:
+                bbox_only: bool = False, timestamp_ms: int | None = None, color: str = "BGR") -> FrameResult:
         """The hands of one image.
 
         Args:
-            img_bgr: uint8 (H, W, 3) BGR image (BGRA and grayscale are converted).
+            img_bgr: uint8 (H, W, 3) image in ``color`` order (BGR as ``cv2.imread`` gives; (H, W, 4) with alpha
+                and grayscale (H, W) are converted), or a PIL image.
             boxes: ``{"Right"|"Left": [x1, y1, x2, y2]}`` pixels, the subject's own hands; None: MediaPipe finds
                 the hands and the most confident of each label is reconstructed.
             bbox_only: detect only; HaMeR is neither loaded nor run (the hands have no joints).
             timestamp_ms: VIDEO mode: the frame's time, increasing from call to call (None: previous + 33 ms).
+            color: "BGR" (default, OpenCV) or "RGB" (PIL, matplotlib, imageio): the channel order of ``img_bgr``.
         Returns:
             a :class:`~hamer.results.FrameResult` (hands Right first; frames and units in its docstring).
         """
-        img = as_bgr(img_bgr)
+        img = as_bgr(img_bgr, color)
         with self._lock:
             result = predict_frame(img, None if bbox_only else self.reconstructor, boxes=boxes,
                                    detector=None if boxes is not None else self.detector, timestamp_ms=timestamp_ms)
             self._last, self._last_dict = result, None
         return result
 
-    def process(self, img_bgr: np.ndarray, bboxes: Mapping[str, Sequence[float]]
+    def process(self, img_bgr: np.ndarray, bboxes: Mapping[str, Sequence[float]], color: str = "BGR"
                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """3D joints of the hands in your boxes (the seed's call; see :meth:`predict`).
 
         Args:
-            img_bgr: uint8 (H, W, 3) BGR image (BGRA and grayscale are converted).
+            img_bgr: uint8 (H, W, 3) BGR image (BGRA and grayscale are converted); ``color="RGB"`` for RGB.
             bboxes: {"Right"|"Left": [x1, y1, x2, y2]} in pixels; the label is the subject's own hand.
         Returns:
             keypoints {label: float32 (21, 3) metres}, bboxes {label: float32 (4,) pixels}, Right first.
@@ -217,19 +220,20 @@ class HAMER:
         """
         if bboxes is None:
             raise ValueError("bboxes must be a dict {'Right'|'Left': [x1, y1, x2, y2]}, got None")
-        result = self.predict(img_bgr, bboxes)
+        result = self.predict(img_bgr, bboxes, color=color)
         return result.keypoints_3d, result.boxes
 
     def process_with_mediapipe(self, img_bgr: np.ndarray, bbox_only: bool = False,
-                               timestamp_ms: int | None = None
+                               timestamp_ms: int | None = None, color: str = "BGR"
                                ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Find the hands with MediaPipe, then reconstruct them unless ``bbox_only`` (the seed's call).
 
         One hand per label goes to HaMeR: the most confident. ``result["detections"]`` keeps every detected hand,
         ``result["mp_detections"]`` the hands used, ``result["mp_kpts"]`` their MediaPipe landmarks (pixels).
-        In VIDEO mode ``timestamp_ms`` must increase from call to call; when omitted one is derived.
+        In VIDEO mode ``timestamp_ms`` must increase from call to call; when omitted one is derived. ``img_bgr`` is
+        BGR (``color="RGB"`` for RGB), as :meth:`predict` takes it.
         """
-        result = self.predict(img_bgr, bbox_only=bbox_only, timestamp_ms=timestamp_ms)
+        result = self.predict(img_bgr, bbox_only=bbox_only, timestamp_ms=timestamp_ms, color=color)
         return result.keypoints_3d, result.boxes
 
     def close(self) -> None:

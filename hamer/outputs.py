@@ -17,8 +17,10 @@ so frames without hands are rows with ``num_hands`` 0: see :data:`NPZ_ARRAYS`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -69,6 +71,11 @@ class Frame:
         return None if self.result.camera is None else self.result.camera.fx
 
 
+TEMP_PREFIX = ".hamer-tmp-"  # temporary files: short ASCII names whatever the destination's (then os.replace)
+_temp_counter = itertools.count()
+_UMASK_LOCK = threading.Lock()
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary path beside ``path`` (same suffix) that replaces ``path`` if the block completes.
@@ -76,12 +83,22 @@ def atomic_path(path: Path) -> Iterator[Path]:
     On any exception (KeyboardInterrupt included) the temporary file is removed and ``path`` left as it was.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    suffix = path.suffix if path.suffix[1:].isascii() and path.suffix[1:].isalnum() else ""
+    tmp = path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{next(_temp_counter)}{suffix}")
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def give_default_permissions(path: Path) -> None:
+    """Give ``path`` the permissions of any new file (``0o666`` less the umask): libraries that write weights
+    (safetensors, onnx) create their files private (0600)."""
+    with _UMASK_LOCK:  # reading the umask means setting it
+        umask = os.umask(0)
+        os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def write_image(path: Path, img_bgr: np.ndarray) -> None:
@@ -198,9 +215,10 @@ class VideoFileWriter:
     def write(self, img_bgr: np.ndarray) -> None:
         if self._writer is None:
             self._file = atomic_path(self.path)
+            tmp = self._file.__enter__()
             height, width = img_bgr.shape[:2]
             fourcc = cv2.VideoWriter_fourcc(*"mp4v")
-            self._writer = cv2.VideoWriter(str(self._file.__enter__()), fourcc, self.fps, (width, height))
+            self._writer = cv2.VideoWriter(str(tmp), fourcc, self.fps, (width, height))
             if not self._writer.isOpened():
                 raise OSError(f"OpenCV cannot write an MP4 video ({self.path})")
         self._writer.write(img_bgr)

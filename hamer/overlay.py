@@ -47,6 +47,8 @@ def _label(img: np.ndarray, text: str, corner: tuple[int, int], color: tuple[int
     scale = 0.45 * thick
     (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
     x, y = corner
+    x = min(max(x, 0), max(img.shape[1] - w - 2 * thick, 0))  # keep the caption on the image
+    y = min(max(y, 0), max(img.shape[0] - h - base - 2 * thick, 0))
     top = y - h - base - 2 * thick if y - h - base - 2 * thick >= 0 else y
     cv2.rectangle(img, (x, top), (x + w + 2 * thick, top + h + base + 2 * thick), color, cv2.FILLED)
     cv2.putText(img, text, (x + thick, top + h + thick), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick,

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["LABELS", "Reconstructor", "best_per_label", "box_problem", "check_boxes", "hands_from_boxes",
            "make_inputs", "predict_frame"]
 
+MAX_COORDINATE = 2**24  # px: box coordinates are float32, exact integers up to here
 Select = Callable[[Sequence["HandDetection"], tuple[int, ...]], list[Hand]]
 
 
@@ -46,6 +47,8 @@ def check_boxes(boxes: Mapping[str, Sequence[float]], image_shape: tuple[int, ..
     for label, box in boxes.items():
         if label not in LABELS:
             raise ValueError(f"hand label must be 'Right' or 'Left', got {label!r}")
+        if hasattr(box, "detach"):  # a torch tensor, perhaps on a GPU or requiring grad
+            box = box.detach().cpu().numpy()
         try:
             arr = np.asarray(box, dtype=np.float64).reshape(-1)
         except (TypeError, ValueError):
@@ -64,6 +67,8 @@ def box_problem(box: np.ndarray, image_shape: tuple[int, ...]) -> str | None:
     height, width = image_shape[:2]
     if not np.isfinite(box).all():
         return "has a NaN or infinite coordinate"
+    if np.abs(box).max() > MAX_COORDINATE:
+        return f"has a coordinate beyond +-{MAX_COORDINATE} px"
     x1, y1, x2, y2 = box
     if x2 <= x1 or y2 <= y1:
         return "is inverted or has zero size (need x2 > x1, y2 > y1)"

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from yacs.config import CfgNode
 
-from .configs import CONFIG_METADATA_KEY, PathLike, merge_config
+from .configs import CONFIG_METADATA_KEY, PathLike, config_from_json
+from .models import OUTPUT_NAMES
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -99,6 +100,8 @@ def onnx_session(path: Path, device: torch.device) -> ort.InferenceSession:
 
     FileNotFoundError when the file is missing, ValueError when ONNX Runtime cannot read it.
     """
+    if path.is_dir():
+        raise ValueError(f"ONNX model {path} is a folder, not an .onnx file")
     if not path.is_file():
         raise FileNotFoundError(f"ONNX model not found: {path}")
     import onnxruntime as ort  # imported on first use
@@ -124,7 +127,16 @@ def onnx_config(session: ort.InferenceSession, path: Path) -> CfgNode:
     inputs = [i.name for i in session.get_inputs()]
     if inputs != [ONNX_INPUT]:
         raise ValueError(f"ONNX model {path} takes inputs {inputs}, expected ['{ONNX_INPUT}']")
-    return merge_config(json.loads(meta[CONFIG_METADATA_KEY]))
+    outputs = [o.name for o in session.get_outputs()]
+    if outputs != list(OUTPUT_NAMES):
+        raise ValueError(f"ONNX model {path} gives outputs {outputs}, expected {list(OUTPUT_NAMES)}: "
+                         "not a HaMeR graph from hamer.export")
+    cfg = config_from_json(meta[CONFIG_METADATA_KEY], f"ONNX model {path} (metadata '{CONFIG_METADATA_KEY}')")
+    size = int(cfg.MODEL.IMAGE_SIZE)
+    shape = session.get_inputs()[0].shape
+    if len(shape) != 4 or [d if isinstance(d, int) else None for d in shape[1:]] != [3, size, size]:
+        raise ValueError(f"ONNX model {path} takes crops of shape {shape}, but its config says (N, 3, {size}, {size})")
+    return cfg
 
 
 class OnnxRuntime:

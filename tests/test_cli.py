@@ -142,7 +142,7 @@ def test_run_without_a_model_fails_clearly(tmp_path, capsys):
                  str(tmp_path / "out"), "--quiet"]) == 1
     err = capsys.readouterr().err
     assert "cannot set up the model" in err and "hamer check" in err
-    assert list((tmp_path / "out").iterdir()) == []
+    assert not (tmp_path / "out").exists()  # set-up failed: no empty output folder left behind
 
 
 @needs_images
@@ -283,5 +283,8 @@ def test_run_with_the_onnx_backend_matches_torch(data_dir, tmp_path):
 def test_run_onnx_backend_without_a_file_fails_clearly(tmp_path, capsys):
     img = tmp_path / "a.png"
     cv2.imwrite(str(img), noise_image(0))
-    assert main(["run", str(img), "--backend", "onnx", "--out", str(tmp_path / "o"), "--quiet"]) == 1
-    assert "onnx_path" in capsys.readouterr().err
+    assert main(["run", str(img), "--backend", "onnx", "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "argument --onnx: --backend onnx needs --onnx" in capsys.readouterr().err
+    assert main(["run", str(img), "--backend", "onnx", "--onnx", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert f"argument --onnx: {tmp_path} is a folder" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -7,14 +7,13 @@ from torch import nn
 from yacs.config import CfgNode
 
 from ..camera import perspective_projection
+from . import OUTPUT_NAMES
 from .backbone import ViT
 from .head import MANOTransformerDecoderHead
 from .mano import MANO
 
-OUTPUT_NAMES = (
-    "pred_cam", "pred_cam_t", "focal_length", "pred_keypoints_3d", "pred_vertices", "pred_keypoints_2d",
-    "global_orient", "hand_pose", "betas",
-)
+__all__ = ["OUTPUT_NAMES", "HaMeRNet"]
+
 
 
 class HaMeRNet(nn.Module):

@@ -47,14 +47,24 @@ class _ChumpyArray(_Pickled):
     """Stand-in for ``chumpy.ch.Ch`` (its array is ``state['x']``)."""
 
 
+MAX_DENSE_ELEMENTS = 10_000_000  # MANO's J_regressor is 16 x 778; a larger matrix is not a MANO model
+
+
 class _SparseMatrix(_Pickled):
     """Stand-in for a scipy compressed sparse matrix (``data``, ``indices``, ``indptr``, ``_shape`` in its state)."""
 
     by_column = True
 
     def todense(self) -> np.ndarray:
-        st = self.state
-        shape = tuple(st["_shape"] if "_shape" in st else st["shape"])
+        """The dense array; ValueError when the state is not a sparse matrix of a sane size."""
+        st = self.state if isinstance(self.state, dict) else {}
+        missing = [k for k in ("data", "indices", "indptr") if k not in st] + ([] if "_shape" in st or "shape" in st
+                                                                               else ["_shape"])
+        if missing:
+            raise ValueError(f"a sparse matrix lacks {missing}")
+        shape = tuple(int(n) for n in (st["_shape"] if "_shape" in st else st["shape"]))
+        if len(shape) != 2 or min(shape) < 0 or shape[0] * shape[1] > MAX_DENSE_ELEMENTS:
+            raise ValueError(f"a sparse matrix has shape {shape} (at most {MAX_DENSE_ELEMENTS} elements)")
         data, indices, indptr = (np.asarray(st[k]) for k in ("data", "indices", "indptr"))
         dense = np.zeros(shape if self.by_column else shape[::-1], dtype=data.dtype)
         for i in range(len(indptr) - 1):
@@ -127,7 +137,10 @@ def load_mano_pickle(path: Path) -> dict[str, np.ndarray]:
     missing = [k for k in MANO_KEYS if k not in raw]
     if missing:
         raise ValueError(f"MANO model {path} lacks {missing}")
-    data = {k: np.asarray(_to_array(raw[k])) for k in MANO_KEYS}
+    try:
+        data = {k: np.asarray(_to_array(raw[k])) for k in MANO_KEYS}
+    except (ValueError, TypeError, IndexError, KeyError) as exc:
+        raise ValueError(f"MANO model {path}: {exc}") from None
     check_mano_data(data, str(path))
     return data
 
