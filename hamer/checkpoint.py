@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from yacs.config import CfgNode
 
-from .configs import CONFIG_METADATA_KEY, DataPaths, check_supported, load_config, merge_config
+from .configs import CONFIG_METADATA_KEY, DataPaths, check_supported, download_hint, load_config, merge_config
 from .models.hamer import HaMeRNet
 from .models.mano import MANO, load_mano_pickle, mano_data_from_state_dict
 from .outputs import give_default_permissions
@@ -197,6 +197,8 @@ def build_model(paths: DataPaths) -> tuple[HaMeRNet, CfgNode]:
     checkpoint) and, as in the original's non-strict Lightning load, the checkpoint's ``mano.*`` and
     ``mano_head.init_*`` buffers then override the pickle's and the npz's values.
     """
+    if not paths.checkpoint.is_file() and paths.checkpoint.is_relative_to(paths.root):
+        raise FileNotFoundError(f"HaMeR checkpoint not found: {paths.checkpoint}; {download_hint(paths.root)}")
     checkpoint = load_checkpoint(paths.checkpoint)
     sd = checkpoint.state_dict
     cfg = _config(paths, checkpoint)

@@ -2,6 +2,7 @@
 
     hamer run INPUT... [--out DIR] [--overlay] [--smooth]   images, folders of images, videos -> JSONL + NPZ
     hamer check [--data DIR]                                 what the data folder holds and lacks
+    hamer download [--url URL | --from FILE] [--data DIR]    install HaMeR's weights (resumable, verified)
     hamer convert CHECKPOINT OUT.safetensors [--half]        one safetensors file with weights and config
 
 Exit status: 0 success, 1 something failed (an unreadable input, a model that does not load), 2 bad usage,
@@ -29,6 +30,7 @@ import cv2
 import numpy as np
 
 from . import __version__, configs
+from .download import DEFAULT_URL
 from .images import opencv_path, read_image
 
 if TYPE_CHECKING:
@@ -374,7 +376,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     contents: CheckpointContents | None = None
     missing: set[str] = set()
     if not paths.checkpoint.is_file():
-        print(f"  checkpoint   MISSING  put hamer.ckpt at {paths.checkpoint}")
+        print(f"  checkpoint   MISSING  {paths.checkpoint}: {configs.download_hint(paths.root)}")
         missing.add("demo")
     else:
         try:
@@ -403,12 +405,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"  MediaPipe    {'found  ' if tasks else 'MISSING'}  hand and pose landmarker bundles in "
           f"{HAND_TASK_PATH.parent}" + ("" if tasks else " (reinstall the hamer package)"))
     if "demo" in missing:
-        print("Where to get them: hamer.ckpt, model_config.yaml and mano_mean_params.npz come with HaMeR's demo data "
-              "(fetch_demo_data.sh of https://github.com/geopavlakos/hamer unpacks them into a _DATA folder: point "
-              "--data at it).")
+        print("Where to get them: hamer.ckpt, model_config.yaml and mano_mean_params.npz come with HaMeR's demo data: "
+              f"`hamer download{'' if paths.root == configs.data_dir() else f' --data {paths.root}'}` installs them.")
     if "mano" in missing:
         print("MANO_RIGHT.pkl: register at https://mano.is.tue.mpg.de, download 'Models & Code', take "
               "mano_v1_2/models/MANO_RIGHT.pkl.")
+    damaged = _check_manifest(paths.root)
     start = time.perf_counter()
     try:
         model, cfg = build_model(paths)
@@ -419,7 +421,26 @@ def cmd_check(args: argparse.Namespace) -> int:
     millions = sum(p.numel() for p in model.parameters()) / 1e6
     print(f"model: loads ({millions:.1f} M parameters, ViT {bb.DEPTH} blocks x {bb.EMBED_DIM}) in "
           f"{time.perf_counter() - start:.1f} s; " + ("`hamer run` is ready" if tasks else "MediaPipe is missing"))
-    return 0 if tasks else 1
+    return 0 if tasks and not damaged else 1
+
+
+def _check_manifest(root: Path) -> bool:
+    """Print how the installed files compare with what ``hamer download`` recorded; True if one is damaged."""
+    from .download import MANIFEST_FILE, verify_installed
+
+    try:
+        status = verify_installed(root)
+    except ValueError as exc:
+        print(f"  installed    BROKEN   {exc}")
+        return True
+    if status is None:
+        return False
+    bad = {rel: what for rel, what in status.items() if what != "ok"}
+    for rel, what in bad.items():
+        print(f"  installed    DAMAGED  {root / rel}: {what}; run `hamer download --force` to reinstall")
+    if not bad:
+        print(f"  installed    verified {len(status)} file(s): sizes and sha256 as in {root / MANIFEST_FILE}")
+    return bool(bad)
 
 
 # ---------------------------------------------------------------------------------------------------- convert
@@ -448,6 +469,57 @@ def cmd_convert(args: argparse.Namespace) -> int:
     print(f"wrote {out} ({_size(out)}, {'float16' if args.half else 'float32'}, config included); use it with "
           f"`hamer run --checkpoint {out} ...` or HAMER(checkpoint=...)")
     return 0
+
+
+# ---------------------------------------------------------------------------------------------------- download
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .download import DownloadError, download, to_safetensors
+
+    if args.half and not args.safetensors:
+        print("error: --half goes with --safetensors", file=sys.stderr)
+        return 2
+    root = configs.data_dir(args.data)
+    existing = configs.data_paths(root).checkpoint
+    if existing.is_file() and not args.force:
+        print(f"{existing} is already there (--force installs again); checking it:")
+        return cmd_check(argparse.Namespace(data=str(root), checkpoint=None))
+    bars: dict[str, tqdm] = {}
+
+    def progress(phase: str, done: int, total: int | None) -> None:
+        bar = bars.get(phase)
+        if bar is None:
+            for other in bars.values():
+                other.close()
+            desc = {"download": "downloading", "extract": "verifying, unpacking"}[phase]
+            bar = bars[phase] = tqdm(total=total, initial=done, desc=desc, unit="B", unit_scale=True,
+                                     unit_divisor=1024, disable=args.quiet, dynamic_ncols=True)
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        manifest = download(root, url=args.url, archive=args.archive, progress=progress)
+    except (DownloadError, ValueError, OSError) as exc:
+        for bar in bars.values():
+            bar.close()
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for bar in bars.values():
+        bar.close()
+    print(f"installed into {root} ({manifest.skipped} archive file(s) left out, e.g. ViTPose):")
+    for rel, record in manifest.files.items():
+        print(f"  {rel}  {record.bytes:,} bytes  sha256 {record.sha256}")
+    if args.safetensors:
+        try:
+            to_safetensors(root, half=args.half)
+        except (DownloadError, OSError, ValueError, RuntimeError) as exc:
+            print(f"error: cannot convert to safetensors: {exc}", file=sys.stderr)
+            return 1
+        print(f"converted to {root / configs.SAFETENSORS_FILE} ({'float16' if args.half else 'float32'}); "
+              "hamer.ckpt removed")
+    return cmd_check(argparse.Namespace(data=str(root), checkpoint=None))
 
 
 # ---------------------------------------------------------------------------------------------------- parser
@@ -480,7 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     data = argparse.ArgumentParser(add_help=False)
-    data.add_argument("--data", metavar="DIR", help=f"the HaMeR data folder (default: {configs.CACHE_DIR_HAMER})")
+    data.add_argument("--data", metavar="DIR",
+                      help="the HaMeR data folder (default: $HAMER_HOME, else $XDG_CACHE_HOME/hamer or ~/.cache/hamer)")
     model = argparse.ArgumentParser(add_help=False, parents=[data])
     model.add_argument("--checkpoint", metavar="PATH",
                        help="a checkpoint (.ckpt or .safetensors) other than DIR/" + configs.CHECKPOINT_FILE)
@@ -527,6 +600,20 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("output", metavar="OUT.safetensors")
     convert.add_argument("--half", action="store_true", help="store float16 (half the size)")
     convert.set_defaults(func=cmd_convert)
+
+    download = sub.add_parser("download", parents=[data], help="install HaMeR's weights into the data folder",
+                              description="Downloads HaMeR's demo data (about 5.6 GB; an interrupted download "
+                                          "resumes on the next call), verifies it, installs what inference needs "
+                                          "(2.7 GB) into --data, then checks the model loads.")
+    source = download.add_mutually_exclusive_group()
+    source.add_argument("--url", help=f"a mirror (default: {DEFAULT_URL}); http:// only when given")
+    source.add_argument("--from", dest="archive", metavar="FILE", help="a hamer_demo_data.tar.gz already on disk")
+    download.add_argument("--force", action="store_true", help="download and install even if a checkpoint is there")
+    download.add_argument("--safetensors", action="store_true",
+                          help="then convert the checkpoint to hamer.safetensors (as `hamer convert`), keeping one")
+    download.add_argument("--half", action="store_true", help="with --safetensors: float16 (half the size)")
+    download.add_argument("--quiet", action="store_true", help="no progress bars")
+    download.set_defaults(func=cmd_download)
     return parser
 
 

@@ -1,17 +1,23 @@
 """Where the HaMeR data lives, and the model configuration.
 
-``CACHE_DIR_HAMER`` is read when a model is built, not at import, so it can be set after ``import hamer.configs``.
-The data folder has the layout of HaMeR's demo data::
+The data folder (:func:`data_dir`) is, first match wins: ``CACHE_DIR_HAMER`` when the user sets it (it is None
+until then), the ``HAMER_HOME`` environment variable, ``$XDG_CACHE_HOME/hamer`` (``~/.cache/hamer`` without it).
+For the seed's users, ``./hamer_ckpt/_DATA`` (the seed's default) is still used, with a warning, when it holds a
+checkpoint and the per-user folder does not. A relative path is made absolute against the working directory at the
+moment it is resolved: when a ``HAMER`` is made, or when a command starts. The folder has the layout of HaMeR's demo
+data (what ``hamer download`` installs)::
 
-    <CACHE_DIR_HAMER>/hamer_ckpts/checkpoints/hamer.ckpt   Lightning checkpoint (or a .safetensors from `hamer convert`)
-    <CACHE_DIR_HAMER>/hamer_ckpts/model_config.yaml        the training config (inference reads a few keys)
-    <CACHE_DIR_HAMER>/data/mano/MANO_RIGHT.pkl             MANO model (optional when the checkpoint carries it)
-    <CACHE_DIR_HAMER>/data/mano_mean_params.npz            mean pose/shape/cam (optional likewise)
+    <data folder>/hamer_ckpts/checkpoints/hamer.ckpt   Lightning checkpoint (or a .safetensors from `hamer convert`)
+    <data folder>/hamer_ckpts/model_config.yaml        the training config (inference reads a few keys)
+    <data folder>/data/mano/MANO_RIGHT.pkl             MANO model (optional when the checkpoint carries it)
+    <data folder>/data/mano_mean_params.npz            mean pose/shape/cam (optional likewise)
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -22,9 +28,13 @@ from yacs.config import CfgNode
 
 from .models.variants import variant_config
 
-CACHE_DIR_HAMER = "./hamer_ckpt/_DATA"
+log = logging.getLogger(__name__)
+
+CACHE_DIR_HAMER: str | os.PathLike | None = None  # set it to choose the data folder (wins over HAMER_HOME)
+LEGACY_DATA_DIR = "./hamer_ckpt/_DATA"  # the seed's default, relative to the working directory
 
 CHECKPOINT_FILE = "hamer_ckpts/checkpoints/hamer.ckpt"
+SAFETENSORS_FILE = "hamer_ckpts/checkpoints/hamer.safetensors"  # `hamer download --safetensors` leaves this one
 CONFIG_FILE = "hamer_ckpts/model_config.yaml"
 MANO_FILE = "data/mano/MANO_RIGHT.pkl"
 MEAN_PARAMS_FILE = "data/mano_mean_params.npz"
@@ -44,13 +54,58 @@ class DataPaths:
     mean_params: Path
 
 
+def default_data_dir() -> Path:
+    """The per-user data folder: ``$HAMER_HOME``, else ``$XDG_CACHE_HOME/hamer``, else ``~/.cache/hamer``."""
+    if os.environ.get("HAMER_HOME"):
+        return Path(os.environ["HAMER_HOME"]).expanduser().resolve()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return (Path(cache).expanduser() / "hamer").resolve()
+
+
+def data_dir(root: PathLike | None = None) -> Path:
+    """The data folder as an absolute path: ``root`` if given, else ``CACHE_DIR_HAMER`` if set, else
+    :func:`default_data_dir` (or the seed's ``./hamer_ckpt/_DATA`` when only that one holds a checkpoint).
+
+    Used by ``HAMER`` (once, when it is made) and by every command (``--data``).
+    """
+    if root is None:
+        root = CACHE_DIR_HAMER
+    if root is not None:
+        return Path(root).expanduser().resolve()
+    default = default_data_dir()
+    legacy = Path(LEGACY_DATA_DIR).resolve()
+    if not (default / CHECKPOINT_FILE).is_file() and (legacy / CHECKPOINT_FILE).is_file():
+        _warn_legacy(legacy, default)
+        return legacy
+    return default
+
+
+@functools.cache
+def _warn_legacy(legacy: Path, default: Path) -> None:
+    log.warning("using the HaMeR data in %s (the old default folder); move it to %s or set HAMER_HOME=%s",
+                legacy, default, legacy)
+
+
+def download_hint(root: Path) -> str:
+    """What to run to install the weights into the data folder ``root``."""
+    data = "" if root == data_dir() else f" --data {root}"
+    return (f"run `hamer download{data}` (downloads HaMeR's demo data, about 5.6 GB, and installs 2.7 GB) or "
+            "pass HAMER(download=True)")
+
+
 def data_paths(root: PathLike | None = None, checkpoint: PathLike | None = None) -> DataPaths:
-    """Paths inside the data folder ``root`` (default: ``CACHE_DIR_HAMER`` as set now).
+    """Paths inside the data folder ``root`` (default: :func:`data_dir`).
 
     ``checkpoint`` overrides the checkpoint path; its config is then looked for two levels up, as the original does.
+    Without it, ``hamer.ckpt`` is used, or ``hamer.safetensors`` beside it when only that one exists.
     """
-    base = Path(root if root is not None else CACHE_DIR_HAMER).expanduser().resolve()
-    ckpt = Path(checkpoint).expanduser().resolve() if checkpoint is not None else base / CHECKPOINT_FILE
+    base = data_dir(root)
+    if checkpoint is not None:
+        ckpt = Path(checkpoint).expanduser().resolve()
+    elif not (base / CHECKPOINT_FILE).is_file() and (base / SAFETENSORS_FILE).is_file():
+        ckpt = base / SAFETENSORS_FILE
+    else:
+        ckpt = base / CHECKPOINT_FILE
     config = ckpt.parent.parent / "model_config.yaml" if checkpoint is not None else base / CONFIG_FILE
     return DataPaths(base, ckpt, config, base / MANO_FILE, base / MEAN_PARAMS_FILE)
 

@@ -54,7 +54,10 @@ class HAMER:
             Default: both bundled models.
         num_hands: most hands the hand landmarker reports.
         rescale_factor: crop side = rescale_factor * max(h, 4/3 w) of the box (HaMeR's demo: 2.0).
-        data_dir: the HaMeR data folder; default ``hamer.configs.CACHE_DIR_HAMER`` as set when the model loads.
+        data_dir: the HaMeR data folder; default :func:`hamer.configs.data_dir` (``CACHE_DIR_HAMER`` if set, else
+            ``$HAMER_HOME``, else the per-user cache), made absolute now, when the HAMER is made.
+        download: torch backend: if the data folder holds no checkpoint, download and install HaMeR's weights
+            into it now (about 5.6 GB, as ``hamer download``; progress is logged at INFO level).
         checkpoint: a checkpoint path other than ``<data_dir>/hamer_ckpts/checkpoints/hamer.ckpt``.
         precision: torch backend: "fp32" (default), "bf16" (CPU or CUDA autocast) or "fp16" (CUDA autocast).
         backend: "torch" (default) or "onnx": ONNX Runtime on ``onnx_path`` (CUDA provider first when ``device`` is
@@ -78,6 +81,7 @@ class HAMER:
         backend: str = "torch",
         onnx_path: configs.PathLike | None = None,
         export_onnx: configs.PathLike | None = None,
+        download: bool = False,
     ) -> None:
         from .runtime import check_precision, resolve_device
 
@@ -102,7 +106,11 @@ class HAMER:
         self.backend = backend
         self._onnx_path = onnx_path
         self._export_onnx = export_onnx
-        self._data_dir = data_dir
+        self._data_dir = configs.data_dir(data_dir)
+        if download and backend == "torch" and checkpoint is None:
+            from .download import ensure_downloaded
+
+            ensure_downloaded(self._data_dir)
         self._checkpoint = checkpoint
         self._detector_options = DetectorOptions(
             hand_task_path=task_paths.get("hand"), pose_task_path=task_paths.get("pose"), mode=mode,

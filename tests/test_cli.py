@@ -209,9 +209,9 @@ def test_check_incomplete_folders(tmp_path, capsys):
     empty = tmp_path / "empty"
     assert main(["check", "--data", str(empty)]) == 1
     out = capsys.readouterr().out
-    assert f"put hamer.ckpt at {empty.resolve() / 'hamer_ckpts/checkpoints/hamer.ckpt'}" in out
+    assert f"MISSING  {empty.resolve() / 'hamer_ckpts/checkpoints/hamer.ckpt'}: run `hamer download --data" in out
     assert f"put MANO_RIGHT.pkl at {empty.resolve() / 'data/mano/MANO_RIGHT.pkl'}" in out
-    assert "fetch_demo_data.sh" in out and "mano.is.tue.mpg.de" in out and "does NOT load" in out
+    assert "mano.is.tue.mpg.de" in out and "does NOT load" in out
 
     alone = tmp_path / "alone"
     make_data_dir(alone, with_mano=False, with_means=False, with_config=False)
