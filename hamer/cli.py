@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -475,6 +475,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_download(args: argparse.Namespace) -> int:
     from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     from .download import DownloadError, download, to_safetensors
 
@@ -484,31 +485,31 @@ def cmd_download(args: argparse.Namespace) -> int:
     root = configs.data_dir(args.data)
     existing = configs.data_paths(root).checkpoint
     if existing.is_file() and not args.force:
-        print(f"{existing} is already there (--force installs again); checking it:")
+        print(f"{existing} is already there (--force downloads and installs again); checking it:")
         return cmd_check(argparse.Namespace(data=str(root), checkpoint=None))
     bars: dict[str, tqdm] = {}
 
     def progress(phase: str, done: int, total: int | None) -> None:
-        bar = bars.get(phase)
-        if bar is None:
+        if phase not in bars:
             for other in bars.values():
                 other.close()
             desc = {"download": "downloading", "extract": "verifying, unpacking"}[phase]
-            bar = bars[phase] = tqdm(total=total, initial=done, desc=desc, unit="B", unit_scale=True,
-                                     unit_divisor=1024, disable=args.quiet, dynamic_ncols=True)
+            bars[phase] = stack.enter_context(tqdm(total=total, initial=done, desc=desc, unit="B", unit_scale=True,
+                                                   unit_divisor=1024, disable=args.quiet, dynamic_ncols=True))
+        bar = bars[phase]
         bar.total = total
         bar.update(done - bar.n)
 
     try:
-        manifest = download(root, url=args.url, archive=args.archive, progress=progress)
+        with ExitStack() as stack, logging_redirect_tqdm():  # the bars are closed before an error is printed
+            manifest = download(root, url=args.url, archive=args.archive, progress=progress)
     except (DownloadError, ValueError, OSError) as exc:
-        for bar in bars.values():
-            bar.close()
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    for bar in bars.values():
-        bar.close()
-    print(f"installed into {root} ({manifest.skipped} archive file(s) left out, e.g. ViTPose):")
+    except KeyboardInterrupt:
+        print("interrupted: nothing was installed; `hamer download` again resumes the download", file=sys.stderr)
+        return 130
+    print(f"installed into {root} (left out: {manifest.skipped} other file(s) of the archive, such as ViTPose's):")
     for rel, record in manifest.files.items():
         print(f"  {rel}  {record.bytes:,} bytes  sha256 {record.sha256}")
     if args.safetensors:

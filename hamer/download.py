@@ -16,6 +16,7 @@ Progress goes to an optional ``progress(phase, done_bytes, total_bytes)`` callba
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import gzip
 import hashlib
@@ -30,7 +31,7 @@ import time
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import BinaryIO
@@ -56,7 +57,11 @@ class DownloadError(Exception):
     """The data could not be downloaded or installed (the message says why and what to do)."""
 
 
-class UnsafeArchiveError(DownloadError):
+class BadArchiveError(DownloadError):
+    """The archive is corrupt, truncated or not HaMeR's demo data."""
+
+
+class UnsafeArchiveError(BadArchiveError):
     """An archive member would write outside the data folder or is not a plain file or folder."""
 
 
@@ -124,6 +129,14 @@ def download(data: configs.PathLike | None = None, url: str | None = None, archi
     root = configs.data_dir(data)
     work = root / WORK_DIR
     work.mkdir(parents=True, exist_ok=True)
+    with _exclusive(work):
+        manifest = _download(root, work, url, archive, progress, retries, backoff_s, timeout_s)
+    _remove_empty(work)
+    return manifest
+
+
+def _download(root: Path, work: Path, url: str | None, archive: configs.PathLike | None, progress: Progress | None,
+              retries: int, backoff_s: float, timeout_s: float) -> Manifest:
     if archive is not None:
         source = Path(archive).expanduser().resolve()
         if not source.is_file():
@@ -135,13 +148,31 @@ def download(data: configs.PathLike | None = None, url: str | None = None, archi
         path = fetch(url, work / ARCHIVE_NAME, progress=progress, retries=retries, backoff_s=backoff_s,
                      timeout_s=timeout_s)
         try:
-            manifest = install_archive(path, root, progress=progress, source=url)
-        except DownloadError as exc:
+            manifest = install_archive(path, root, progress=progress, source=_public(url))
+        except BadArchiveError as exc:
             path.unlink(missing_ok=True)  # a complete but bad download: the next call starts afresh
-            raise DownloadError(f"{exc} (the downloaded archive was deleted)") from None
+            raise type(exc)(f"{exc} (the downloaded archive was deleted)") from None
         path.unlink()
-    _remove_empty(work)
     return manifest
+
+
+@contextlib.contextmanager
+def _exclusive(work: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the work folder (POSIX; elsewhere nothing): one download per data folder."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = os.open(work, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DownloadError(f"another `hamer download` is installing into {work.parent}; wait for it") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def ensure_downloaded(data: configs.PathLike | None = None) -> Path:
@@ -242,15 +273,23 @@ def fetch(url: str, dest: Path, *, progress: Progress | None = None, retries: in
             failures += 1
             have = part.stat().st_size if part.exists() else 0
             if failures > retries:
+                again = "resume" if have else "try again"
                 raise DownloadError(f"download of {url} failed at {have:,} bytes: {exc}; run `hamer download` "
-                                    "again to resume") from None
+                                    f"again to {again}") from None
             delay = backoff_s * 2 ** (failures - 1)
-            log.warning("download interrupted at %s bytes (%s); retry %d of %d in %.0f s", f"{have:,}", exc,
+            log.warning("download failed at %s bytes (%s); retry %d of %d in %.0f s", f"{have:,}", exc,
                         failures, retries, delay)
             time.sleep(delay)
     os.replace(part, dest)
     state_path.unlink(missing_ok=True)
     return dest
+
+
+def _public(url: str) -> str:
+    """``url`` without user, password, query or fragment (which may hold credentials), as the manifest records it."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    return parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host, query="", fragment="").geturl()
 
 
 def _read_state(path: Path) -> dict:
@@ -390,7 +429,7 @@ def install_archive(archive: Path, root: Path, *, progress: Progress | None = No
     try:
         files, skipped, reader = _extract(archive, staging, progress)
         if configs.CHECKPOINT_FILE not in files:
-            raise DownloadError(f"{archive} holds no {ARCHIVE_ROOT}/{configs.CHECKPOINT_FILE}: not HaMeR's demo "
+            raise BadArchiveError(f"{archive} holds no {ARCHIVE_ROOT}/{configs.CHECKPOINT_FILE}: not HaMeR's demo "
                                 "data; nothing was installed")
         for rel in files:
             target = root / rel
@@ -434,7 +473,7 @@ def _extract(archive: Path, staging: Path, progress: Progress | None
                     pass
             reader.drain()
         except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
-            raise DownloadError(f"{archive} is corrupt or truncated ({exc}); nothing was installed") from None
+            raise BadArchiveError(f"{archive} is corrupt or truncated ({exc}); nothing was installed") from None
     return files, skipped, reader
 
 

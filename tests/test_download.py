@@ -71,6 +71,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         blob, rng = self.server.blob, self.headers.get("Range")
         self.server.ranges.append(rng)
+        if not self.path.endswith(".tar.gz"):
+            self.send_error(404)
+            return
         start = int(rng.removeprefix("bytes=").split("-")[0]) if rng else 0
         if start >= len(blob) and rng:
             self.send_response(416)
@@ -239,6 +242,24 @@ def test_urls_and_disk_space(archive, server, tmp_path, monkeypatch):
     with pytest.raises(dl.DownloadError, match="not enough free disk space"):
         dl.download(tmp_path / "d", url=url(server), retries=0)
     assert not (tmp_path / "d" / dl.WORK_DIR / (dl.ARCHIVE_NAME + ".part")).exists()
+
+
+def test_http_error_and_full_disk_while_unpacking(server, data_dir, tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    with pytest.raises(dl.DownloadError, match="HTTP 404"):
+        dl.download(root, url=url(server).replace(".tar.gz", ".zip"))
+    assert server.ranges == [None]  # a 404 is not retried
+    free = iter([10**12])  # room for the download, then none to unpack
+    monkeypatch.setattr(dl.shutil, "disk_usage", lambda p: type("U", (), {"free": next(free, 1000)})())
+    with pytest.raises(dl.DownloadError, match="not enough free disk space .* to unpack"):
+        dl.download(root, url=url(server))
+    assert installed(root) == {dl.WORK_DIR + "/" + dl.ARCHIVE_NAME: server.blob}  # kept: no new download
+    monkeypatch.undo()
+    dl.download(root, url=url(server))
+    assert server.ranges == [None, None]
+    files = installed(root)
+    files.pop(dl.MANIFEST_FILE)
+    assert files == expected_files(data_dir)
 
 
 def test_https_redirect_to_http_is_refused():

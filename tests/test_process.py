@@ -152,7 +152,7 @@ def test_bad_boxes(hamer, image, boxes, message):
         hamer.process(image, boxes)
 
 
-def test_data_dir_is_read_when_the_model_loads(monkeypatch, data_dir, image, tmp_path):
+def test_data_dir_is_read_when_hamer_is_made(monkeypatch, data_dir, image, tmp_path):
     monkeypatch.setattr(hcfg, "CACHE_DIR_HAMER", str(tmp_path / "nowhere"))
     h = HAMER()  # constructing needs no data
     with pytest.raises(FileNotFoundError, match="nowhere"):
