@@ -197,11 +197,9 @@ class _LogProgress:
             log.info("%s: %s of %s bytes", phase, f"{done:,}", f"{total:,}" if total else "?")
 
 
-def verify_installed(root: Path, full: bool = True) -> dict[str, str] | None:
-    """Each file of ``root``'s manifest -> "ok", "missing", or what is wrong; None without a manifest.
-
-    ``full`` compares sha256 sums (reads every file) as well as sizes.
-    """
+def verify_installed(root: Path) -> dict[str, str] | None:
+    """Each file of ``root``'s manifest -> "ok", "missing", or what is wrong (size, then sha256: reads every file);
+    None without a manifest."""
     manifest = Manifest.read(root)
     if manifest is None:
         return None
@@ -212,7 +210,7 @@ def verify_installed(root: Path, full: bool = True) -> dict[str, str] | None:
             status[rel] = "missing"
         elif (size := path.stat().st_size) != record.bytes:
             status[rel] = f"{size} bytes, {record.bytes} expected (truncated or replaced)"
-        elif full and sha256_file(path) != record.sha256:
+        elif sha256_file(path) != record.sha256:
             status[rel] = "its sha256 differs from the one recorded at installation (damaged or replaced)"
         else:
             status[rel] = "ok"
@@ -387,9 +385,7 @@ def member_problem(member: tarfile.TarInfo) -> str | None:
 
 def _installed_name(name: str) -> str | None:
     """The data-folder path of archive member ``name`` if it is installed (one of :data:`INSTALLED`), else None."""
-    parts = PurePosixPath(name).parts
-    if parts[:1] == (".",):
-        parts = parts[1:]
+    parts = PurePosixPath(name).parts  # "./_DATA/x" -> ("_DATA", "x")
     if len(parts) < 2 or parts[0] != ARCHIVE_ROOT or any(p.startswith(".") for p in parts):
         return None  # outside _DATA, or macOS metadata (fetch_demo_data.sh excludes ".*" too)
     rel = "/".join(parts[1:])
@@ -456,7 +452,7 @@ def _extract(archive: Path, staging: Path, progress: Progress | None
         raw.seek(0)
         try:
             stream = gzip.GzipFile(fileobj=reader, mode="rb") if gzipped else reader
-            with tarfile.open(fileobj=stream, mode="r|" if gzipped else "r|*") as tar:
+            with tarfile.open(fileobj=stream, mode="r|" if gzipped else "r|*", bufsize=CHUNK) as tar:
                 for member in tar:
                     problem = member_problem(member)
                     if problem:

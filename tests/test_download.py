@@ -38,7 +38,7 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes = b"", **fields) -> None:
     tar.addfile(info, io.BytesIO(data) if info.isfile() else None)
 
 
-def make_archive(data_dir: Path, extra: list[tuple[str, dict]] = ()) -> bytes:
+def make_archive(data_dir: Path, extra: tuple[tuple[str, dict], ...] = ()) -> bytes:
     """A .tar.gz in the layout of hamer_demo_data.tar.gz, from the synthetic data folder."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
@@ -200,7 +200,7 @@ def test_corrupt_or_truncated_archive_installs_nothing(server, tmp_path, capsys)
 ])
 def test_unsafe_members_refuse_the_archive(data_dir, tmp_path, name, fields, problem):
     archive = tmp_path / "evil.tar.gz"
-    archive.write_bytes(make_archive(data_dir, extra=[(name, fields)]))
+    archive.write_bytes(make_archive(data_dir, extra=((name, fields),)))
     root = tmp_path / "deep" / "data"
     with pytest.raises(dl.UnsafeArchiveError, match=problem):
         dl.download(root, archive=archive)
@@ -279,7 +279,7 @@ def test_missing_checkpoint_names_the_command(tmp_path, capsys):
     assert "hamer download --data" in capsys.readouterr().out
 
 
-def test_data_folder_default(tmp_path, monkeypatch, data_dir):
+def test_data_folder_default(tmp_path, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(hcfg, "CACHE_DIR_HAMER", None)
     monkeypatch.delenv("HAMER_HOME", raising=False)
@@ -299,6 +299,7 @@ def test_data_folder_default(tmp_path, monkeypatch, data_dir):
     (legacy / hcfg.CHECKPOINT_FILE).parent.mkdir(parents=True)
     (legacy / hcfg.CHECKPOINT_FILE).write_bytes(b"x")
     assert hcfg.data_dir() == legacy
+    assert "the old default folder" in caplog.text and "HAMER_HOME" in caplog.text
     (tmp_path / "rel/home" / hcfg.CHECKPOINT_FILE).parent.mkdir(parents=True)
     (tmp_path / "rel/home" / hcfg.CHECKPOINT_FILE).write_bytes(b"x")
     assert hcfg.data_dir() == tmp_path / "rel" / "home"
