@@ -312,8 +312,9 @@ def test_hamer_resolves_the_data_folder_when_made_and_downloads(tmp_path, monkey
     monkeypatch.setattr(hcfg, "CACHE_DIR_HAMER", "rel")
     h = HAMER()
     monkeypatch.chdir("/")  # a notebook that changes directory keeps its data folder
-    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "rel"))):
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "rel"))) as exc:
         h.load()
+    assert "hamer download" in str(exc.value) and "HAMER(download=True)" in str(exc.value)
     monkeypatch.setattr(dl, "DEFAULT_URL", url(server))
     h = HAMER(data_dir=tmp_path / "nb", download=True)
     h.load()
