@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .hamer_module import HAMER
-    from .results import Camera, FrameResult, Hand, ManoParams, NetworkOutput
+    from .results import Camera, FieldOfView, FrameResult, Hand, ManoParams, NetworkOutput
 
 __version__ = "0.1.0"
-__all__ = ["HAMER", "Camera", "FrameResult", "Hand", "ManoParams", "NetworkOutput", "__version__"]
+__all__ = ["HAMER", "Camera", "FieldOfView", "FrameResult", "Hand", "ManoParams", "NetworkOutput", "__version__"]
 
-_EXPORTS = {"HAMER": "hamer_module", "Camera": "results", "FrameResult": "results", "Hand": "results",
-            "ManoParams": "results", "NetworkOutput": "results"}
+_EXPORTS = {"HAMER": "hamer_module", "Camera": "results", "FieldOfView": "results", "FrameResult": "results",
+            "Hand": "results", "ManoParams": "results", "NetworkOutput": "results"}
 
 
 def __getattr__(name: str) -> Any:

@@ -5,6 +5,8 @@ Frames: camera coordinates in metres, x right, y down, z forward (OpenCV convent
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -32,3 +34,26 @@ def cam_crop_to_full(cam_bbox: torch.Tensor, box_center: torch.Tensor, box_size:
     tx = (2 * (cx - w_2) / bs) + cam_bbox[:, 1]
     ty = (2 * (cy - h_2) / bs) + cam_bbox[:, 2]
     return torch.stack([tx, ty, tz], dim=-1)
+
+
+def cam_crop_to_pinhole(cam_bbox: torch.Tensor, box_center: torch.Tensor, box_size: torch.Tensor, fx: float,
+                        fy: float, cx: float, cy: float) -> torch.Tensor:
+    """The crop's weak-perspective camera as a translation for a pinhole camera (fx, fy, cx, cy pixels).
+
+    cam_bbox (B,3) ``[s, tx, ty]`` (tx un-mirrored); box_center (B,2), box_size (B,) pixels. Under the crop
+    camera, a hand point X (metres) lands at pixel ``box_center + box_size * s / 2 * (X + [tx, ty])``. Under the
+    pinhole camera at depth ``tz`` it lands at ``[cx, cy] + [fx, fy] * (X + t) / tz``. Matching scale and position:
+
+        tz = 2 f / (box_size * s),  f = sqrt(fx * fy)
+        t_x = tx + tz * (box_center_x - cx) / fx,   t_y = ty + tz * (box_center_y - cy) / fy
+
+    With ``fx = fy`` the scale matches exactly; with ``fx != fy`` one depth cannot match both axes, and the
+    geometric mean keeps the hand's image area. ``fx = fy = f``, ``(cx, cy)`` the image centre gives
+    :func:`cam_crop_to_full`. Returns (B,3) metres.
+    """
+    bs = box_size * cam_bbox[:, 0] + 1e-9
+    tz = 2 * math.sqrt(fx * fy) / bs
+    tx = cam_bbox[:, 1] + tz * (box_center[:, 0] - cx) / fx
+    ty = cam_bbox[:, 2] + tz * (box_center[:, 1] - cy) / fy
+    return torch.stack([tx, ty, tz], dim=-1)
+

@@ -36,8 +36,10 @@ from .images import opencv_path, read_image
 if TYPE_CHECKING:
     from tqdm import tqdm
 
+    from .results import Camera, FieldOfView
+
+    from .formats import UnitWriters
     from .hamer_module import HAMER
-    from .outputs import FrameWriter
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +115,18 @@ def read_video(path: Path) -> Iterator[np.ndarray]:
             cap.release()
 
 
+def pose_base(option: str | None, inp: Input) -> Path | None:
+    """The Holistic .pose to upgrade for ``inp``: ``--pose-base FILE``, or ``DIR/<name>.pose`` when that exists."""
+    if option is None:
+        return None
+    base = Path(option)
+    if not base.is_dir():
+        return base
+    stem = inp.path.resolve().name if inp.kind == "folder" else inp.path.stem
+    candidate = base / f"{stem}.pose"
+    return candidate if candidate.is_file() else None
+
+
 def unique_name(stem: str, used: set[str]) -> str:
     """``stem``, or ``stem-2``, ``stem-3``... when taken; the result is added to ``used``."""
     name, n = stem, 1
@@ -162,7 +176,7 @@ class Runner:
         try:
             hamer = HAMER(mode=mode, device=a.device, num_hands=a.max_hands, rescale_factor=a.rescale_factor,
                           data_dir=a.data, checkpoint=a.checkpoint, precision=a.precision, backend=a.backend,
-                          onnx_path=a.onnx)
+                          onnx_path=a.onnx, camera=a.intrinsics or a.fov_deg)
         except (OSError, ValueError, RuntimeError) as exc:
             raise ModelError(str(exc)) from exc
         if not a.bbox_only:
@@ -178,28 +192,33 @@ class Runner:
             self._hamer.close()
 
     def run(self, inp: Input, name: str) -> None:
-        """Write ``<name>.jsonl``, ``<name>.npz`` and with --overlay ``<name>.overlay.jpg`` (an image),
-        ``<name>.overlay/`` (a folder: one .jpg per image) or ``<name>.overlay.mp4`` (a video) into --out."""
-        from .outputs import FrameWriter
+        """Write the --formats of ``inp`` (``<name>.jsonl``, ``<name>.npz`` ...; see hamer.formats) and with
+        --overlay ``<name>.overlay.jpg`` (an image), ``<name>.overlay/`` (a folder: one .jpg per image) or
+        ``<name>.overlay.mp4`` (a video) into --out."""
+        from .formats import UnitInfo, open_writers
 
         self.bar.set_postfix_str(inp.path.name)
-        self.hamer("VIDEO" if inp.kind == "video" else "IMAGE")  # set up before anything is written
+        hamer = self.hamer("VIDEO" if inp.kind == "video" else "IMAGE")  # set up before anything is written
         self.out.mkdir(parents=True, exist_ok=True)
-        written = [self.out / f"{name}.jsonl", self.out / f"{name}.npz"]
+        a = self.args
+        faces = None if a.bbox_only else hamer.reconstructor.faces
+        info = UnitInfo(self.out, name, inp.fps if inp.kind == "video" else None, faces,
+                        pose_base(a.pose_base, inp), a.vertices)
+        writers = open_writers(a.formats, info)
+        written = list(writers.paths)
         overlay = None
         if self.args.overlay:
             suffix = {"image": ".overlay.jpg", "folder": ".overlay", "video": ".overlay.mp4"}[inp.kind]
             overlay = self.out / f"{name}{suffix}"
             written.append(overlay)
-        with FrameWriter(*written[:2]) as results:
+        with writers as results:
             if inp.kind == "video":
                 self._run_video(inp, results, overlay)
             else:
                 self._run_images(inp, results, overlay)
-        hands = sum(len(f.result.hands) for f in results.frames)
-        self.say(f"{inp.path}: {len(results.frames)} frame(s), {hands} hand(s) -> {', '.join(map(str, written))}")
+        self.say(f"{inp.path}: {results.frames} frame(s), {results.hands} hand(s) -> {', '.join(map(str, written))}")
 
-    def _run_images(self, inp: Input, results: FrameWriter, overlay: Path | None) -> None:
+    def _run_images(self, inp: Input, results: UnitWriters, overlay: Path | None) -> None:
         from .outputs import Frame, write_image
         from .overlay import draw_hands
 
@@ -227,7 +246,7 @@ class Runner:
                 overlay.mkdir(exist_ok=True)
                 write_image(overlay / f"{unique_name(path.stem, used)}.jpg", draw_hands(img, result.hands))
 
-    def _run_video(self, inp: Input, results: FrameWriter, overlay_path: Path | None) -> None:
+    def _run_video(self, inp: Input, results: UnitWriters, overlay_path: Path | None) -> None:
         from .outputs import Frame, VideoFileWriter
         from .overlay import draw_hands
         from .tracking import HandTracker, OneEuroFilter, VideoHands
@@ -276,6 +295,22 @@ def run_usage_problem(args: argparse.Namespace) -> str | None:
             return "argument --precision: --backend onnx takes no --precision (the .onnx file sets it)"
     elif args.onnx is not None:
         return "argument --onnx: only with --backend onnx"
+    if args.bbox_only and set(args.formats) - {"jsonl", "npz"}:
+        return "argument --formats: pose, openpose and obj need the joints: not with --bbox-only"
+    if args.backend == "onnx" and "obj" in args.formats:
+        return "argument --formats: obj needs the MANO triangles, which an ONNX model lacks (use --backend torch)"
+    if args.pose_base is not None:
+        if "pose" not in args.formats:
+            return "argument --pose-base: only with --formats pose"
+        if not Path(args.pose_base).exists():
+            return f"argument --pose-base: {args.pose_base} not found"
+        if Path(args.pose_base).is_file() and len(args.inputs) != 1:
+            return "argument --pose-base: a FILE goes with one input; give a folder of <name>.pose for several"
+    if "pose" in args.formats:
+        try:
+            import pose_format  # noqa: F401
+        except ImportError:
+            return "argument --formats: pose needs the pose-format package (pip install pose-format)"
     return out_dir_problem(Path(args.out))
 
 
@@ -539,6 +574,34 @@ def _non_negative(value: str) -> float:
     return number
 
 
+def _formats(value: str) -> tuple[str, ...]:
+    from .formats import parse_formats
+
+    try:
+        return parse_formats(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _intrinsics(value: str) -> Camera:
+    from .results import Camera
+
+    try:
+        fx, fy, cx, cy = (float(v) for v in value.split(","))
+        return Camera(fx, fy, cx, cy)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"need four numbers fx,fy,cx,cy in pixels with fx, fy > 0 ({exc})") from None
+
+
+def _fov(value: str) -> FieldOfView:
+    from .results import FieldOfView
+
+    try:
+        return FieldOfView(float(value))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _count(value: str) -> int:
     number = int(value)
     if number < 1:
@@ -578,6 +641,18 @@ def build_parser() -> argparse.ArgumentParser:
                      help="crop side / hand box side, as HaMeR's demo (default: 2.0)")
     run.add_argument("--max-hands", type=_count, default=2,
                      help="hands MediaPipe looks for (default: 2); at most one Right and one Left are reconstructed")
+    out = run.add_argument_group("outputs and camera")
+    out.add_argument("--formats", type=_formats, default=("jsonl", "npz"), metavar="LIST",
+                     help="comma list of jsonl, npz, pose, openpose, obj (default: jsonl,npz)")
+    out.add_argument("--vertices", action="store_true", help="also the 778 MANO vertices of each hand in the NPZ")
+    out.add_argument("--pose-base", metavar="FILE_OR_DIR",
+                     help="with --formats pose: a MediaPipe-Holistic .pose of the (one) input, or a folder holding "
+                          "<name>.pose for each input, written back with its hands replaced by HaMeR's")
+    camera = out.add_mutually_exclusive_group()
+    camera.add_argument("--intrinsics", type=_intrinsics, metavar="FX,FY,CX,CY",
+                        help="your camera in pixels: the hands' cam_t is computed for it (2D joints do not change)")
+    camera.add_argument("--fov-deg", type=_fov, metavar="DEGREES",
+                        help="your camera's horizontal field of view (square pixels, centred principal point)")
     video = run.add_argument_group("videos")
     video.add_argument("--label-hold", type=_count, default=5, metavar="FRAMES",
                        help="frames MediaPipe must report the other label before a hand's label changes (default: 5)")

@@ -125,6 +125,7 @@ class ExportOnFirstCall:
         self.runtime = runtime
         self.cfg = cfg
         self.path: Path | None = Path(path)
+        self.faces = runtime.faces
 
     def __call__(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
         """As :meth:`TorchRuntime.__call__`; the first call exports (and checks) first."""

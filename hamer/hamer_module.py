@@ -28,7 +28,7 @@ from . import configs
 from .detection import HAND_TASK_PATH, POSE_TASK_PATH, DetectorOptions
 from .images import as_bgr
 from .pipeline import Reconstructor, predict_frame
-from .results import FrameResult
+from .results import Camera, CameraSpec, FrameResult
 
 if TYPE_CHECKING:
     from yacs.config import CfgNode
@@ -66,6 +66,11 @@ class HAMER:
         onnx_path: the ``.onnx`` file the "onnx" backend runs (from ``export_onnx`` or ``hamer.export``).
         export_onnx: torch backend: write the network (MANO included) to this ``.onnx`` path on the first call that
             runs it, check it with ONNX Runtime (RuntimeError if off), then carry on.
+        camera: the camera the images come from, to place the hands in: a :class:`~hamer.results.Camera`
+            (fx, fy, cx, cy pixels, for every image), a :class:`~hamer.results.FieldOfView` (horizontal, degrees,
+            per image size) or a callable ``(W, H) -> Camera``. Default: HaMeR demo's camera (focal 5000 px at
+            256 px, scaled to the image's longer side; principal point at the centre). It sets ``cam_t``; the 2D
+            joints are HaMeR's and do not depend on it.
     """
 
     def __init__(
@@ -82,6 +87,7 @@ class HAMER:
         onnx_path: configs.PathLike | None = None,
         export_onnx: configs.PathLike | None = None,
         download: bool = False,
+        camera: CameraSpec | None = None,
     ) -> None:
         from .runtime import check_precision, resolve_device
 
@@ -95,6 +101,9 @@ class HAMER:
         if backend == "onnx" and (onnx_path is None or export_onnx is not None or precision != "fp32"):
             raise ValueError("backend 'onnx' needs onnx_path and takes no export_onnx or precision (the file sets "
                              "the weights' precision: see hamer.export.quantize_onnx)")
+        if camera is not None and not (isinstance(camera, Camera) or callable(camera)):
+            raise ValueError(f"camera must be a hamer.Camera, a hamer.FieldOfView or a callable (W, H) -> Camera, "
+                             f"got {type(camera).__name__}")
         unknown = set(task_paths) - {"hand", "pose"}
         if unknown:
             raise ValueError(f"task_paths keys must be 'hand' and/or 'pose', got {sorted(unknown)}")
@@ -106,6 +115,7 @@ class HAMER:
         self.backend = backend
         self._onnx_path = onnx_path
         self._export_onnx = export_onnx
+        self._camera = camera
         self._data_dir = configs.data_dir(data_dir)
         if download and backend == "torch" and checkpoint is None:
             from .download import ensure_downloaded
@@ -155,7 +165,7 @@ class HAMER:
         """Load the network now (otherwise the first call that needs it does). Thread-safe; loads once."""
         with self._lock:
             if self._reconstructor is None:
-                self._reconstructor = Reconstructor(*self._load_network(), self.rescale_factor)
+                self._reconstructor = Reconstructor(*self._load_network(), self.rescale_factor, self._camera)
 
     def _load_network(self) -> tuple[Any, CfgNode]:
         from .runtime import OnnxRuntime, TorchRuntime

@@ -7,6 +7,7 @@ half-written. Units: boxes and 2D joints in image pixels; 3D joints and camera t
 JSON Lines, one object per frame (floats rounded to 1e-6)::
 
     {"source": "clip.mp4", "frame": 0, "time_s": 0.0, "image_size": [W, H], "focal_length": 17578.1,
+     "camera": [fx, fy, cx, cy],
      "hands": [{"label": "Right", "detected_label": "Right", "score": 0.98, "detector": "hand", "track_id": 0,
                 "box": [x1, y1, x2, y2], "keypoints_3d": [[x, y, z] x 21], "keypoints_2d": [[u, v] x 21],
                 "cam_t": [tx, ty, tz]}]}
@@ -20,6 +21,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
@@ -49,6 +51,14 @@ NPZ_ARRAYS = {
                     "add cam_t for camera coordinates",
     "keypoints_2d": "(F, 2, 21, 2) float32: image pixels",
     "cam_t": "(F, 2, 3) float32: metres, translation of the hand into the camera frame",
+    "camera": "(F, 4) float32: fx, fy, cx, cy pixels of the camera cam_t is for; NaN with --bbox-only",
+    "global_orient": "(F, 2, 3, 3) float32: MANO global rotation (matrix), as the network gives it: left hands "
+                     "mirrored (see the README's 'Left hands')",
+    "hand_pose": "(F, 2, 15, 3, 3) float32: MANO joint rotations (matrices), likewise",
+    "global_orient_aa": "(F, 2, 3) float32: global_orient as axis-angle (radians)",
+    "hand_pose_aa": "(F, 2, 15, 3) float32: hand_pose as axis-angle (radians)",
+    "betas": "(F, 2, 10) float32: MANO shape",
+    "vertices": "(F, 2, 778, 3) float32: metres, like keypoints_3d; only with --vertices",
 }
 
 
@@ -92,6 +102,22 @@ def atomic_path(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+@contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """A temporary folder beside ``path`` that replaces ``path`` (an earlier one removed) if the block completes;
+    removed with its files otherwise."""
+    path = Path(path)
+    tmp = path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{next(_temp_counter)}")
+    tmp.mkdir()
+    try:
+        yield tmp
+        if path.is_dir():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def give_default_permissions(path: Path) -> None:
     """Give ``path`` the permissions of any new file (``0o666`` less the umask): libraries that write weights
     (safetensors, onnx) create their files private (0600)."""
@@ -122,6 +148,7 @@ def frame_json(frame: Frame) -> dict[str, Any]:
         "time_s": None if frame.time_s is None else round(frame.time_s, 6),
         "image_size": list(frame.result.image_size),
         "focal_length": None if frame.focal_length is None else round(frame.focal_length, 6),
+        "camera": None if frame.result.camera is None else [round(v, 6) for v in frame.result.camera.as_list()],
         "hands": [{
             "label": h.label,
             "detected_label": h.detected_label,
@@ -136,67 +163,109 @@ def frame_json(frame: Frame) -> dict[str, Any]:
     }
 
 
-def npz_arrays(frames: list[Frame]) -> dict[str, np.ndarray]:
-    """The arrays of :data:`NPZ_ARRAYS` for ``frames``."""
-    n = len(frames)
-    out = {
-        "labels": np.array(LABELS),
-        "source": np.array([f.source for f in frames], dtype=str).reshape(n),
-        "frame": np.array([f.index for f in frames], dtype=np.int64).reshape(n),
-        "time_s": np.array([np.nan if f.time_s is None else f.time_s for f in frames], dtype=np.float64).reshape(n),
-        "image_size": np.array([f.result.image_size for f in frames], dtype=np.int32).reshape(n, 2),
-        "focal_length": np.array([np.nan if f.focal_length is None else f.focal_length for f in frames],
-                                 dtype=np.float32).reshape(n),
-        "num_hands": np.array([len(f.result.hands) for f in frames], dtype=np.int8).reshape(n),
-        "present": np.zeros((n, 2), dtype=bool),
-        "score": np.full((n, 2), np.nan, dtype=np.float32),
-        "track_id": np.full((n, 2), -1, dtype=np.int32),
-        "box": np.full((n, 2, 4), np.nan, dtype=np.float32),
-        "keypoints_3d": np.full((n, 2, 21, 3), np.nan, dtype=np.float32),
-        "keypoints_2d": np.full((n, 2, 21, 2), np.nan, dtype=np.float32),
-        "cam_t": np.full((n, 2, 3), np.nan, dtype=np.float32),
+def rotations_to_axis_angle(rotations: np.ndarray) -> np.ndarray:
+    """(..., 3, 3) rotation matrices -> (..., 3) axis-angle vectors (radians), by OpenCV's Rodrigues."""
+    flat = np.asarray(rotations, dtype=np.float64).reshape(-1, 3, 3)
+    out = np.array([cv2.Rodrigues(r)[0].reshape(3) for r in flat]).reshape(*np.shape(rotations)[:-2], 3)
+    return out.astype(np.float32)
+
+
+def _npz_row(frame: Frame, vertices: bool) -> dict[str, np.ndarray]:
+    """The NPZ arrays of one frame, without the leading F axis."""
+    camera = frame.result.camera
+    row = {
+        "source": np.array(frame.source),
+        "frame": np.int64(frame.index),
+        "time_s": np.float64(np.nan if frame.time_s is None else frame.time_s),
+        "image_size": np.array(frame.result.image_size, dtype=np.int32),
+        "focal_length": np.float32(np.nan if camera is None else camera.fx),
+        "camera": np.array([np.nan] * 4 if camera is None else camera.as_list(), dtype=np.float32),
+        "num_hands": np.int8(len(frame.result.hands)),
+        "present": np.zeros(2, dtype=bool),
+        "score": np.full(2, np.nan, dtype=np.float32),
+        "track_id": np.full(2, -1, dtype=np.int32),
+        "box": np.full((2, 4), np.nan, dtype=np.float32),
+        "keypoints_3d": np.full((2, 21, 3), np.nan, dtype=np.float32),
+        "keypoints_2d": np.full((2, 21, 2), np.nan, dtype=np.float32),
+        "cam_t": np.full((2, 3), np.nan, dtype=np.float32),
+        "global_orient": np.full((2, 3, 3), np.nan, dtype=np.float32),
+        "hand_pose": np.full((2, 15, 3, 3), np.nan, dtype=np.float32),
+        "global_orient_aa": np.full((2, 3), np.nan, dtype=np.float32),
+        "hand_pose_aa": np.full((2, 15, 3), np.nan, dtype=np.float32),
+        "betas": np.full((2, 10), np.nan, dtype=np.float32),
     }
-    for i, frame in enumerate(frames):
-        for hand in frame.result.hands:
-            slot = LABELS.index(hand.label)
-            out["present"][i, slot] = True
-            out["score"][i, slot] = hand.score
-            out["track_id"][i, slot] = hand.track_id
-            out["box"][i, slot] = hand.box
-            for key, value in (("keypoints_3d", hand.keypoints_3d), ("keypoints_2d", hand.keypoints_2d),
-                               ("cam_t", hand.cam_t)):
-                if value is not None:
-                    out[key][i, slot] = value
-    return out
+    if vertices:
+        row["vertices"] = np.full((2, 778, 3), np.nan, dtype=np.float32)
+    for hand in frame.result.hands:
+        slot = LABELS.index(hand.label)
+        row["present"][slot] = True
+        row["score"][slot] = hand.score
+        row["track_id"][slot] = hand.track_id
+        row["box"][slot] = hand.box
+        for key in ("keypoints_3d", "keypoints_2d", "cam_t") + (("vertices",) if vertices else ()):
+            if getattr(hand, key) is not None:
+                row[key][slot] = getattr(hand, key)
+        if hand.mano is not None:
+            row["global_orient"][slot] = hand.mano.global_orient[0]
+            row["hand_pose"][slot] = hand.mano.hand_pose
+            row["global_orient_aa"][slot] = rotations_to_axis_angle(hand.mano.global_orient[0])
+            row["hand_pose_aa"][slot] = rotations_to_axis_angle(hand.mano.hand_pose)
+            row["betas"][slot] = hand.mano.betas
+    return row
+
+
+def _stack_rows(rows: list[dict[str, np.ndarray]], vertices: bool) -> dict[str, np.ndarray]:
+    if rows:
+        out = {key: np.stack([row[key] for row in rows]) for key in rows[0]}
+    else:
+        empty = _npz_row(Frame("", 0, None, FrameResult((), (0, 0))), vertices)
+        out = {key: np.zeros((0, *np.shape(v)), dtype=np.asarray(v).dtype) for key, v in empty.items()}
+    out["source"] = out["source"].astype(str)
+    return {"labels": np.array(LABELS), **out}
+
+
+def npz_arrays(frames: list[Frame], vertices: bool = False) -> dict[str, np.ndarray]:
+    """The arrays of :data:`NPZ_ARRAYS` for ``frames`` (``vertices`` too when asked)."""
+    return _stack_rows([_npz_row(f, vertices) for f in frames], vertices)
 
 
 class FrameWriter:
-    """Writes the frames of one input to ``<stem>.jsonl`` (streamed) and ``<stem>.npz`` (at the end).
+    """Writes the frames of one input to ``<stem>.jsonl`` (streamed) and/or ``<stem>.npz`` (at the end).
 
-    Use as a context manager: both files appear when the block completes, neither when it raises.
+    Use as a context manager: the files appear when the block completes, none when it raises. Only the NPZ's
+    compact rows are kept in memory (about 3 kB a frame; 19 kB more per hand with ``vertices``).
     """
 
-    def __init__(self, jsonl_path: Path, npz_path: Path) -> None:
-        self.jsonl_path, self.npz_path = Path(jsonl_path), Path(npz_path)
-        self.frames: list[Frame] = []
+    def __init__(self, jsonl_path: Path | None, npz_path: Path | None, vertices: bool = False) -> None:
+        self.jsonl_path = None if jsonl_path is None else Path(jsonl_path)
+        self.npz_path = None if npz_path is None else Path(npz_path)
+        self.vertices = vertices
+        self.frames = 0
+        self.hands = 0
+        self._rows: list[dict[str, np.ndarray]] = []
         self._jsonl: IO[str] | None = None
 
     def __enter__(self) -> FrameWriter:
         self._stack = ExitStack()
-        self._jsonl = self._stack.enter_context(open(self._stack.enter_context(atomic_path(self.jsonl_path)), "w",
-                                                     encoding="utf-8"))
+        if self.jsonl_path is not None:
+            self._jsonl = self._stack.enter_context(open(self._stack.enter_context(atomic_path(self.jsonl_path)),
+                                                         "w", encoding="utf-8"))
         return self
 
     def add(self, frame: Frame) -> None:
-        self._jsonl.write(json.dumps(frame_json(frame), separators=(",", ":")) + "\n")
-        self.frames.append(frame)
+        if self._jsonl is not None:
+            self._jsonl.write(json.dumps(frame_json(frame), separators=(",", ":")) + "\n")
+        if self.npz_path is not None:
+            self._rows.append(_npz_row(frame, self.vertices))
+        self.frames += 1
+        self.hands += len(frame.result.hands)
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is not None:
+        if exc_type is not None or self.npz_path is None:
             self._stack.__exit__(exc_type, exc, tb)
             return
         with self._stack, atomic_path(self.npz_path) as tmp, open(tmp, "wb") as f:
-            np.savez_compressed(f, **npz_arrays(self.frames))
+            np.savez_compressed(f, **_stack_rows(self._rows, self.vertices))
 
 
 class VideoFileWriter:

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from yacs.config import CfgNode
 
-from .camera import cam_crop_to_full
+from .camera import cam_crop_to_full, cam_crop_to_pinhole
 from .cropping import CropParams, box_to_crop, crop_images, normalize_patches
-from .results import LABELS, Camera, FrameResult, Hand, ManoParams, NetworkOutput, frozen_array
+from .results import LABELS, Camera, CameraSpec, FrameResult, Hand, ManoParams, NetworkOutput, frozen_array
 
 if TYPE_CHECKING:
     from .detection import HandDetection, HandDetector
@@ -111,14 +111,29 @@ class Reconstructor:
         rescale_factor: crop side = ``rescale_factor * max(h, 4/3 w)`` of the box (HaMeR's demo: 2.0).
     """
 
-    def __init__(self, network: Network, cfg: CfgNode, rescale_factor: float = 2.0) -> None:
+    def __init__(self, network: Network, cfg: CfgNode, rescale_factor: float = 2.0,
+                 camera: CameraSpec | None = None) -> None:
         self.network = network
         self.cfg = cfg
         self.rescale_factor = float(rescale_factor)
+        self.camera_spec = camera
+
+    @property
+    def faces(self) -> np.ndarray | None:
+        """(1538, 3) MANO triangles (vertex indices, right-hand winding); None when the runtime has none (ONNX)."""
+        return getattr(self.network, "faces", None)
+
+    def default_camera(self, image_size: tuple[int, int]) -> Camera:
+        """HaMeR demo's camera of a ``(W, H)`` image (focal 5000 px at 256 px, scaled to the image's longer side)."""
+        return Camera.hamer_default(image_size, float(self.cfg.EXTRA.FOCAL_LENGTH), int(self.cfg.MODEL.IMAGE_SIZE))
 
     def camera(self, image_size: tuple[int, int]) -> Camera:
-        """The full-image camera of a ``(W, H)`` image (HaMeR demo's)."""
-        return Camera.hamer_default(image_size, float(self.cfg.EXTRA.FOCAL_LENGTH), int(self.cfg.MODEL.IMAGE_SIZE))
+        """The camera the hands of a ``(W, H)`` image are placed in: the user's, else HaMeR demo's."""
+        if self.camera_spec is None:
+            return self.default_camera(image_size)
+        if isinstance(self.camera_spec, Camera):
+            return self.camera_spec
+        return self.camera_spec(image_size)
 
     def __call__(self, img_bgr: np.ndarray, hands: Sequence[Hand]) -> list[Hand]:
         """Reconstruct ``hands`` (boxes in ``img_bgr``, a uint8 BGR image) in one batch; same order."""
@@ -129,8 +144,8 @@ class Reconstructor:
                                     self.rescale_factor)
         net = self.network(inputs)
         height, width = img_bgr.shape[:2]
-        camera = self.camera((width, height))
-        placed = _place(net, rights, crops, (width, height), camera)
+        placed = _place(net, rights, crops, (width, height), self.default_camera((width, height)),
+                        self.camera((width, height)))
         box_size = placed.pop("box_size")
         return [hand.replace(**{k: v[i] for k, v in placed.items()}, box_size=float(box_size[i]),
                              mano=ManoParams(*(frozen_array(net[k][i]) for k in ("global_orient", "hand_pose",
@@ -142,11 +157,13 @@ class Reconstructor:
 
 
 def _place(net: Mapping[str, np.ndarray], rights: np.ndarray, crops: Sequence[CropParams],
-           image_size: tuple[int, int], camera: Camera) -> dict[str, np.ndarray]:
+           image_size: tuple[int, int], default: Camera, camera: Camera) -> dict[str, np.ndarray]:
     """Un-mirrored joints and vertices, the camera translation and the joints projected into the image.
 
     Returns ``keypoints_3d`` (N,21,3) and ``vertices`` (N,778,3) in metres (MANO frame, x of left hands negated
-    back), ``cam_t`` (N,3) metres (HaMeR demo's ``cam_crop_to_full``), ``keypoints_2d`` (N,21,2) image pixels,
+    back), ``cam_t`` (N,3) metres for ``camera`` (HaMeR demo's ``cam_crop_to_full`` for its ``default`` camera,
+    :func:`~hamer.camera.cam_crop_to_pinhole` for another), ``keypoints_2d`` (N,21,2) image pixels: the joints
+    projected with HaMeR's camera, whatever ``camera`` is (HaMeR's 2D joints do not depend on the camera),
     ``box_center`` (N,2) and ``box_size`` (N,) pixels.
     """
     sign = 2 * rights.astype(np.float32) - 1
@@ -160,12 +177,15 @@ def _place(net: Mapping[str, np.ndarray], rights: np.ndarray, crops: Sequence[Cr
     box_center = torch.from_numpy(np.stack([c.center for c in crops]).astype(np.float32))
     box_size = torch.tensor([c.size for c in crops], dtype=torch.float32)
     img_size = torch.tensor([image_size] * len(crops), dtype=torch.float32)
-    cam_t = cam_crop_to_full(pred_cam, box_center, box_size, img_size, torch.tensor(camera.fx)).numpy()
+    default_t = cam_crop_to_full(pred_cam, box_center, box_size, img_size, torch.tensor(default.fx)).numpy()
+    cam_t = default_t if camera == default else cam_crop_to_pinhole(
+        pred_cam.double(), box_center.double(), box_size.double(), camera.fx, camera.fy, camera.cx, camera.cy
+    ).float().numpy()
     return {
         "keypoints_3d": keypoints_3d,
         "vertices": vertices,
         "cam_t": cam_t,
-        "keypoints_2d": camera.project(keypoints_3d + cam_t[:, None]),
+        "keypoints_2d": default.project(keypoints_3d + default_t[:, None]),
         "box_center": box_center.numpy(),
         "box_size": box_size.numpy(),
     }

@@ -14,7 +14,8 @@ Joints are in OpenPose order: 0 wrist, 1-4 thumb (CMC, MCP, IP, tip), 5-8 index,
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +56,27 @@ class Camera:
         focal = float(np.float32(focal_length) / np.float32(crop_size) * np.float32(max(width, height)))
         return cls(focal, focal, width / 2.0, height / 2.0)
 
+    @classmethod
+    def from_fov(cls, fov_deg: float, image_size: tuple[int, int]) -> Camera:
+        """The camera of a ``(W, H)`` image with horizontal field of view ``fov_deg`` degrees, square pixels and
+        the principal point at the image centre: ``f = W / 2 / tan(fov / 2)``."""
+        if not (isinstance(fov_deg, (int, float)) and 0 < fov_deg < 180):
+            raise ValueError(f"the field of view must be a number of degrees in (0, 180), got {fov_deg!r}")
+        width, height = image_size
+        focal = width / 2.0 / math.tan(math.radians(fov_deg) / 2.0)
+        return cls(focal, focal, width / 2.0, height / 2.0)
+
+    def __post_init__(self) -> None:
+        values = (self.fx, self.fy, self.cx, self.cy)
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values) or self.fx <= 0 or self.fy <= 0:
+            raise ValueError(f"a camera needs finite fx, fy > 0 and cx, cy in pixels, got {values}")
+        for name, value in zip(("fx", "fy", "cx", "cy"), values, strict=True):
+            object.__setattr__(self, name, float(value))
+
+    def as_list(self) -> list[float]:
+        """``[fx, fy, cx, cy]`` pixels."""
+        return [self.fx, self.fy, self.cx, self.cy]
+
     @property
     def matrix(self) -> np.ndarray:
         """The (3, 3) intrinsic matrix K, float64."""
@@ -67,6 +89,22 @@ class Camera:
         scale = np.array([self.fx, self.fy], dtype=np.float32)
         center = np.array([self.cx, self.cy], dtype=np.float32)
         return xy * scale + center
+
+
+@dataclass(frozen=True)
+class FieldOfView:
+    """A camera given by its horizontal field of view: :meth:`Camera.from_fov` for each image's size."""
+
+    fov_deg: float
+
+    def __post_init__(self) -> None:
+        Camera.from_fov(self.fov_deg, (1, 1))  # validates
+
+    def __call__(self, image_size: tuple[int, int]) -> Camera:
+        return Camera.from_fov(self.fov_deg, image_size)
+
+
+CameraSpec = Camera | FieldOfView | Callable[[tuple[int, int]], Camera]
 
 
 @dataclass(frozen=True, eq=False)

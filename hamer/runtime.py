@@ -69,6 +69,7 @@ class TorchRuntime:
         self.model = model.to(device).eval()
         self.device = device
         self.precision = precision
+        self.faces = model.mano.faces_tensor.cpu().numpy()  # (1538, 3) MANO triangles, for mesh outputs
 
     def _autocast(self):
         if self.precision == "fp32":
@@ -150,6 +151,7 @@ class OnnxRuntime:
         self.session = onnx_session(self.path, device)
         self.cfg = onnx_config(self.session, self.path)
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self.faces = None  # the graph has no MANO triangles
 
     def __call__(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
         """(N, 3, 256, 256) float32 normalized crops -> network outputs (:data:`OUTPUT_NAMES`), float32 numpy."""

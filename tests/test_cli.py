@@ -19,7 +19,7 @@ from hamer import overlay as overlay_module
 from hamer.cli import main
 from hamer.configs import CONFIG_METADATA_KEY
 from hamer.hamer_module import HAMER
-from hamer.outputs import NPZ_ARRAYS
+from hamer.outputs import NPZ_ARRAYS, TEMP_PREFIX
 
 needs_images = pytest.mark.skipif(not IMAGES.is_dir(), reason=f"test photographs not found at {IMAGES}")
 
@@ -31,14 +31,18 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def check_npz(path: Path, frames: int) -> dict[str, np.ndarray]:
+def check_npz(path: Path, frames: int, vertices: bool = False) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as npz:
         arrays = dict(npz)
-    assert set(arrays) == set(NPZ_ARRAYS)
+    assert set(arrays) == set(NPZ_ARRAYS) - ({"vertices"} if not vertices else set())
     shapes = {"source": (frames,), "frame": (frames,), "time_s": (frames,), "image_size": (frames, 2),
               "focal_length": (frames,), "num_hands": (frames,), "present": (frames, 2), "score": (frames, 2),
               "track_id": (frames, 2), "box": (frames, 2, 4), "keypoints_3d": (frames, 2, 21, 3),
-              "keypoints_2d": (frames, 2, 21, 2), "cam_t": (frames, 2, 3), "labels": (2,)}
+              "keypoints_2d": (frames, 2, 21, 2), "cam_t": (frames, 2, 3), "labels": (2,), "camera": (frames, 4),
+              "global_orient": (frames, 2, 3, 3), "hand_pose": (frames, 2, 15, 3, 3),
+              "global_orient_aa": (frames, 2, 3), "hand_pose_aa": (frames, 2, 15, 3), "betas": (frames, 2, 10)}
+    if vertices:
+        shapes["vertices"] = (frames, 2, 778, 3)
     assert {k: v.shape for k, v in arrays.items()} == shapes
     assert arrays["labels"].tolist() == ["Right", "Left"]
     np.testing.assert_array_equal(arrays["present"].sum(1), arrays["num_hands"])
@@ -47,7 +51,7 @@ def check_npz(path: Path, frames: int) -> dict[str, np.ndarray]:
 
 
 def no_temp_files(folder: Path) -> bool:
-    return not [p for p in folder.rglob(".*") if ".tmp" in p.name]
+    return not [p for p in folder.rglob(".*") if p.name.startswith(TEMP_PREFIX)]
 
 
 def write_video(path: Path, frames: list[np.ndarray], fps: float = 10.0) -> None:

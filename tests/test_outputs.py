@@ -36,7 +36,8 @@ def test_a_left_hand_alone_goes_to_the_left_slot():
     arrays = npz_arrays([frame(()), frame((left_hand(),))])
     assert arrays["labels"].tolist() == ["Right", "Left"]
     assert arrays["present"].tolist() == [[False, False], [False, True]]
-    assert arrays["num_hands"].tolist() == [0, 1]
+    assert arrays["num_hands"].tolist() == [0, 1] and arrays["camera"].tolist()[1] == [800.0, 800.0, 100.0, 50.0]
+    assert np.isnan(arrays["hand_pose"]).all() and "vertices" not in arrays  # no MANO parameters in this hand
     assert arrays["track_id"].tolist() == [[-1, -1], [-1, 3]]
     np.testing.assert_array_equal(arrays["box"][1, 1], [110, 20, 190, 80])
     assert np.isnan(arrays["box"][1, 0]).all() and np.isnan(arrays["keypoints_3d"][:, 0]).all()
@@ -69,6 +70,11 @@ def test_frame_writer_writes_both_files_or_neither(tmp_path):
     assert [len(json.loads(line)["hands"]) for line in jsonl.read_text().splitlines()] == [1, 0]
     with np.load(npz) as arrays:
         assert arrays["present"].tolist() == [[False, True], [False, False]]
+    with FrameWriter(None, tmp_path / "none.npz") as writer:
+        pass
+    with np.load(tmp_path / "none.npz") as arrays:
+        assert arrays["keypoints_3d"].shape == (0, 2, 21, 3) and arrays["source"].shape == (0,)
+    (tmp_path / "none.npz").unlink()
     with pytest.raises(RuntimeError), FrameWriter(tmp_path / "b.jsonl", tmp_path / "b.npz") as writer:
         writer.add(frame(()))
         raise RuntimeError("interrupted")
