@@ -1,6 +1,7 @@
 """Speed, memory and joint error of HaMeR's inference paths on this machine, in one run.
 
-Paths: torch fp32, torch bf16 (autocast), onnxruntime fp32, onnxruntime int8 (``hamer.export.quantize_onnx``).
+Paths: torch fp32, torch bf16 (autocast), onnxruntime fp32 (the default CPU path runs this file's equivalent from
+its cache), onnxruntime int8 (``hamer.quantize.quantize_onnx``, calibrated on the photographs' hands).
 Each runs ``HAMER.process`` (crop, network, MANO, camera) in a fresh subprocess: load time (``HAMER()`` +
 ``load()``), peak RSS after loading and after the runs (VmHWM), per-hand latency and throughput at batch 1 (one
 hand) and batch 2 (both hands of the frame), after ``--warmup`` calls per batch size, median of ``--runs``. A path
@@ -33,9 +34,9 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # this checkout's hamer, and the synthetic assets
 
-PATHS = ("torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8")
+PATHS = ("torch-fp32", "default-cpu", "torch-bf16", "onnx-fp32", "onnx-int8", "reference")
 BOXES = {"Right": [100.0, 100.0, 250.0, 300.0], "Left": [350.0, 120.0, 500.0, 320.0]}  # batch 2; Right alone: 1
 ONNX_FILES = {"onnx-fp32": "hamer.onnx", "onnx-int8": "hamer-int8.onnx"}
 
@@ -86,8 +87,41 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 3.0) -> floa
     return 2 * n**3 / best / 1e9
 
 
+def int8_matmul_peak(n: int = 2048, seconds: float = 3.0) -> float:
+    """GFLOP/s (multiply-add = 2) of ONNX Runtime's 8-bit matmul: an (n, n) float input quantized to uint8 times
+    a constant per-channel int8 (n, n) weight, the QDQ MatMul that ``hamer.quantize`` writes (fused by ONNX Runtime
+    into its int8 kernel). Best of the runs in ~``seconds``."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.integers(-127, 128, (n, n), dtype=np.int8), "w_q"),
+             numpy_helper.from_array(np.full(n, 0.01, np.float32), "w_scale"),
+             numpy_helper.from_array(np.zeros(n, np.int8), "w_zero"),
+             numpy_helper.from_array(np.array(0.05, np.float32), "x_scale"),
+             numpy_helper.from_array(np.array(128, np.uint8), "x_zero")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zero"], ["x_q"]),
+             helper.make_node("DequantizeLinear", ["x_q", "x_scale", "x_zero"], ["x_dq"]),
+             helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zero"], ["w"], axis=1),
+             helper.make_node("MatMul", ["x_dq", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "int8_matmul", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, n])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, n])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    x = {"x": rng.normal(size=(n, n)).astype(np.float32)}
+    session.run(None, x)
+    best, deadline = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        session.run(None, x)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
 def matmul_peaks() -> dict[str, float]:
-    return {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    return {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16), "int8": int8_matmul_peak()}
 
 
 def network_flops(model: torch.nn.Module) -> float:
@@ -113,9 +147,12 @@ def prepare(work: Path, small: bool) -> dict:
         return info
     from synthetic import make_data_dir, training_config
 
-    from hamer.configs import merge_config
-    from hamer.export import export_onnx, quantize_onnx
+    import hamer.configs
+    from hamer.configs import data_paths, merge_config
+    from hamer.export import export_onnx
+    from hamer.onnx_cache import default_runtime
     from hamer.pipeline import make_inputs
+    from hamer.quantize import calibration_crops, image_files, quantize_onnx
 
     work.mkdir(parents=True, exist_ok=True)
     print(f"writing random-weight {'small' if small else 'ViT-H'} model files to {work} ...", flush=True)
@@ -124,41 +161,116 @@ def prepare(work: Path, small: bool) -> dict:
     labels = list(BOXES)
     crops, _ = make_inputs(bench_image(), np.array([BOXES[k] for k in labels]),
                            np.array([k == "Right" for k in labels]), cfg, 2.0)
-    start = time.perf_counter()
-    export_onnx(model, cfg, work / ONNX_FILES["onnx-fp32"], crops)
-    export_s = time.perf_counter() - start
-    start = time.perf_counter()
-    quantize_onnx(work / ONNX_FILES["onnx-fp32"], work / ONNX_FILES["onnx-int8"])
     info = {
         "flops_per_hand": network_flops(model),
         "torch_weight_bytes": sum(t.numel() * t.element_size() for t in model.state_dict().values()),
-        "export_s": export_s,
-        "quantize_s": time.perf_counter() - start,
         "small": small,
     }
+    start = time.perf_counter()
+    export_onnx(model, cfg, work / ONNX_FILES["onnx-fp32"], crops)
+    info["export_s"] = time.perf_counter() - start
+    hamer.configs.ONNX_CACHE_DIR = work / "onnx_cache"  # the default CPU path's export, as a user's first load
+    start = time.perf_counter()
+    default_runtime(model, cfg, data_paths(work / "_DATA").checkpoint, torch.device("cpu"), "fp32")
+    info["default_cache_s"] = time.perf_counter() - start
+    del model
+    gc.collect()
+    start = time.perf_counter()
+    images = image_files(ROOT.parent / "shared" / "images")
+    report = quantize_onnx(work / ONNX_FILES["onnx-fp32"], work / ONNX_FILES["onnx-int8"],
+                           calibration_crops(images, cfg), max_error_mm=float("inf"))
+    info["quantize_s"] = time.perf_counter() - start
+    info["quantize_error_mm"] = {"max": report.max_mm, "mean": report.mean_mm, "crops": report.crops}
     for name, file in ONNX_FILES.items():
         info[f"{name}_weight_bytes"] = sum(p.stat().st_size for p in work.glob(file + "*"))
     info_file.write_text(json.dumps(info, indent=1))
-    del model
-    gc.collect()
     return info
+
+
+# ---------------------------------------------------------------------------------------------------- reference
+
+
+def _import_reference(repo: Path) -> tuple:
+    """The original's ``vit`` and ``mano_head`` modules from a checkout of geopavlakos/hamer, imported as
+    ``hamer_ref.*`` without running its package ``__init__`` files (they import Lightning, renderers...)."""
+    import importlib
+    import types
+
+    root = repo / "hamer"
+    if not (root / "models/backbones/vit.py").is_file():
+        raise SystemExit(f"--reference {repo}: not a checkout of geopavlakos/hamer (no hamer/models/backbones/vit.py)")
+    for package in ("", ".models", ".models.backbones", ".models.heads", ".models.components", ".utils"):
+        module = types.ModuleType("hamer_ref" + package)
+        module.__path__ = [str(root / package[1:].replace(".", "/"))]
+        sys.modules["hamer_ref" + package] = module
+    return (importlib.import_module("hamer_ref.models.backbones.vit"),
+            importlib.import_module("hamer_ref.models.heads.mano_head"))
+
+
+class ReferenceHamer:
+    """The original code's network (its ``vit`` and ``MANOTransformerDecoderHead``, the same weights assigned, not
+    copied) on this package's crops, then this package's MANO layer and cameras (the original's MANO wrapper needs
+    chumpy to read the pickle; MANO is ~1% of the time). ``process``/``result`` as ``HAMER``'s."""
+
+    def __init__(self, repo: Path, data_dir: Path) -> None:
+        from yacs.config import CfgNode
+
+        from hamer.checkpoint import build_model
+        from hamer.configs import data_paths
+
+        vit, mano_head = _import_reference(repo)
+        paths = data_paths(data_dir)
+        self.model, self.cfg = build_model(paths)
+        if int(self.cfg.MODEL.BACKBONE.EMBED_DIM) != 1280:
+            raise SystemExit("--reference: the original code builds ViT-H only; drop --small")
+        ref_cfg = CfgNode(json.loads(json.dumps(self.cfg)), new_allowed=True)
+        ref_cfg.MANO.MEAN_PARAMS = str(paths.mean_params)
+        self.backbone, self.head = vit.vit(ref_cfg), mano_head.MANOTransformerDecoderHead(ref_cfg)
+        for module in (self.backbone, self.head):
+            module.eval()  # the original ViT's train() returns None, so no chaining
+        state = self.model.state_dict()
+        for prefix, module in (("backbone.", self.backbone), ("mano_head.", self.head)):
+            module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
+                                   assign=True)
+        self.result: dict = {}
+
+    def process(self, image: np.ndarray, boxes: dict) -> None:
+        from hamer.pipeline import hand_outputs, make_inputs
+
+        labels = list(boxes)
+        rights = np.array([k == "Right" for k in labels])
+        inputs, crops = make_inputs(image, np.array([boxes[k] for k in labels], np.float32), rights, self.cfg, 2.0)
+        with torch.inference_mode():
+            x = torch.from_numpy(inputs)
+            params, cam, _ = self.head(self.backbone(x[:, :, :, 32:-32]))
+            net = self.model._mano_and_camera({k: v.float() for k, v in params.items()}, cam.float())
+        net = {k: v.numpy() for k, v in net.items()}
+        self.result = {"hands": labels, **hand_outputs(net, rights, crops, image.shape, self.cfg)}
 
 
 # ---------------------------------------------------------------------------------------------------- worker
 
 
-def worker(path: str, work: Path, warmup: int, runs: int, batches: list[int], budget: float) -> dict:
+def worker(path: str, work: Path, warmup: int, runs: int, batches: list[int], budget: float,
+           reference: Path | None) -> dict:
     """One path in this (fresh) process: load, warm up, time; the joints of the last run by hand label."""
+    import hamer.configs
     from hamer.hamer_module import HAMER
 
+    hamer.configs.ONNX_CACHE_DIR = work / "onnx_cache"  # the default CPU path's cache, filled by prepare()
     image, labels = bench_image(), list(BOXES)
     rss_imports = memory_gb("VmRSS")
     start = time.perf_counter()
-    if path in ONNX_FILES:
+    if path == "reference":
+        hamer = ReferenceHamer(reference, work / "_DATA")
+    elif path in ONNX_FILES:
         hamer = HAMER(backend="onnx", onnx_path=work / ONNX_FILES[path], task_paths={})
+    elif path == "default-cpu":
+        hamer = HAMER(data_dir=work / "_DATA", task_paths={})
     else:
-        hamer = HAMER(data_dir=work / "_DATA", task_paths={}, precision=path.split("-")[1])
-    hamer.load()
+        hamer = HAMER(data_dir=work / "_DATA", task_paths={}, precision=path.split("-")[1], backend="torch")
+    if path != "reference":
+        hamer.load()
     out = {"load_s": time.perf_counter() - start, "rss_imports_gb": rss_imports, "rss_load_gb": memory_gb(),
            "latency": {}}
     for batch in batches:
@@ -189,6 +301,8 @@ def worker(path: str, work: Path, warmup: int, runs: int, batches: list[int], bu
 def run_worker(path: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--worker", path, "--work", str(args.work), "--warmup", str(args.warmup),
            "--runs", str(args.runs), "--budget", str(args.budget), "--batches", *map(str, args.batches)]
+    if args.reference is not None:
+        cmd += ["--reference", str(args.reference)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{path} failed:\n{proc.stderr[-3000:]}")
@@ -213,19 +327,20 @@ def summarize(results: dict, info: dict, peaks: dict) -> None:
         r["weight_gb"] = weights / 1e9
         r["rss_first_call_x_weights"] = r["rss_first_call_gb"] * 1e9 / weights
         r["rss_above_imports_x_weights"] = (r["rss_first_call_gb"] - r["rss_imports_gb"]) * 1e9 / weights
-        peak = peaks["bf16"] if path.endswith("bf16") else peaks["fp32"]
         for lat in r["latency"].values():
             lat["hands_per_s"] = 1.0 / lat["s_per_hand"]
             lat["gflops"] = info["flops_per_hand"] / lat["s_per_hand"] / 1e9
-            lat["fraction_of_peak"] = lat["gflops"] / peak
+            for kind in ("fp32", "bf16", "int8"):
+                lat[f"fraction_of_{kind}_peak"] = lat["gflops"] / peaks[kind]
         if reference is not None and path != "torch-fp32":
             r["joint_error"] = joint_error_mm(r["joints"], reference)
 
 
 TABLE_HEADER = (
     "| path | weights GB | load s (1st call s) | RSS after imports GB | peak RSS load + 1st call GB (x weights; "
-    "above imports) | s/hand b=1 | s/hand b=2 | hands/s b=2 | GFLOP/s (% peak) | joints vs fp32, max / mean mm |\n"
-    "|---|---|---|---|---|---|---|---|---|---|"
+    "above imports) | s/hand b=1 | s/hand b=2 | hands/s b=2 | GFLOP/s | % fp32 peak | % int8 peak | "
+    "joints vs torch fp32, max / mean mm |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -242,8 +357,8 @@ def _row(path: str, r: dict) -> str:
     return (f"| {path} | {r['weight_gb']:.2f} | {r['load_s']:.1f} ({r['first_call_s']:.1f}) | "
             f"{r['rss_imports_gb']:.2f} | {r['rss_first_call_gb']:.2f} ({r['rss_first_call_x_weights']:.2f}x; "
             f"{r['rss_above_imports_x_weights']:.2f}x) | {_cell(lat, '1', 's_per_hand')} | "
-            f"{_cell(lat, '2', 's_per_hand')} | {_cell(lat, '2', 'hands_per_s')} | {best['gflops']:.0f} "
-            f"({100 * best['fraction_of_peak']:.0f}%) | "
+            f"{_cell(lat, '2', 's_per_hand')} | {_cell(lat, '2', 'hands_per_s')} | {best['gflops']:.0f} | "
+            f"{100 * best['fraction_of_fp32_peak']:.0f}% | {100 * best['fraction_of_int8_peak']:.0f}% | "
             + (f"{err['max_mm']:.3f} / {err['mean_mm']:.3f}" if err else "reference") + " |")
 
 
@@ -254,11 +369,19 @@ def markdown(report: dict) -> str:
         (f"Machine: {m['cpu']} (family/model {m['cpu_family_model']}), {m['cores']} cores ({m['logical_cpus']} "
          f"logical CPUs), ISA: {' '.join(m['isa'])}; torch {m['torch']} ({m['torch_threads']} threads), "
          f"onnxruntime {m['onnxruntime']}."),
-        (f"Matmul peak (2048x2048 F.linear, best of start and end): fp32 {peaks['fp32']:.0f} GFLOP/s, "
-         f"bf16 {peaks['bf16']:.1f} GFLOP/s. Network: {info['flops_per_hand'] / 1e9:.1f} GFLOP per hand ({model}, "
-         f"random weights). Export {info['export_s']:.0f} s, int8 quantization {info['quantize_s']:.0f} s."),
-        (f"Warm-up {settings['warmup']} call per batch size, median of {settings['runs']} runs. Load average "
-         f"(1 min) before / after: {report['loadavg'][0]:.2f} / {report['loadavg'][1]:.2f}."),
+        (f"Matmul peaks (2048x2048, best of start and end): fp32 {peaks['fp32']:.0f} GFLOP/s and bf16 "
+         f"{peaks['bf16']:.0f} GFLOP/s (torch F.linear), int8 {peaks['int8']:.0f} GFLOP/s (ONNX Runtime QDQ MatMul, "
+         f"uint8 x int8 per channel). Network: {info['flops_per_hand'] / 1e9:.1f} GFLOP per hand ({model}, "
+         f"random weights). Export {info['export_s']:.0f} s; the default path's first load (export into its "
+         f"cache, checks) "
+         f"{info['default_cache_s']:.0f} s; int8 quantization {info['quantize_s']:.0f} s, its own measure on "
+         f"{info['quantize_error_mm']['crops']} calibration crops of the photographs' hands: max "
+         f"{info['quantize_error_mm']['max']:.3f} / mean {info['quantize_error_mm']['mean']:.3f} mm."),
+        (f"Warm-up {settings['warmup']} call per batch size, median of {settings['runs']} runs per round, "
+         f"{settings['rounds']} round(s) of all paths in alternating order, median over rounds. Load average "
+         f"(1 min) before / after: {report['loadavg'][0]:.2f} / {report['loadavg'][1]:.2f}; the machine is shared, "
+         f"so compare paths by their ratios. 'reference' is the original code's network (geopavlakos/hamer) on the "
+         f"same crops; 'default-cpu' is `HAMER(device='cpu')`."),
         "",
         TABLE_HEADER,
         *(_row(path, r) for path, r in report["results"].items()),
@@ -274,22 +397,35 @@ def main() -> None:
     parser.add_argument("--batches", nargs="+", type=int, choices=(1, 2), default=[1, 2])
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of all paths, alternating their order")
+    parser.add_argument("--readme", type=Path, default=ROOT / "README.md",
+                        help="README whose table between the bench markers is regenerated ('' for none)")
     parser.add_argument("--budget", type=float, default=60.0, help="s/hand of a first call above which not to time")
     parser.add_argument("--small", action="store_true", help="the small test model (a quick check of this script)")
+    parser.add_argument("--reference", type=Path, metavar="DIR",
+                        help="a checkout of geopavlakos/hamer: also time the original code (path 'reference')")
     parser.add_argument("--worker", choices=PATHS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.work = args.work or Path("/tmp/hamer_bench" + ("_small" if args.small else ""))
     if args.worker:
-        print(json.dumps(worker(args.worker, args.work, args.warmup, args.runs, args.batches, args.budget)))
+        print(json.dumps(worker(args.worker, args.work, args.warmup, args.runs, args.batches, args.budget,
+                                args.reference)))
         return
-    report = {"machine": machine(), "settings": {k: v for k, v in vars(args).items() if k in ("warmup", "runs")}}
+    if args.reference is None and "reference" in args.paths:
+        args.paths.remove("reference")
+        print("no --reference DIR: the original code is not timed", flush=True)
+    report = {"machine": machine(),
+              "settings": {k: v for k, v in vars(args).items() if k in ("warmup", "runs", "rounds")}}
     report["peaks"] = matmul_peaks()
     print(f"{report['machine']}\nmatmul peak GFLOP/s: {report['peaks']}", flush=True)
     report["prep"] = prepare(args.work, args.small)
     report["results"], loadavg = {}, os.getloadavg()[0]
-    for path in args.paths:
-        print(f"timing {path} ...", flush=True)
-        report["results"][path] = run_worker(path, args)
+    rounds: dict[str, list[dict]] = {path: [] for path in args.paths}
+    for number in range(args.rounds):
+        for path in args.paths if number % 2 == 0 else args.paths[::-1]:
+            print(f"round {number + 1}: timing {path} ...", flush=True)
+            rounds[path].append(run_worker(path, args))
+    report["results"] = {path: merge_rounds(runs) for path, runs in rounds.items()}
     report["loadavg"] = [loadavg, os.getloadavg()[0]]
     end = matmul_peaks()
     report["peaks"] = {k: max(v, end[k]) for k, v in report["peaks"].items()}  # best of start and end
@@ -298,7 +434,33 @@ def main() -> None:
     table = markdown(report)
     (args.out / "bench.json").write_text(json.dumps(report, indent=1))
     (args.out / "bench.md").write_text(table)
+    if str(args.readme) not in ("", ".") and not args.small:
+        update_readme(args.readme, table)
     print(table)
+
+
+def merge_rounds(runs: list[dict]) -> dict:
+    """One path's rounds: the first round's load and memory figures, each batch's median s/hand over rounds."""
+    merged = dict(runs[0])
+    merged["latency"] = {}
+    for batch, first in runs[0]["latency"].items():
+        per_round = [r["latency"][batch]["s_per_hand"] for r in runs if batch in r["latency"]]
+        merged["latency"][batch] = {**first, "s_per_hand": float(np.median(per_round)), "rounds": per_round}
+    merged["rss_peak_gb"] = max(r["rss_peak_gb"] for r in runs)
+    return merged
+
+
+README_BEGIN, README_END = "<!-- bench.py table: begin -->", "<!-- bench.py table: end -->"
+
+
+def update_readme(readme: Path, table: str) -> None:
+    """Replace the text between the README's bench markers with ``table``."""
+    text = readme.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        print(f"{readme}: no bench markers; README not updated", flush=True)
+        return
+    head, rest = text.split(README_BEGIN, 1)
+    readme.write_text(head + README_BEGIN + "\n" + table + rest[rest.index(README_END):])
 
 
 if __name__ == "__main__":

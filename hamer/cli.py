@@ -4,6 +4,7 @@
     hamer check [--data DIR]                                 what the data folder holds and lacks
     hamer download [--url URL | --from FILE] [--data DIR]    install HaMeR's weights (resumable, verified)
     hamer convert CHECKPOINT OUT.safetensors [--half]        one safetensors file with weights and config
+    hamer quantize MODEL.onnx OUT.onnx --images DIR          an 8-bit copy, its joint error measured
 
 Exit status: 0 success, 1 something failed (an unreadable input, a model that does not load), 2 bad usage,
 130 interrupted (143 on SIGTERM). Only this module prints; the library logs. The commands import torch and
@@ -31,7 +32,7 @@ import numpy as np
 
 from . import __version__, configs
 from .download import DEFAULT_URL
-from .images import opencv_path, read_image
+from .images import IMAGE_SUFFIXES, opencv_path, read_image
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -43,10 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({
-    ".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".jp2", ".pbm", ".pgm", ".ppm",
-    ".pnm", ".pxm", ".sr", ".ras", ".exr", ".hdr", ".pic", ".avif",
-})
 DEFAULT_FPS = 30.0
 
 
@@ -183,7 +180,7 @@ class Runner:
             try:
                 hamer.load()
             except (OSError, ValueError, RuntimeError) as exc:
-                raise ModelError(str(exc), data_problem=a.backend == "torch") from exc
+                raise ModelError(str(exc), data_problem=a.backend != "onnx") from exc
         self._hamer = hamer
         return hamer
 
@@ -558,6 +555,33 @@ def cmd_download(args: argparse.Namespace) -> int:
     return cmd_check(argparse.Namespace(data=str(root), checkpoint=None))
 
 
+# ---------------------------------------------------------------------------------------------------- quantize
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    import torch
+
+    from .quantize import QuantizationError, calibration_crops, image_files, quantize_onnx
+    from .runtime import OnnxRuntime
+
+    out = Path(args.output)
+    if out.suffix != ".onnx":
+        print(f"error: {out}: the output must end in .onnx", file=sys.stderr)
+        return 2
+    try:
+        cfg = OnnxRuntime(args.model, torch.device("cpu")).cfg
+        crops = calibration_crops(image_files(args.images), cfg)
+        report = quantize_onnx(args.model, out, crops, max_error_mm=args.max_error_mm)
+    except QuantizationError as exc:
+        print(f"error: {exc}; raise --max-error-mm to accept it", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {out} (8-bit): joints vs fp32 on {report.crops} hand crop(s) from {args.images}: max "
+          f"{report.max_mm:.3f} mm, mean {report.mean_mm:.3f} mm; use it with `hamer run --backend onnx --onnx {out}`")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------- parser
 
 def _positive(value: str) -> float:
@@ -632,8 +656,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bar and no summary (errors still show)")
     run.add_argument("--bbox-only", action="store_true", help="MediaPipe boxes and labels only; no HaMeR")
     run.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps (default: cpu)")
-    run.add_argument("--backend", choices=("torch", "onnx"), default="torch",
-                     help="torch (default), or onnx: ONNX Runtime on --onnx (no data folder needed)")
+    run.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
+                     help="auto (default: on CPU in fp32 ONNX Runtime on a cached export of the checkpoint, else "
+                          "torch), torch, or onnx: ONNX Runtime on --onnx (no data folder needed)")
     run.add_argument("--onnx", metavar="PATH", help="the .onnx file for --backend onnx (from HAMER(export_onnx=...))")
     run.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                      help="torch backend: fp32 (default), bf16 autocast, fp16 autocast (CUDA)")
@@ -690,6 +715,17 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--half", action="store_true", help="with --safetensors: float16 (half the size)")
     download.add_argument("--quiet", action="store_true", help="no progress bars")
     download.set_defaults(func=cmd_download)
+    quantize = sub.add_parser("quantize", help="an 8-bit copy of an exported .onnx model, its error measured",
+                              description="Static per-channel 8-bit quantization (ONNX Runtime) calibrated on the "
+                                          "hands MediaPipe finds in --images; reports the joint error against the "
+                                          "fp32 model on those crops and writes nothing above --max-error-mm.")
+    quantize.add_argument("model", metavar="MODEL.onnx", help="an fp32 model from HAMER(export_onnx=...)")
+    quantize.add_argument("output", metavar="OUT.onnx")
+    quantize.add_argument("--images", metavar="DIR", required=True,
+                          help="a folder of photographs with hands, like yours (calibration and error measurement)")
+    quantize.add_argument("--max-error-mm", type=_positive, default=1.0, metavar="X",
+                          help="largest 3D joint error against fp32 allowed, mm (default: 1.0)")
+    quantize.set_defaults(func=cmd_quantize)
     return parser
 
 

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 CACHE_DIR_HAMER: str | os.PathLike | None = None  # set it to choose the data folder (wins over HAMER_HOME)
 LEGACY_DATA_DIR = "./hamer_ckpt/_DATA"  # the seed's default, relative to the working directory
+# Where the default CPU path caches its ONNX export (None: $HAMER_ONNX_CACHE, else ~/.cache/hamer/onnx); see
+# hamer/onnx_cache.py.
+ONNX_CACHE_DIR: str | os.PathLike | None = None
 
 CHECKPOINT_FILE = "hamer_ckpts/checkpoints/hamer.ckpt"
 SAFETENSORS_FILE = "hamer_ckpts/checkpoints/hamer.safetensors"  # `hamer download --safetensors` leaves this one

@@ -1,4 +1,4 @@
-"""ONNX export of the whole network (backbone, MANO head and MANO layer) and its 8-bit weight quantization.
+"""ONNX export of the whole network (backbone, MANO head and MANO layer); 8-bit copies: ``hamer.quantize``.
 
 The graph maps ``crops`` (N, 3, 256, 256) float32 normalized crops, N dynamic, to the outputs of
 :class:`~hamer.models.hamer.HaMeRNet` (names and shapes in ``OUTPUT_NAMES``; left hands still mirrored), so the
@@ -21,9 +21,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
-from onnxruntime.quantization import QuantType, quantize_dynamic
 from torch import nn
 from yacs.config import CfgNode
 
@@ -40,7 +38,6 @@ OPSET = 17
 # cam_t 1.5e-6 relative). 1e-3 leaves ~100x margin for other CPUs' kernels and trained weights' larger
 # activations; a broken graph (wrong op, batch size baked in) is off by 1e-2 or more.
 EXPORT_TOLERANCE = 1e-3
-_MANO_SCOPE = "/net/mano/"  # node-name prefix of the MANO layer in the exported graph (kept fp32 by quantize_onnx)
 
 
 class _TupleOutputs(nn.Module):
@@ -68,6 +65,8 @@ def export_onnx(model: HaMeRNet, cfg: CfgNode, path: PathLike, crops: np.ndarray
     Raises:
         RuntimeError: an output differs by more than ``EXPORT_TOLERANCE``; the file is left for inspection.
     """
+    import onnx
+
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -133,30 +132,3 @@ class ExportOnFirstCall:
             export_onnx(self.runtime.model, self.cfg, self.path, inputs)
             self.path = None
         return self.runtime(inputs)
-
-
-def quantize_onnx(src: PathLike, dst: PathLike) -> Path:
-    """8-bit weights for an exported model: ``onnxruntime.quantization.quantize_dynamic`` of the backbone's and
-    head's MatMuls with constant weights (int8 weights per tensor, uint8 activations quantized at run time).
-
-    Attention products, the patch-embedding convolution, LayerNorms and the MANO layer stay fp32. The metadata
-    (config) is kept, so ``dst`` works with ``HAMER(backend="onnx", onnx_path=dst)``. Weights go to
-    ``<dst>.data``. Returns ``dst``.
-    """
-    src, dst = Path(src).expanduser(), Path(dst).expanduser()
-    if not src.is_file():
-        raise FileNotFoundError(f"ONNX model not found: {src}")
-    graph = onnx.load(str(src), load_external_data=False)
-    if CONFIG_METADATA_KEY not in {p.key for p in graph.metadata_props}:
-        raise ValueError(f"{src} has no '{CONFIG_METADATA_KEY}' metadata: not exported by hamer.export")
-    mano_nodes = [n.name for n in graph.graph.node if n.name.startswith(_MANO_SCOPE)]
-    if not mano_nodes:
-        raise ValueError(f"{src} has no nodes named {_MANO_SCOPE}*: cannot keep the MANO layer in fp32")
-    start = time.perf_counter()
-    _data_file(dst).unlink(missing_ok=True)
-    quantize_dynamic(src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                     nodes_to_exclude=mano_nodes, use_external_data_format=True,
-                     extra_options={"MatMulConstBOnly": True})
-    give_default_permissions(_data_file(dst))
-    log.info("quantized %s -> %s (8-bit weights) in %.1f s", src, dst, time.perf_counter() - start)
-    return dst

@@ -41,7 +41,7 @@ hand_path = HAND_TASK_PATH  # the bundled MediaPipe models (the seed's names)
 pose_path = POSE_TASK_PATH
 MODES = ("IMAGE", "VIDEO")
 MAX_RESCALE_FACTOR = 100.0  # crop side / box side (HaMeR's demo: 2.0)
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("auto", "torch", "onnx")
 
 
 class HAMER:
@@ -60,9 +60,11 @@ class HAMER:
             into it now (about 5.6 GB, as ``hamer download``; progress is logged at INFO level).
         checkpoint: a checkpoint path other than ``<data_dir>/hamer_ckpts/checkpoints/hamer.ckpt``.
         precision: torch backend: "fp32" (default), "bf16" (CPU or CUDA autocast) or "fp16" (CUDA autocast).
-        backend: "torch" (default) or "onnx": ONNX Runtime on ``onnx_path`` (CUDA provider first when ``device`` is
+        backend: "auto" (default): on CPU in fp32, ONNX Runtime on an export of the checkpoint cached on disk
+            (made and checked against torch on the first load; ``hamer.onnx_cache``), else torch. "torch": torch
+            always. "onnx": ONNX Runtime on ``onnx_path`` (CUDA provider first when ``device`` is
             CUDA and onnxruntime has it). The file alone suffices (config in its metadata; no data folder). For
-            8-bit weights pass a file from ``hamer.export.quantize_onnx``.
+            8-bit weights pass a file from ``hamer.quantize.quantize_onnx``.
         onnx_path: the ``.onnx`` file the "onnx" backend runs (from ``export_onnx`` or ``hamer.export``).
         export_onnx: torch backend: write the network (MANO included) to this ``.onnx`` path on the first call that
             runs it, check it with ONNX Runtime (RuntimeError if off), then carry on.
@@ -83,7 +85,7 @@ class HAMER:
         data_dir: configs.PathLike | None = None,
         checkpoint: configs.PathLike | None = None,
         precision: str = "fp32",
-        backend: str = "torch",
+        backend: str = "auto",
         onnx_path: configs.PathLike | None = None,
         export_onnx: configs.PathLike | None = None,
         download: bool = False,
@@ -117,7 +119,7 @@ class HAMER:
         self._export_onnx = export_onnx
         self._camera = camera
         self._data_dir = configs.data_dir(data_dir)
-        if download and backend == "torch" and checkpoint is None:
+        if download and backend != "onnx" and checkpoint is None:
             from .download import ensure_downloaded
 
             ensure_downloaded(self._data_dir)
@@ -179,7 +181,13 @@ class HAMER:
 
         paths = configs.data_paths(self._data_dir, self._checkpoint)
         model, cfg = build_model(paths)
-        runtime = TorchRuntime(model, self.device, self.precision)
+        runtime = None
+        if self.backend == "auto" and self._export_onnx is None:
+            from .onnx_cache import default_runtime
+
+            runtime = default_runtime(model, cfg, paths.checkpoint, self.device, self.precision)
+        if runtime is None:
+            runtime = TorchRuntime(model, self.device, self.precision)
         if self._export_onnx is not None:
             from .export import ExportOnFirstCall
 

@@ -19,6 +19,12 @@ import numpy as np
 
 COLORS = ("BGR", "RGB")
 
+# File suffixes read as images (OpenCV's readers).
+IMAGE_SUFFIXES = frozenset({
+    ".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".jp2", ".pbm", ".pgm", ".ppm",
+    ".pnm", ".pxm", ".sr", ".ras", ".exr", ".hdr", ".pic", ".avif",
+})
+
 
 def as_bgr(img: Any, color: str = "BGR") -> np.ndarray:
     """A uint8 (H, W, 3) BGR image; ValueError naming what is wrong.

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
     from .models.hamer import HaMeRNet
 
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "fp16")

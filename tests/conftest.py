@@ -8,6 +8,18 @@ from synthetic import make_data_dir
 SHARED_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def onnx_cache(tmp_path_factory) -> Path:
+    """The default CPU path's ONNX cache, one per test session (never the user's ~/.cache). Every HAMER that loads
+    a checkpoint with the default backend goes through it: the small model's export takes about 0.4 s, once per
+    checkpoint."""
+    import hamer.configs
+
+    path = tmp_path_factory.mktemp("onnx_cache")
+    hamer.configs.ONNX_CACHE_DIR = path
+    return path
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
     """A complete synthetic HaMeR data folder (small model)."""
