@@ -294,8 +294,6 @@ def run_usage_problem(args: argparse.Namespace) -> str | None:
         return "argument --onnx: only with --backend onnx"
     if args.bbox_only and set(args.formats) - {"jsonl", "npz"}:
         return "argument --formats: pose, openpose and obj need the joints: not with --bbox-only"
-    if args.backend == "onnx" and "obj" in args.formats:
-        return "argument --formats: obj needs the MANO triangles, which an ONNX model lacks (use --backend torch)"
     if args.pose_base is not None:
         if "pose" not in args.formats:
             return "argument --pose-base: only with --formats pose"
@@ -353,7 +351,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             for inp, name in zip(inputs, names, strict=True):
                 try:
                     runner.run(inp, name)
-                except OSError as exc:
+                except (OSError, ValueError) as exc:
                     runner.report(f"{inp.path}: {exc}; its outputs were not written")
         except ModelError as exc:
             hint = "\n       (`hamer check` tells what the data folder lacks)" if exc.data_problem else ""

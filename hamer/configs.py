@@ -41,7 +41,8 @@ SAFETENSORS_FILE = "hamer_ckpts/checkpoints/hamer.safetensors"  # `hamer downloa
 CONFIG_FILE = "hamer_ckpts/model_config.yaml"
 MANO_FILE = "data/mano/MANO_RIGHT.pkl"
 MEAN_PARAMS_FILE = "data/mano_mean_params.npz"
-CONFIG_METADATA_KEY = "hamer_config"  # the model config as JSON in safetensors and ONNX files' metadata
+CONFIG_METADATA_KEY = "hamer_config"
+FACES_METADATA_KEY = "hamer_mano_faces"  # MANO's (1538, 3) triangles as JSON in ONNX files' metadata, for meshes  # the model config as JSON in safetensors and ONNX files' metadata
 
 PathLike = str | os.PathLike
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from yacs.config import CfgNode
 
-from .configs import CONFIG_METADATA_KEY, PathLike
+from .configs import CONFIG_METADATA_KEY, FACES_METADATA_KEY, PathLike
 from .models.hamer import OUTPUT_NAMES, HaMeRNet
 from .outputs import give_default_permissions
 from .runtime import ONNX_INPUT, OnnxRuntime, TorchRuntime
@@ -85,7 +85,8 @@ def export_onnx(model: HaMeRNet, cfg: CfgNode, path: PathLike, crops: np.ndarray
                               output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic, opset_version=OPSET,
                               dynamo=False)
         proto = onnx.load(str(traced))
-    onnx.helper.set_model_props(proto, {CONFIG_METADATA_KEY: json.dumps(cfg)})
+    faces = model.mano.faces_tensor.cpu().tolist()
+    onnx.helper.set_model_props(proto, {CONFIG_METADATA_KEY: json.dumps(cfg), FACES_METADATA_KEY: json.dumps(faces)})
     data = _data_file(path)
     data.unlink(missing_ok=True)  # onnx would append to it
     onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,

@@ -13,16 +13,13 @@ import numpy as np
 import torch
 from yacs.config import CfgNode
 
-from .configs import CONFIG_METADATA_KEY, PathLike, config_from_json
+from .configs import CONFIG_METADATA_KEY, FACES_METADATA_KEY, PathLike, config_from_json
 from .models import OUTPUT_NAMES
 
 if TYPE_CHECKING:
     import onnxruntime as ort
 
     from .models.hamer import HaMeRNet
-
-if TYPE_CHECKING:
-    import onnxruntime as ort
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +140,20 @@ def onnx_config(session: ort.InferenceSession, path: Path) -> CfgNode:
     return cfg
 
 
+def onnx_faces(session: ort.InferenceSession, path: Path) -> np.ndarray | None:
+    """MANO's (1538, 3) triangles stored by :func:`hamer.export.export_onnx` (None in older files)."""
+    text = session.get_modelmeta().custom_metadata_map.get(FACES_METADATA_KEY)
+    if text is None:
+        return None
+    try:
+        faces = np.array(json.loads(text), dtype=np.int64)
+    except (json.JSONDecodeError, TypeError, ValueError) as exc:
+        raise ValueError(f"ONNX model {path}: metadata '{FACES_METADATA_KEY}' is not a list of triangles ({exc})") from None
+    if faces.ndim != 2 or faces.shape[1] != 3 or faces.min(initial=0) < 0 or faces.max(initial=0) >= 778:
+        raise ValueError(f"ONNX model {path}: metadata '{FACES_METADATA_KEY}' is not MANO's triangles")
+    return faces
+
+
 class OnnxRuntime:
     """The exported network (``hamer.export``) through ONNX Runtime; ``cfg`` is the config stored in the file.
 
@@ -154,7 +165,7 @@ class OnnxRuntime:
         self.session = onnx_session(self.path, device)
         self.cfg = onnx_config(self.session, self.path)
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self.faces = None  # the graph has no MANO triangles
+        self.faces = onnx_faces(self.session, self.path)
 
     def __call__(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
         """(N, 3, 256, 256) float32 normalized crops -> network outputs (:data:`OUTPUT_NAMES`), float32 numpy."""

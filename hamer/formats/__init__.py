@@ -71,8 +71,8 @@ class UnitWriters:
             self._writers.append(OpenPoseWriter(paths["openpose"], info.name))
         if "obj" in paths:
             if info.faces is None:
-                raise ValueError("--formats obj needs the MANO triangles, which an ONNX model lacks: use the torch "
-                                 "backend")
+                raise ValueError("--formats obj needs the MANO triangles, which this ONNX file lacks (exported "
+                                 "before they were stored): use --backend torch or export it again")
             self._writers.append(ObjWriter(paths["obj"], info.faces))
         self.frames = 0
         self.hands = 0
