@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
+import types
+import zipfile
 from collections.abc import Callable
 
 import numpy as np
@@ -39,13 +42,23 @@ def _edited_copy(data_dir, tmp_path, edit: Callable[[dict], None]):
     return root
 
 
-def test_lightning_checkpoint_loads_without_lightning_or_unsafe_pickle(data_dir):
-    ckpt = load_checkpoint(data_dir / "hamer_ckpts/checkpoints/hamer.ckpt")
+def test_lightning_checkpoint_loads_without_lightning_or_unsafe_pickle(data_dir, tmp_path, monkeypatch):
+    """The checkpoint names a pytorch_lightning class (as real ones do); loading must not need the package."""
+    lightning = types.ModuleType("pytorch_lightning.trainer.states")
+    lightning.TrainerStatus = type("TrainerStatus", (), {"__module__": lightning.__name__})
+    with monkeypatch.context() as m:
+        for name in ("pytorch_lightning", "pytorch_lightning.trainer"):
+            m.setitem(sys.modules, name, types.ModuleType(name))
+        m.setitem(sys.modules, lightning.__name__, lightning)
+        root = _edited_copy(data_dir, tmp_path, lambda raw: raw.update(
+            status=lightning.TrainerStatus()))
+    assert b"pytorch_lightning.trainer.states" in zipfile.ZipFile(
+        root / "hamer_ckpts/checkpoints/hamer.ckpt").read("hamer/data.pkl")
+    for name in ("pytorch_lightning", "pytorch_lightning.trainer", lightning.__name__, "lightning"):
+        monkeypatch.setitem(sys.modules, name, None)  # any import of them now raises ImportError
+    ckpt = load_checkpoint(root / "hamer_ckpts/checkpoints/hamer.ckpt")
     assert ckpt.config["MODEL"]["IMAGE_SIZE"] == 256 and ckpt.config["MANO"]["NUM_HAND_JOINTS"] == 15
     assert "backbone.pos_embed" in ckpt.state_dict and "discriminator.D_conv1.weight" in ckpt.state_dict
-    import sys
-
-    assert "pytorch_lightning" not in sys.modules and "lightning" not in sys.modules
 
 
 def test_checkpoint_alone_suffices_and_gives_the_same_joints(data_dir, tmp_path):
