@@ -1,0 +1,130 @@
+"""The tracker, smoothing and output slots on the cases a plausible bug gets wrong."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_tracking import SHAPE, det, scripted
+
+from hamer.hamer_module import HAMER
+from hamer.outputs import Frame, Hand, npz_arrays
+from hamer.tracking import HandTracker, OneEuroFilter, VideoHands
+
+
+def _ids_by_box(hands) -> dict[int, list[float]]:
+    return {h.track_id: h.detection.box.tolist() for h in hands}
+
+
+def test_overlapping_hands_keep_their_ids_when_the_wrong_pairing_also_passes():
+    """Two hands side by side: every pairing has IoU >= 0.2, only the best-first greedy match keeps identities."""
+    tracker = HandTracker(match_iou=0.2)
+    a, b = [100, 100, 200, 200], [150, 100, 250, 200]
+    first = _ids_by_box(tracker.update([det("Right", a), det("Left", b)], SHAPE))
+    id_a = next(i for i, box in first.items() if box == a)
+    id_b = next(i for i, box in first.items() if box == b)
+    a2, b2 = [108, 100, 208, 200], [158, 100, 258, 200]  # both moved 8 px right
+    # right pairings IoU 0.85; the wrong ones pass too: IoU(track a, b2) = 4200/15800 = 0.27, (b, a2) = 0.41
+    moved = _ids_by_box(tracker.update([det("Left", b2, 0.95), det("Right", a2, 0.9)], SHAPE))
+    assert moved == {id_a: a2, id_b: b2}
+
+
+def test_iou_exactly_at_the_threshold_matches():
+    tracker = HandTracker(match_iou=0.5)
+    (first,) = tracker.update([det("Right", [0, 0, 100, 100])], SHAPE)
+    (second,) = tracker.update([det("Right", [0, 0, 100, 50])], SHAPE)  # IoU 5000 / 10000 = 0.5
+    assert second.track_id == first.track_id
+
+
+@pytest.mark.parametrize("max_missed", [0, 1, 3])
+def test_a_track_lives_exactly_max_missed_frames_unseen(max_missed):
+    tracker = HandTracker(max_missed=max_missed)
+    (first,) = tracker.update([det("Right", [100, 100, 200, 200])], SHAPE)
+    for _ in range(max_missed):
+        tracker.update([], SHAPE)
+    assert [t.id for t in tracker.tracks] == [first.track_id]  # missed max_missed frames: kept
+    tracker.update([], SHAPE)
+    assert tracker.tracks == []  # the (max_missed + 1)-th missing frame ends it
+
+
+def test_a_hand_back_after_max_missed_frames_keeps_its_id():
+    tracker = HandTracker(max_missed=2)
+    (first,) = tracker.update([det("Left", [100, 100, 200, 200])], SHAPE)
+    tracker.update([], SHAPE)
+    tracker.update([], SHAPE)
+    (again,) = tracker.update([det("Left", [104, 100, 204, 200])], SHAPE)
+    assert again.track_id == first.track_id
+
+
+def test_pose_box_around_a_small_hand_box_is_a_duplicate():
+    """Overlap is measured against the smaller box: a big pose box containing a hand box is the same hand."""
+    tracker = HandTracker()
+    hand, pose = [100, 100, 140, 140], [60, 60, 200, 200]  # pose area 12x the hand's
+    hands = tracker.update([det("Right", hand), det("Left", pose, 0.99, source="pose")], SHAPE)
+    assert [(h.label, h.detection.source) for h in hands] == [("Right", "hand")]
+
+
+def test_pose_box_beside_a_hand_box_is_kept():
+    tracker = HandTracker()
+    hand, pose = [100, 100, 140, 140], [130, 100, 230, 200]  # overlap 10x40 = 400 < 0.5 * 1600
+    hands = tracker.update([det("Right", hand), det("Left", pose, 0.99, source="pose")], SHAPE)
+    assert [(h.label, h.detection.source) for h in hands] == [("Right", "hand"), ("Left", "pose")]
+
+
+def test_hands_come_right_first_and_labels_are_unique():
+    tracker = HandTracker()
+    hands = tracker.update([det("Left", [400, 100, 500, 200], 0.99), det("Right", [100, 100, 200, 200], 0.5),
+                            det("Left", [250, 300, 300, 350], 0.7)], SHAPE)
+    assert [h.label for h in hands] == ["Right", "Left"]
+    assert hands[1].detection.box.tolist() == [400, 100, 500, 200]  # the more confident Left
+
+
+def test_first_smoothed_sample_after_a_relabel_is_the_raw_one(data_dir, monkeypatch):
+    """A relabelled track is a different reconstruction (the mirror crop): its filter starts again."""
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 255, size=SHAPE, dtype=np.uint8)
+    hamer = HAMER(mode="VIDEO", data_dir=data_dir)
+    box = np.array([100, 100, 200, 200], np.float32)
+    scripted(hamer, [[det("Right", box)], [det("Right", box + 2)], [det("Left", box + 4)]], monkeypatch)
+    video = VideoHands(hamer, HandTracker(label_hold=1), make_filter=lambda: OneEuroFilter(0.5, 0.0))
+    video(img, 0)
+    (second,) = video(img, 33)
+    assert not np.allclose(second.keypoints_3d, hamer.result["keypoints_3d"][0], atol=1e-6)  # smoothed
+    (third,) = video(img, 66)
+    assert (third.label, third.track_id) == ("Left", second.track_id)
+    np.testing.assert_allclose(third.keypoints_3d, hamer.result["keypoints_3d"][0], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(third.cam_t, hamer.result["cam_t_full"][0], rtol=0, atol=1e-6)
+
+
+def _hand(label: str, value: float, track_id: int = -1) -> Hand:
+    return Hand(label, label, 0.5 + value / 10, "hand", np.full(4, value, np.float32), track_id,
+                np.full((21, 3), value, np.float32), np.full((21, 2), value, np.float32), np.full(3, value, np.float32))
+
+
+@pytest.mark.parametrize("hands", [["Left"], ["Right"], ["Left", "Right"], ["Right", "Left"], []])
+def test_npz_slots_are_by_label_not_position(hands):
+    value = {"Right": 1.0, "Left": 2.0}
+    frame = Frame("a.jpg", 0, None, (640, 480), 500.0, [_hand(lab, value[lab], 7) for lab in hands])
+    arrays = npz_arrays([frame])
+    assert arrays["labels"].tolist() == ["Right", "Left"]
+    assert arrays["num_hands"].tolist() == [len(hands)]
+    for slot, label in enumerate(("Right", "Left")):
+        here = label in hands
+        assert arrays["present"][0, slot] == here
+        assert arrays["track_id"][0, slot] == (7 if here else -1)
+        for key in ("box", "keypoints_3d", "keypoints_2d", "cam_t"):
+            expected = value[label] if here else np.nan
+            np.testing.assert_array_equal(np.unique(arrays[key][0, slot]), [expected], err_msg=f"{key} {label}")
+        expected_score = np.float32(0.5 + value[label] / 10) if here else np.nan
+        np.testing.assert_array_equal(arrays["score"][0, slot], expected_score)
+
+
+def test_npz_frames_without_hands_and_bbox_only_hands():
+    frames = [Frame("v.mp4", 0, 0.0, (64, 48)),
+              Frame("v.mp4", 1, 0.04, (64, 48), None,
+                    [Hand("Left", "Right", 0.8, "pose", np.float32([1, 2, 3, 4]), 3)])]
+    arrays = npz_arrays(frames)
+    assert arrays["present"].tolist() == [[False, False], [False, True]]
+    assert arrays["num_hands"].tolist() == [0, 1]
+    assert np.isnan(arrays["focal_length"]).all() and arrays["time_s"].tolist() == [0.0, 0.04]
+    np.testing.assert_array_equal(arrays["box"][1, 1], [1, 2, 3, 4])
+    assert np.isnan(arrays["keypoints_3d"][1]).all() and arrays["track_id"].tolist() == [[-1, -1], [-1, 3]]
