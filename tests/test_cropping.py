@@ -86,3 +86,35 @@ def test_normalization_is_rgb_imagenet():
     assert out.shape == (1, 3, 4, 4) and out.dtype == np.float32
     np.testing.assert_allclose(out[0, 2], (1 - MEAN[2]) / STD[2], rtol=1e-6)  # blue is the last RGB channel
     np.testing.assert_allclose(out[0, 0], -MEAN[0] / STD[0], rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def noise_1600x1200() -> np.ndarray:
+    return np.random.default_rng(11).integers(0, 256, size=(1200, 1600, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize(("box", "right"), [
+    ([650, 325, 950, 875], True),  # side 1100 (sigma 0.57, radius 2), wholly inside: the blurred region is cut
+    ([150, 325, 450, 875], False),  # over the left edge, mirrored: the blur's border at the image edge
+    ([1450, 900, 1750, 1450], True),  # over the right and bottom edges
+    ([2250, 325, 2550, 875], False),  # off the image (crop_images does not check boxes): zeros
+])
+def test_strongly_blurred_crops_of_a_large_noisy_image_equal_the_original(noise_1600x1200, box, right):
+    """Noise (sharp edges everywhere) and a kernel of radius 2: the blurred region's bounds and border matter."""
+    crop = box_to_crop(np.array(box, np.float32), right)
+    assert crop.size == 1100
+    patch = crop_images(noise_1600x1200, [crop])[0]
+    assert patch.shape == (256, 256, 3) and patch.dtype == np.float64  # as skimage's float output, warped
+    ours = normalize_patches([patch], MEAN, STD)[0]
+    np.testing.assert_allclose(ours, reference_crop(noise_1600x1200, box, right), rtol=0, atol=1e-5)
+
+
+def test_patch_size_is_honoured():
+    """A 64-px crop of a 64-px patch is a pure shift; a 150-px crop of it is blurred (150 / 64 / 2 > 1.1)."""
+    img = np.random.default_rng(12).integers(0, 256, size=(100, 120, 3), dtype=np.uint8)
+    box = np.float32([60 - 12, 50 - 16, 60 + 12, 50 + 16])  # 32 high: side 64 at rescale 2
+    patch = crop_images(img, [box_to_crop(box, True)], patch_size=64)[0]
+    assert patch.shape == (64, 64, 3) and patch.dtype == np.uint8
+    np.testing.assert_array_equal(patch[1:63, 1:63], img[50 - 31:50 + 31, 60 - 31:60 + 31])
+    blurred = crop_images(img, [box_to_crop(box, True, rescale_factor=150 / 32)], patch_size=64)[0]
+    assert blurred.shape == (64, 64, 3) and blurred.dtype == np.float64

@@ -65,12 +65,14 @@ def test_the_crop_origin_lands_where_the_weak_perspective_camera_puts_it(s, tx, 
 
 @FAST
 @given(points=st.lists(st.tuples(st.floats(-5, 5), st.floats(-5, 5), st.floats(1, 10)), min_size=1, max_size=5),
+       t=st.tuples(st.floats(-1, 1), st.floats(-1, 1), st.floats(0, 5)),
        f=st.floats(10, 5000), c=st.tuples(st.floats(0, 1000), st.floats(0, 1000)))
-def test_pinhole_projection(points, f, c):
+def test_pinhole_projection(points, t, f, c):
     p = np.array(points)
-    uv = perspective_projection(torch.from_numpy(p)[None], torch.zeros(1, 3, dtype=torch.float64),
+    uv = perspective_projection(torch.from_numpy(p)[None], torch.tensor([t], dtype=torch.float64),
                                 torch.full((1, 2), f, dtype=torch.float64), torch.tensor([c], dtype=torch.float64))
-    np.testing.assert_allclose(uv[0].numpy(), f * p[:, :2] / p[:, 2:] + np.array(c), rtol=1e-9, atol=1e-9)
+    q = p + np.array(t)
+    np.testing.assert_allclose(uv[0].numpy(), f * q[:, :2] / q[:, 2:] + np.array(c), rtol=1e-9, atol=1e-9)
 
 
 box_values = st.one_of(st.floats(-100, 400, width=32), st.sampled_from([0.0, 200.0, 300.0, np.nan, np.inf, -np.inf]))

@@ -146,7 +146,8 @@ def test_camera_and_projection_by_hand_portrait_right_and_left():
 
     bs = 160 * 0.5 = 80; tz = 2 f / bs = 312.5; tx = 2 (100 - 240) / 80 + 0.1 = -3.4 (Left: tx -> -0.1: -3.6);
     ty = 2 (200 - 320) / 80 - 0.2 = -3.2. A joint at the origin lands at f tx / tz + 240 = 104 (Left: 96),
-    f ty / tz + 320 = 192. A Left joint's x is negated back: (0.01, 0.02, 0) -> (-0.01, 0.02, 0).
+    f ty / tz + 320 = 192. A Left joint's x is negated back: (0.01, 0.02, 0) -> (-0.01, 0.02, 0); that joint lands
+    at 40 * (0.01 - 3.4) + 240 = 104.4 (Left: 40 * (-0.01 - 3.6) + 240 = 95.6), 40 * (0.02 - 3.2) + 320 = 192.8.
     """
     kp = np.zeros((2, 21, 3), np.float32)
     kp[:, 1] = (0.01, 0.02, 0.0)
@@ -155,6 +156,7 @@ def test_camera_and_projection_by_hand_portrait_right_and_left():
     out = hand_outputs(net, np.array([True, False]), [_Crop((100, 200), 160)] * 2, (640, 480, 3), _cfg())
     np.testing.assert_allclose(out["cam_t_full"], [[-3.4, -3.2, 312.5], [-3.6, -3.2, 312.5]], rtol=1e-6)
     np.testing.assert_allclose(out["keypoints_2d"][:, 0], [[104, 192], [96, 192]], rtol=1e-6)
+    np.testing.assert_allclose(out["keypoints_2d"][:, 1], [[104.4, 192.8], [95.6, 192.8]], rtol=1e-6)
     np.testing.assert_allclose(out["keypoints_3d"][:, 1], np.float32([[0.01, 0.02, 0], [-0.01, 0.02, 0]]), rtol=0)
     np.testing.assert_allclose(out["box_center"], [[100, 200], [100, 200]])
     np.testing.assert_allclose(out["box_size"], [160, 160])
@@ -171,3 +173,11 @@ def test_camera_and_projection_by_hand_portrait_right_and_left():
 ])
 def test_pose_fallback_box_by_hand(points, box):
     np.testing.assert_array_equal(_pose_hand_box(np.array(points, dtype=np.float32)), np.float32(box))
+
+
+def test_zero_scale_camera_stays_finite():
+    """The original adds 1e-9 to ``box_size * s``: a zero scale gives a huge but finite depth, not inf or NaN."""
+    net = {"pred_keypoints_3d": np.zeros((1, 21, 3), np.float32), "pred_vertices": np.zeros((1, 778, 3), np.float32),
+           "pred_cam": np.float32([[0.0, 0.0, 0.0]])}
+    out = hand_outputs(net, np.array([True]), [_Crop((150, 150), 100)], (300, 300, 3), _cfg())
+    np.testing.assert_allclose(out["cam_t_full"][0], [0, 0, 2 * 5859.375 / 1e-9], rtol=1e-6)

@@ -1,0 +1,139 @@
+"""Mutation testing (mutmut 3) of the modules that carry the maths and the rules, each with its fast tests.
+
+Each group runs in its own scratch folder ``.mutation/<group>`` (git-ignored; a copy of ``hamer/``, ``tests/`` and
+``pyproject.toml`` with a ``[tool.mutmut]`` section naming the module and the tests), so groups never share mutmut's
+state and the working tree is never touched. Prints a table (mutants, killed, survived, timeout, no tests, score) and
+writes it with the surviving mutants' names to ``.mutation/report.json``; read a survivor with
+``cd .mutation/<group> && mutmut show <name>``.
+
+Usage (slow: minutes per group on 2 cores; not part of the test suite)::
+
+    pip install -e '.[test,dev]'
+    nice -n 15 python tools/mutation.py                 # every group
+    nice -n 15 python tools/mutation.py cropping camera # some groups
+    python tools/mutation.py --list
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / ".mutation"
+
+# group -> (module file, mutant name patterns (fnmatch; None: all of the module), tests)
+GROUPS: dict[str, tuple[str, list[str] | None, list[str]]] = {
+    "cropping": ("hamer/cropping.py", None,
+                 ["tests/test_cropping.py", "tests/test_references.py", "tests/test_properties.py"]),
+    "camera": ("hamer/camera.py", None, ["tests/test_references.py", "tests/test_properties.py"]),
+    "mano": ("hamer/models/mano.py", None,
+             ["tests/test_mano.py", "tests/test_references.py", "tests/test_security.py"]),
+    "checkpoint": ("hamer/checkpoint.py", None, ["tests/test_checkpoint.py", "tests/test_security.py"]),
+    "detection-boxes": ("hamer/detection.py", ["hamer.detection.x__pose_hand_box__*"],
+                        ["tests/test_references.py", "tests/test_detection.py"]),
+    "tracking": ("hamer/tracking.py",
+                 ["hamer.tracking.xǁOneEuroFilterǁ*", "hamer.tracking.xǁHandTrackerǁ*", "hamer.tracking.x_box_iou*",
+                  "hamer.tracking.x__area*", "hamer.tracking.x__intersection*", "hamer.tracking.x__other*"],
+                 ["tests/test_tracking.py", "tests/test_tracker_cases.py", "tests/test_properties.py"]),
+    "pipeline": ("hamer/pipeline.py", None,
+                 ["tests/test_references.py", "tests/test_properties.py", "tests/test_process.py"]),
+    "outputs": ("hamer/outputs.py", None, ["tests/test_tracker_cases.py", "tests/test_cli.py"]),
+}
+STATUS = re.compile(r"^\s*(\S+): (\w[\w ]*)$")
+
+
+def _prepare(group: str) -> Path:
+    module, _, tests = GROUPS[group]
+    work = WORK / group
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    shutil.copytree(ROOT / "hamer", work / "hamer", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    shared = ROOT.parent / "shared"
+    if shared.is_dir():  # tests find real photographs at <repo>/../shared/images; mutmut runs them from mutants/
+        (work / "shared").symlink_to(shared)
+    config = "\n".join([
+        "", "[tool.mutmut]",
+        'source_paths = ["hamer"]',
+        f"only_mutate = {json.dumps([module])}",
+        f"pytest_add_cli_args_test_selection = {json.dumps(tests)}",
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q"]',
+        'process_isolation = "forkserver"',  # torch and MediaPipe are not fork-safe after they start threads
+        "use_git_change_detection = false",
+        "",
+    ])
+    (work / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text() + config)
+    return work
+
+
+def run_group(group: str, children: int) -> dict:
+    work = _prepare(group)
+    patterns = GROUPS[group][1] or []
+    mutmut = [sys.executable, "-m", "mutmut"]
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    run = subprocess.run([*mutmut, "run", "--max-children", str(children), *patterns], cwd=work, env=env,
+                         capture_output=True, text=True)
+    (work / "run.log").write_text(run.stdout + run.stderr)
+    listing = subprocess.run([*mutmut, "results", "--all", "true"], cwd=work, env=env, capture_output=True,
+                             text=True, check=True).stdout
+    statuses: dict[str, str] = {}
+    for line in listing.splitlines():
+        match = STATUS.match(line)
+        if match and (not patterns or any(_fnmatch(match[1], p) for p in patterns)):
+            statuses[match[1]] = match[2]
+    counts: dict[str, int] = {}
+    for status in statuses.values():
+        counts[status] = counts.get(status, 0) + 1
+    tested = sum(n for s, n in counts.items() if s not in ("not checked", "skipped"))
+    killed = counts.get("killed", 0) + counts.get("timeout", 0)
+    return {
+        "group": group, "module": GROUPS[group][0], "mutants": len(statuses), "counts": counts,
+        "score": round(100.0 * killed / tested, 1) if tested else None, "returncode": run.returncode,
+        "survived": sorted(k for k, s in statuses.items() if s == "survived"),
+        "no_tests": sorted(k for k, s in statuses.items() if s == "no tests"),
+    }
+
+
+def _fnmatch(name: str, pattern: str) -> bool:
+    import fnmatch
+
+    return fnmatch.fnmatch(name, pattern)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("groups", nargs="*", help=f"default: all of {', '.join(GROUPS)}")
+    parser.add_argument("--children", type=int, default=2, help="parallel test processes (default 2)")
+    parser.add_argument("--list", action="store_true", help="list the groups and exit")
+    args = parser.parse_args()
+    if args.list:
+        for name, (module, patterns, tests) in GROUPS.items():
+            print(f"{name:16} {module} {patterns or ''} <- {' '.join(tests)}")
+        return
+    unknown = [g for g in args.groups if g not in GROUPS]
+    if unknown:
+        parser.error(f"unknown group(s) {unknown}; see --list")
+    report_path = WORK / "report.json"
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    print(f"{'group':16} {'mutants':>8} {'killed':>7} {'survived':>9} {'timeout':>8} {'no tests':>9} {'score':>6}")
+    for group in args.groups or list(GROUPS):
+        result = run_group(group, args.children)
+        report[group] = result
+        WORK.mkdir(exist_ok=True)
+        report_path.write_text(json.dumps(report, indent=1, ensure_ascii=False))
+        c = result["counts"]
+        print(f"{group:16} {result['mutants']:8} {c.get('killed', 0):7} {c.get('survived', 0):9} "
+              f"{c.get('timeout', 0):8} {c.get('no tests', 0):9} {result['score']!s:>6}", flush=True)
+        if result["returncode"]:
+            print(f"  mutmut exited {result['returncode']}: see {WORK / group / 'run.log'}")
+
+
+if __name__ == "__main__":
+    main()
