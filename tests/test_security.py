@@ -181,7 +181,7 @@ def test_mano_allow_list_is_exactly_this():
     }
 
 
-@pytest.mark.parametrize(("module", "name"), [("chumpy.ch", "Ch"), ("chumpy.reordering", "Select"),
+@pytest.mark.parametrize(("module", "name"), [("chumpy", "Ch"), ("chumpy.ch", "Ch"), ("chumpy.reordering", "Select"),
                                               ("scipy.sparse.csc", "csc_matrix"), ("scipy.sparse._csr", "csr_matrix")])
 def test_mano_stand_ins_are_inert_classes(module, name):
     """chumpy and scipy.sparse names resolve to the module's own inert classes, never to an import."""
