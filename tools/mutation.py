@@ -11,6 +11,7 @@ Usage (slow: minutes per group on 2 cores; not part of the test suite)::
     pip install -e '.[test,dev]'
     nice -n 15 python tools/mutation.py                 # every group
     nice -n 15 python tools/mutation.py cropping camera # some groups
+    nice -n 15 python tools/mutation.py --survivors cropping  # after adding tests: only the last survivors
     python tools/mutation.py --list
 """
 
@@ -34,7 +35,7 @@ GROUPS: dict[str, tuple[str, list[str] | None, list[str]]] = {
                  ["tests/test_cropping.py", "tests/test_references.py", "tests/test_properties.py"]),
     "camera": ("hamer/camera.py", None, ["tests/test_references.py", "tests/test_properties.py"]),
     "mano": ("hamer/models/mano.py", None,
-             ["tests/test_mano.py", "tests/test_references.py", "tests/test_security.py"]),
+             ["tests/test_mano.py", "tests/test_mano_cases.py", "tests/test_references.py", "tests/test_security.py"]),
     "checkpoint": ("hamer/checkpoint.py", None, ["tests/test_checkpoint.py", "tests/test_security.py"]),
     "detection-boxes": ("hamer/detection.py", ["hamer.detection.x__pose_hand_box__*"],
                         ["tests/test_references.py", "tests/test_detection.py"]),
@@ -50,18 +51,25 @@ STATUS = re.compile(r"^\s*(\S+): (\w[\w ]*)$")
 
 
 def _prepare(group: str) -> Path:
-    module, _, tests = GROUPS[group]
     work = WORK / group
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     shutil.copytree(ROOT / "hamer", work / "hamer", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "benchmarks", work / "benchmarks", ignore=shutil.ignore_patterns("__pycache__"))
     shared = ROOT.parent / "shared"
     if shared.is_dir():  # tests find real photographs at <repo>/../shared/images; mutmut runs them from mutants/
         (work / "shared").symlink_to(shared)
+    _write_config(work, group)
+    return work
+
+
+def _write_config(work: Path, group: str) -> None:
+    module, _, tests = GROUPS[group]
     config = "\n".join([
         "", "[tool.mutmut]",
         'source_paths = ["hamer"]',
+        'also_copy = ["benchmarks"]',  # a tracking test imports benchmarks/smoothing.py
         f"only_mutate = {json.dumps([module])}",
         f"pytest_add_cli_args_test_selection = {json.dumps(tests)}",
         'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q"]',
@@ -70,15 +78,29 @@ def _prepare(group: str) -> Path:
         "",
     ])
     (work / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text() + config)
+
+
+def _refresh_tests(group: str) -> Path:
+    """The group's folder of an earlier run with the current tests, for re-running its survivors."""
+    work = WORK / group
+    shutil.rmtree(work / "tests")
+    shutil.copytree(ROOT / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    _write_config(work, group)
     return work
 
 
-def run_group(group: str, children: int) -> dict:
-    work = _prepare(group)
+def run_group(group: str, children: int, earlier: dict | None = None) -> dict:
+    """Run mutmut over a group; with ``earlier`` (that group's last result) only its survivors, on current tests."""
     patterns = GROUPS[group][1] or []
+    if earlier is not None:
+        work = _refresh_tests(group)
+        selection = earlier["survived"] + earlier["no_tests"]
+    else:
+        work = _prepare(group)
+        selection = patterns
     mutmut = [sys.executable, "-m", "mutmut"]
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    run = subprocess.run([*mutmut, "run", "--max-children", str(children), *patterns], cwd=work, env=env,
+    run = subprocess.run([*mutmut, "run", "--max-children", str(children), *selection], cwd=work, env=env,
                          capture_output=True, text=True)
     (work / "run.log").write_text(run.stdout + run.stderr)
     listing = subprocess.run([*mutmut, "results", "--all", "true"], cwd=work, env=env, capture_output=True,
@@ -89,12 +111,15 @@ def run_group(group: str, children: int) -> dict:
         if match and (not patterns or any(_fnmatch(match[1], p) for p in patterns)):
             statuses[match[1]] = match[2]
     counts: dict[str, int] = {}
+    if earlier is not None:  # the earlier verdicts stand except for the re-run survivors
+        statuses = {k: v for k, v in statuses.items() if k in selection}
+        counts = {k: n for k, n in earlier["counts"].items() if k not in ("survived", "no tests")}
     for status in statuses.values():
         counts[status] = counts.get(status, 0) + 1
     tested = sum(n for s, n in counts.items() if s not in ("not checked", "skipped"))
     killed = counts.get("killed", 0) + counts.get("timeout", 0)
     return {
-        "group": group, "module": GROUPS[group][0], "mutants": len(statuses), "counts": counts,
+        "group": group, "module": GROUPS[group][0], "mutants": sum(counts.values()), "counts": counts,
         "score": round(100.0 * killed / tested, 1) if tested else None, "returncode": run.returncode,
         "survived": sorted(k for k, s in statuses.items() if s == "survived"),
         "no_tests": sorted(k for k, s in statuses.items() if s == "no tests"),
@@ -112,6 +137,8 @@ def main() -> None:
     parser.add_argument("groups", nargs="*", help=f"default: all of {', '.join(GROUPS)}")
     parser.add_argument("--children", type=int, default=2, help="parallel test processes (default 2)")
     parser.add_argument("--list", action="store_true", help="list the groups and exit")
+    parser.add_argument("--survivors", action="store_true",
+                        help="re-run only the last run's surviving mutants of each group, with the current tests")
     args = parser.parse_args()
     if args.list:
         for name, (module, patterns, tests) in GROUPS.items():
@@ -121,10 +148,16 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown group(s) {unknown}; see --list")
     report_path = WORK / "report.json"
-    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+
+    def load() -> dict:
+        return json.loads(report_path.read_text()) if report_path.is_file() else {}
+
+    if args.survivors and any(g not in load() for g in args.groups or GROUPS):
+        parser.error("--survivors needs an earlier full run of each group named")
     print(f"{'group':16} {'mutants':>8} {'killed':>7} {'survived':>9} {'timeout':>8} {'no tests':>9} {'score':>6}")
     for group in args.groups or list(GROUPS):
-        result = run_group(group, args.children)
+        result = run_group(group, args.children, load()[group] if args.survivors else None)
+        report = load()
         report[group] = result
         WORK.mkdir(exist_ok=True)
         report_path.write_text(json.dumps(report, indent=1, ensure_ascii=False))
