@@ -15,7 +15,8 @@ def _ids_by_box(hands) -> dict[int, list[float]]:
     return {h.track_id: h.detection.box.tolist() for h in hands}
 
 
-def test_overlapping_hands_keep_their_ids_when_the_wrong_pairing_also_passes():
+@pytest.mark.parametrize("scores", [(0.95, 0.9), (0.9, 0.95)])  # either detection listed first
+def test_overlapping_hands_keep_their_ids_when_the_wrong_pairing_also_passes(scores):
     """Two hands side by side: every pairing has IoU >= 0.2, only the best-first greedy match keeps identities."""
     tracker = HandTracker(match_iou=0.2)
     a, b = [100, 100, 200, 200], [150, 100, 250, 200]
@@ -24,7 +25,7 @@ def test_overlapping_hands_keep_their_ids_when_the_wrong_pairing_also_passes():
     id_b = next(i for i, box in first.items() if box == b)
     a2, b2 = [108, 100, 208, 200], [158, 100, 258, 200]  # both moved 8 px right
     # right pairings IoU 0.85; the wrong ones pass too: IoU(track a, b2) = 4200/15800 = 0.27, (b, a2) = 0.41
-    moved = _ids_by_box(tracker.update([det("Left", b2, 0.95), det("Right", a2, 0.9)], SHAPE))
+    moved = _ids_by_box(tracker.update([det("Left", b2, scores[0]), det("Right", a2, scores[1])], SHAPE))
     assert moved == {id_a: a2, id_b: b2}
 
 
@@ -35,10 +36,37 @@ def test_iou_exactly_at_the_threshold_matches():
     assert second.track_id == first.track_id
 
 
+def test_a_track_takes_its_best_detection_once():
+    tracker = HandTracker()
+    tracker.update([det("Right", [100, 100, 200, 200])], SHAPE)
+    (hand,) = tracker.update([det("Right", [104, 100, 204, 200], 0.9), det("Right", [160, 100, 260, 200], 0.95)],
+                             SHAPE)
+    assert hand.detection.box.tolist() == [104, 100, 204, 200]  # IoU 0.92, not the more confident 0.25
+
+
+def test_a_new_hand_takes_the_label_of_a_lost_one_and_ids_count_up():
+    tracker = HandTracker()
+    (first,) = tracker.update([det("Right", [100, 100, 200, 200])], SHAPE)
+    (second,) = tracker.update([det("Right", [400, 300, 500, 400])], SHAPE)  # far away: the first is lost
+    (left,) = tracker.update([det("Left", [100, 100, 200, 200])], SHAPE)
+    assert (first.track_id, second.track_id, left.track_id) == (0, 1, 2)  # -1 means "no track" in the NPZ
+    assert [t.id for t in tracker.tracks] == [1, 2]
+
+
+def test_pose_fallbacks_of_one_side_most_confident_first():
+    tracker = HandTracker()
+    (hand,) = tracker.update([det("Left", [100, 100, 200, 200], 0.6, "pose"),
+                              det("Left", [400, 100, 500, 200], 0.8, "pose")], SHAPE)
+    assert hand.detection.box.tolist() == [400, 100, 500, 200]
+
+
 @pytest.mark.parametrize("max_missed", [0, 1, 3])
 def test_a_track_lives_exactly_max_missed_frames_unseen(max_missed):
     tracker = HandTracker(max_missed=max_missed)
     (first,) = tracker.update([det("Right", [100, 100, 200, 200])], SHAPE)
+    for _ in range(max_missed):
+        tracker.update([], SHAPE)
+    tracker.update([det("Right", [102, 100, 202, 200])], SHAPE)  # seen again: the count starts over
     for _ in range(max_missed):
         tracker.update([], SHAPE)
     assert [t.id for t in tracker.tracks] == [first.track_id]  # missed max_missed frames: kept
@@ -128,3 +156,17 @@ def test_npz_frames_without_hands_and_bbox_only_hands():
     assert np.isnan(arrays["focal_length"]).all() and arrays["time_s"].tolist() == [0.0, 0.04]
     np.testing.assert_array_equal(arrays["box"][1, 1], [1, 2, 3, 4])
     assert np.isnan(arrays["keypoints_3d"][1]).all() and arrays["track_id"].tolist() == [[-1, -1], [-1, 3]]
+
+
+def test_one_euro_by_hand_with_the_defaults():
+    """min_cutoff 1 Hz, beta 0: at dt = 1 / (2 pi) s, tau = 1 / (2 pi) s, alpha = 1 / (1 + tau / dt) = 1/2."""
+    filt = OneEuroFilter()
+    assert filt(np.array([0.0, 4.0]), 0.0).tolist() == [0.0, 4.0]
+    np.testing.assert_allclose(filt(np.array([1.0, 0.0]), 1 / (2 * np.pi)), [0.5, 2.0], rtol=1e-12)
+    np.testing.assert_allclose(filt(np.array([1.0, 0.0]), 2 / (2 * np.pi)), [0.75, 1.0], rtol=1e-12)
+
+
+@pytest.mark.parametrize("kwargs", [{"min_cutoff": 0}, {"d_cutoff": 0}, {"beta": -1}])
+def test_one_euro_rejects_bad_settings(kwargs):
+    with pytest.raises(ValueError, match="need min_cutoff > 0, d_cutoff > 0, beta >= 0"):
+        OneEuroFilter(**kwargs)
