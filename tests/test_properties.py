@@ -123,5 +123,5 @@ def test_tracker_invariants(frames):
         labels = [h.label for h in hands]
         assert labels == sorted(set(labels), key=["Right", "Left"].index)
         assert len({h.track_id for h in hands}) == len(hands)
-        assert all(any(h.detection is d for d in dets) for h in hands)
+        assert all(any(np.array_equal(h.box, d.box) and h.score == d.score for d in dets) for h in hands)
         assert len({t.label for t in tracker.tracks}) == len(tracker.tracks)

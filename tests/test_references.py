@@ -25,7 +25,8 @@ from hamer.cropping import box_to_crop, crop_images
 from hamer.detection import _pose_hand_box
 from hamer.hamer_module import HAMER
 from hamer.models.mano import MANO, MANO_KEYS
-from hamer.pipeline import hand_outputs
+from hamer.pipeline import _place
+from hamer.results import Camera
 
 # OpenPose joint k comes from MANO joint "Jn" or MANO vertex "Vn" (written out from the original, see above).
 OPENPOSE_SOURCES = ["J0",
@@ -117,6 +118,14 @@ def test_rescale_factor_reaches_the_crop(data_dir):
     default = HAMER(data_dir=data_dir).process(img, {"Left": box})[0]["Left"]
     np.testing.assert_allclose(wide, scaled, rtol=0, atol=1e-6)
     assert np.abs(wide - default).max() > 1e-4
+
+
+def hand_outputs(net, rights, crops, shape, cfg):
+    """The placement step with HaMeR demo's camera (focal FOCAL_LENGTH / IMAGE_SIZE * max(W, H))."""
+    size = (shape[1], shape[0])
+    camera = Camera.hamer_default(size, float(cfg.EXTRA.FOCAL_LENGTH), int(cfg.MODEL.IMAGE_SIZE))
+    out = _place(net, rights, crops, size, camera, camera)
+    return {**out, "cam_t_full": out["cam_t"], "focal_length_full": camera.fx}
 
 
 def _cfg() -> CfgNode:
