@@ -184,3 +184,23 @@ def test_smoothing_filters_3d_and_reprojects_2d(data_dir):
     for key in ("keypoints_3d", "vertices", "cam_t"):
         np.testing.assert_allclose(getattr(smooth[0], key), getattr(raw[0], key), atol=1e-6)  # first passes
         assert not np.allclose(getattr(smooth[-1], key), getattr(raw[-1], key), atol=1e-6), key
+
+
+def test_the_first_smoothed_sample_after_a_relabel_is_the_raw_one(data_dir):
+    """A relabelled track is a different reconstruction (the mirror crop): its filter starts again."""
+    box = np.array(RIGHT_BOX, np.float32)
+    script = [[det("Right", box)]] * 3 + [[det("Left", box)]] * 3  # MediaPipe changes its mind for good
+    reconstructor = HAMER(data_dir=data_dir).reconstructor
+    raw = VideoHands(ScriptedDetector(script), reconstructor, HandTracker(label_hold=2))
+    smooth = VideoHands(ScriptedDetector(script), reconstructor, HandTracker(label_hold=2),
+                        make_filter=lambda: OneEuroFilter(1.0, 10.0))
+    rng = np.random.default_rng(4)
+    for i in range(6):
+        img = rng.integers(0, 255, size=SHAPE, dtype=np.uint8)  # a new image: new joints every frame
+        (r,) = raw(img, 33 * i).hands
+        (s,) = smooth(img, 33 * i).hands
+        assert r.label == s.label == ("Right" if i < 4 else "Left")  # the switch lands on the 2nd "Left" frame
+        if i in (0, 4):  # a new filter: the first sample passes through
+            np.testing.assert_array_equal(s.keypoints_3d, r.keypoints_3d)
+        else:  # filtered
+            assert np.abs(s.keypoints_3d - r.keypoints_3d).max() > 1e-6
