@@ -30,6 +30,10 @@ from .outputs import give_default_permissions
 log = logging.getLogger(__name__)
 
 NETWORK_PREFIXES = ("backbone.", "mano_head.")
+# dict subclasses of training metadata, read as plain OrderedDicts: torch's weights-only unpickler fills only
+# dict, OrderedDict and Counter (yacs' config, and Lightning's hyper-parameter containers)
+DICT_CLASSES = ("yacs.config.CfgNode", "pytorch_lightning.utilities.parsing.AttributeDict",
+                "lightning_fabric.utilities.data.AttributeDict", "lightning.fabric.utilities.data.AttributeDict")
 # torch's allow-list of unpickled classes (``safe_globals``) is process-wide: one loader at a time sets it, so that
 # one load's exit never removes it under another's.
 _SAFE_GLOBALS_LOCK = threading.Lock()
@@ -67,8 +71,8 @@ def load_lightning_checkpoint(path: Path) -> Checkpoint:
         raise ValueError(f"checkpoint {path} is not a PyTorch zip checkpoint (truncated or not a checkpoint?)")
     try:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-        allowed: list = [(OrderedDict, "yacs.config.CfgNode")]
-        allowed += [(_Opaque, name) for name in unsafe if name != "yacs.config.CfgNode"]
+        allowed: list = [(OrderedDict, name) for name in DICT_CLASSES]
+        allowed += [(_Opaque, name) for name in unsafe if name not in DICT_CLASSES]
         if len(allowed) > 1:
             log.info("checkpoint metadata classes read as inert stand-ins: %s", sorted(unsafe))
         with _SAFE_GLOBALS_LOCK, torch.serialization.safe_globals(allowed):

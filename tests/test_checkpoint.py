@@ -188,3 +188,28 @@ def test_unsupported_architecture_is_refused(data_dir, tmp_path):
     (root / "hamer_ckpts/model_config.yaml").write_text(cfg)
     with pytest.raises(ValueError, match="BACKBONE.TYPE"):
         build_model(data_paths(root))
+
+
+def test_lightning_hyper_parameter_dicts_are_read_as_dicts(data_dir, tmp_path, monkeypatch):
+    """Lightning's AttributeDict (a dict subclass) is filled by SETITEMS, which torch's weights-only unpickler
+    allows only on dict, OrderedDict and Counter: it is read as an OrderedDict, its config kept."""
+    import sys
+    import types
+
+    names = ("lightning_fabric", "lightning_fabric.utilities", "lightning_fabric.utilities.data")
+    modules = {name: types.ModuleType(name) for name in names}
+    attribute_dict = type("AttributeDict", (dict,), {"__module__": names[-1]})
+    modules[names[-1]].AttributeDict = attribute_dict
+    modules["lightning_fabric"].utilities = modules["lightning_fabric.utilities"]
+    modules["lightning_fabric.utilities"].data = modules[names[-1]]
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+
+    def edit(raw: dict) -> None:
+        raw["hyper_parameters"] = attribute_dict(raw["hyper_parameters"])
+
+    root = _edited_copy(data_dir, tmp_path, edit)
+    for name in names:
+        monkeypatch.delitem(sys.modules, name)
+    checkpoint = load_checkpoint(root / "hamer_ckpts/checkpoints/hamer.ckpt")
+    assert checkpoint.config is not None and checkpoint.config["MODEL"]["IMAGE_SIZE"] == 256
