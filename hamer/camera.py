@@ -45,15 +45,16 @@ def cam_crop_to_pinhole(cam_bbox: torch.Tensor, box_center: torch.Tensor, box_si
     pinhole camera at depth ``tz`` it lands at ``[cx, cy] + [fx, fy] * (X + t) / tz``. Matching scale and position:
 
         tz = 2 f / (box_size * s),  f = sqrt(fx * fy)
-        t_x = tx + tz * (box_center_x - cx) / fx,   t_y = ty + tz * (box_center_y - cy) / fy
+        t_x = tz (box_center_x - cx + box_size s tx / 2) / fx,   t_y = tz (box_center_y - cy + box_size s ty / 2) / fy
 
-    With ``fx = fy`` the scale matches exactly; with ``fx != fy`` one depth cannot match both axes, and the
-    geometric mean keeps the hand's image area. ``fx = fy = f``, ``(cx, cy)`` the image centre gives
+    The hand's origin lands on the crop's pixel exactly; with ``fx = fy`` the scale matches too (``t_x = tx +
+    tz (box_center_x - cx) / fx``); with ``fx != fy`` one depth cannot match both axes, and the geometric mean
+    keeps the hand's image area. ``fx = fy = f``, ``(cx, cy)`` the image centre gives
     :func:`cam_crop_to_full`. Returns (B,3) metres.
     """
     bs = box_size * cam_bbox[:, 0] + 1e-9
     tz = 2 * math.sqrt(fx * fy) / bs
-    tx = cam_bbox[:, 1] + tz * (box_center[:, 0] - cx) / fx
-    ty = cam_bbox[:, 2] + tz * (box_center[:, 1] - cy) / fy
+    tx = tz * (box_center[:, 0] - cx + bs / 2 * cam_bbox[:, 1]) / fx
+    ty = tz * (box_center[:, 1] - cy + bs / 2 * cam_bbox[:, 2]) / fy
     return torch.stack([tx, ty, tz], dim=-1)
 

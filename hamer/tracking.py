@@ -222,7 +222,7 @@ class VideoHands:
         return dataclasses.replace(result, hands=hands)
 
     def _smooth(self, hands: Sequence[Hand], t: float, camera: Camera) -> tuple[Hand, ...]:
-        """Each hand with its joints, vertices and camera translation filtered, its 2D joints reprojected."""
+        """Each hand with its joints, vertices and camera translation filtered, its 2D joints moved with them."""
         live = {track.id for track in self.tracker.tracks}
         self._filters = {k: v for k, v in self._filters.items() if k in live}
         smoothed = []
@@ -233,6 +233,9 @@ class VideoHands:
                 self._filters[hand.track_id] = (hand.label, filt)
             joined = filt(np.concatenate([hand.keypoints_3d, hand.vertices, hand.cam_t[None]]), t).astype(np.float32)
             keypoints_3d, vertices, cam_t = joined[:21], joined[21:-1], joined[-1]
+            # the 2D joints move as the camera sees the smoothing move the hand (HaMeR's 2D joints are kept as
+            # the reference: they do not depend on the camera, see pipeline._place)
+            shift = camera.project(keypoints_3d + cam_t) - camera.project(hand.keypoints_3d + hand.cam_t)
             smoothed.append(hand.replace(keypoints_3d=keypoints_3d, vertices=vertices, cam_t=cam_t,
-                                         keypoints_2d=camera.project(keypoints_3d + cam_t)))
+                                         keypoints_2d=hand.keypoints_2d + shift))
         return tuple(smoothed)

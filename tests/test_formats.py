@@ -53,9 +53,12 @@ def test_another_camera_moves_the_hand_not_its_2d_joints(data_dir, default_resul
         tx = tx if hand.label == "Right" else -tx
         bs = base.box_size * s
         tz = 2 * math.sqrt(camera.fx * camera.fy) / bs
-        expected = [tx + tz * (base.box_center[0] - camera.cx) / camera.fx,
-                    ty + tz * (base.box_center[1] - camera.cy) / camera.fy, tz]
+        expected = [tz * (base.box_center[0] - camera.cx + bs * tx / 2) / camera.fx,
+                    tz * (base.box_center[1] - camera.cy + bs * ty / 2) / camera.fy, tz]
         np.testing.assert_allclose(hand.cam_t, expected, rtol=1e-5)
+        # the hand's origin lands on the crop camera's pixel for it, whatever the camera (fx != fy included)
+        origin = base.box_center + bs / 2 * np.array([tx, ty])
+        np.testing.assert_allclose(camera.project(hand.cam_t), origin, atol=1e-3)
         # ... which puts the hand where HaMeR sees it: its projection with this camera gives the 2D joints, up to
         # the perspective difference between the cameras (measured: 2.2% of the crop side for the 56-degree camera
         # with its principal point at the image's edge, 0.3% for the others)
@@ -232,6 +235,32 @@ def test_npz_carries_mano_parameters_camera_and_vertices(tmp_path, default_resul
             rebuilt, _ = cv2.Rodrigues(axis_angle.astype(np.float64))
             np.testing.assert_allclose(rebuilt, rotation, atol=1e-5)
         assert np.isnan(npz["hand_pose"][2, 0]).all()  # no right hand in frame 2
+
+
+def test_the_left_hand_conversion_drives_a_left_mano_model_to_the_reported_hand():
+    """The network's mirrored parameters, converted with R_left = M R M, drive a left MANO model (built as the
+    mirror of the right one) to the un-mirrored joints and vertices HaMeR reports (x negated)."""
+    import torch
+    from synthetic import mano_arrays, mano_from_arrays
+
+    from hamer.models.mano import MANO
+
+    arrays = mano_from_arrays(mano_arrays(0))
+    m = np.array([-1.0, 1.0, 1.0])
+    mirrored = dict(arrays, v_template=arrays["v_template"] * m, shapedirs=arrays["shapedirs"] * m[None, :, None])
+    # pose features are (R - I) per joint, flattened (i, j): M R M flips the entries with m_i m_j = -1
+    mirrored["posedirs"] = arrays["posedirs"] * m[None, :, None] * np.tile(np.outer(m, m).reshape(9), 15)
+    right, left = MANO(arrays), MANO(mirrored)
+    rng = np.random.default_rng(3)
+    rot = np.stack([cv2.Rodrigues(a)[0] for a in rng.normal(0, 0.4, (16, 3))])
+    converted = np.diag(m) @ rot @ np.diag(m)
+    betas = torch.from_numpy(rng.normal(0, 1, (1, 10)).astype(np.float32))
+    as_t = lambda r: torch.from_numpy(r.astype(np.float32))[None]  # noqa: E731
+    with torch.no_grad():
+        net = right(global_orient=as_t(rot[:1]), hand_pose=as_t(rot[1:]), betas=betas)
+        ours = left(global_orient=as_t(converted[:1]), hand_pose=as_t(converted[1:]), betas=betas)
+    np.testing.assert_allclose(ours.joints[0].numpy(), net.joints[0].numpy() * m, atol=1e-5)
+    np.testing.assert_allclose(ours.vertices[0].numpy(), net.vertices[0].numpy() * m, atol=1e-5)
 
 
 def test_the_left_hand_conversion_given_in_the_readme():

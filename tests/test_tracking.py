@@ -186,6 +186,27 @@ def test_smoothing_filters_3d_and_reprojects_2d(data_dir):
         assert not np.allclose(getattr(smooth[-1], key), getattr(raw[-1], key), atol=1e-6), key
 
 
+def test_smoothing_keeps_the_2d_joints_convention_under_the_users_camera(data_dir):
+    """With the user's camera the 2D joints are HaMeR's (camera-independent); a filter's first sample passes
+    through, so the smoothed 2D joints equal the raw ones, and later they move with the smoothed hand."""
+    from hamer.results import Camera
+
+    rng = np.random.default_rng(5)
+    boxes = [np.array(RIGHT_BOX, np.float32) + rng.normal(scale=3, size=4).astype(np.float32) for _ in range(3)]
+    reconstructor = HAMER(data_dir=data_dir, camera=Camera(90.0, 90.0, 0.0, 480.0)).reconstructor
+    raw_video = VideoHands(ScriptedDetector([[det("Right", b)] for b in boxes]), reconstructor)
+    video = VideoHands(ScriptedDetector([[det("Right", b)] for b in boxes]), reconstructor,
+                       make_filter=lambda: OneEuroFilter(1.0, 10.0))
+    img = rng.integers(0, 255, size=SHAPE, dtype=np.uint8)
+    for i in range(3):
+        (raw,) = raw_video(img, 33 * i).hands
+        (smooth,) = video(img, 33 * i).hands
+        if i == 0:
+            np.testing.assert_array_equal(smooth.keypoints_2d, raw.keypoints_2d)
+        else:
+            assert np.abs(smooth.keypoints_2d - raw.keypoints_2d).max() > 1e-3
+
+
 def test_the_first_smoothed_sample_after_a_relabel_is_the_raw_one(data_dir):
     """A relabelled track is a different reconstruction (the mirror crop): its filter starts again."""
     box = np.array(RIGHT_BOX, np.float32)
