@@ -1,6 +1,6 @@
 """The ``hamer`` command line (also ``python -m hamer``); see docs/CLI.md.
 
-    hamer run INPUT... [--out DIR] [--overlay] [--smooth]   images, folders of images, videos -> JSONL + NPZ
+    hamer run INPUT... [--list FILE] [--out DIR] [--resume]  images, folders, videos -> JSONL + NPZ + manifest
     hamer check [--data DIR]                                 what the data folder holds and lacks
     hamer download [--url URL | --from FILE] [--data DIR]    install HaMeR's weights (resumable, verified)
     hamer convert CHECKPOINT OUT.safetensors [--half]        one safetensors file with weights and config
@@ -20,269 +20,70 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, nullcontext
-from dataclasses import dataclass, field
-from functools import partial
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 
 from . import __version__, configs
+from .corpus import ENGINES
 from .download import DEFAULT_URL
-from .images import IMAGE_SUFFIXES, opencv_path, read_image
 
 if TYPE_CHECKING:
     from tqdm import tqdm
 
     from .results import Camera, FieldOfView
 
-    from .formats import UnitWriters
-    from .hamer_module import HAMER
-
 log = logging.getLogger(__name__)
 
-DEFAULT_FPS = 30.0
 
 
-# ---------------------------------------------------------------------------------------------------- run: inputs
+# ---------------------------------------------------------------------------------------------------- run
 
-class InputError(Exception):
-    """An INPUT that cannot be read."""
+class _Bar:
+    """The run's progress bar (frames, frames/s, ETA; units in the postfix) and its messages."""
 
-
-@dataclass
-class Input:
-    """One INPUT argument. kind: "image", "folder" (its images, sorted by name) or "video"."""
-
-    path: Path
-    kind: str
-    images: list[Path] = field(default_factory=list)
-    frames: int = 0  # frames or images to expect, 0 if unknown
-    fps: float = DEFAULT_FPS
-
-
-def classify(path: Path) -> Input:
-    """What ``path`` is; InputError saying why it cannot be read."""
-    try:
-        return _classify(path)
-    except OSError as exc:  # unreadable folder, a name too long for the system...
-        raise InputError(f"cannot be read ({exc.strerror or exc})") from None
-
-
-def _classify(path: Path) -> Input:
-    if path.is_dir():
-        images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        if not images:
-            raise InputError("the folder holds no image files")
-        return Input(path, "folder", images, len(images))
-    if not path.is_file():
-        raise InputError("no such file or folder")
-    with open(path, "rb"):  # PermissionError here rather than a silent failure in OpenCV
-        pass
-    with opencv_path(path) as name:
-        if cv2.haveImageReader(name):
-            return Input(path, "image", [path], 1)
-        cap = cv2.VideoCapture(name)
-        try:
-            if not cap.isOpened() or not cap.read()[0]:
-                raise InputError("not an image or a video that OpenCV can read")
-            fps, count = cap.get(cv2.CAP_PROP_FPS), int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-        finally:
-            cap.release()
-    if not (np.isfinite(fps) and fps > 0):
-        log.warning("%s: no frame rate in the file; assuming %g fps", path, DEFAULT_FPS)
-        fps = DEFAULT_FPS
-    return Input(path, "video", frames=max(count, 0), fps=fps)
-
-
-def read_video(path: Path) -> Iterator[np.ndarray]:
-    """The BGR frames of a video, until the first that cannot be decoded."""
-    with opencv_path(path) as name:
-        cap = cv2.VideoCapture(name)
-        try:
-            while True:
-                ok, frame = cap.read()
-                if not ok:
-                    return
-                yield frame
-        finally:
-            cap.release()
-
-
-def pose_base(option: str | None, inp: Input) -> Path | None:
-    """The Holistic .pose to upgrade for ``inp``: ``--pose-base FILE``, or ``DIR/<name>.pose`` when that exists."""
-    if option is None:
-        return None
-    base = Path(option)
-    if not base.is_dir():
-        return base
-    stem = inp.path.resolve().name if inp.kind == "folder" else inp.path.stem
-    candidate = base / f"{stem}.pose"
-    return candidate if candidate.is_file() else None
-
-
-def unique_name(stem: str, used: set[str]) -> str:
-    """``stem``, or ``stem-2``, ``stem-3``... when taken; the result is added to ``used``."""
-    name, n = stem, 1
-    while name in used:
-        n += 1
-        name = f"{stem}-{n}"
-    used.add(name)
-    return name
-
-
-# ---------------------------------------------------------------------------------------------------- run: frames
-
-class ModelError(Exception):
-    """HaMeR or MediaPipe cannot be set up: nothing can run. ``data_problem``: the data folder is at fault."""
-
-    def __init__(self, message: str, data_problem: bool = False) -> None:
-        super().__init__(message)
-        self.data_problem = data_problem
-
-
-class Runner:
-    """Runs every input through HaMeR and writes its outputs; records whether anything failed."""
-
-    def __init__(self, args: argparse.Namespace, bar: tqdm) -> None:
-        self.args = args
-        self.bar = bar
-        self.out = Path(args.out)
+    def __init__(self, bar: tqdm, quiet: bool) -> None:
+        self.bar, self.quiet = bar, quiet
+        self.units = self.finished = 0
         self.failed = False
-        self._hamer: HAMER | None = None
 
-    def report(self, message: str) -> None:
-        self.bar.write(f"error: {message}", file=sys.stderr)
-        self.failed = True
+    def start(self, units: int, frames: int | None) -> None:
+        self.units = units
+        self.bar.reset(total=frames)
+        self.bar.set_postfix_str(f"units 0/{units}")
 
-    def say(self, message: str) -> None:
-        if not self.args.quiet:
-            self.bar.write(message, file=sys.stdout)
+    def frames(self, count: int) -> None:
+        self.bar.update(count)
 
-    def hamer(self, mode: str) -> HAMER:
-        """The HAMER in ``mode``, built (and its network loaded) on first use, then switched between modes."""
-        if self._hamer is not None:
-            self._hamer.set_mode(mode)
-            return self._hamer
-        from .hamer_module import HAMER
-
-        a = self.args
-        try:
-            hamer = HAMER(mode=mode, device=a.device, num_hands=a.max_hands, rescale_factor=a.rescale_factor,
-                          data_dir=a.data, checkpoint=a.checkpoint, precision=a.precision, backend=a.backend,
-                          onnx_path=a.onnx, camera=a.intrinsics or a.fov_deg)
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise ModelError(str(exc)) from exc
-        if not a.bbox_only:
-            try:
-                hamer.load()
-            except (OSError, ValueError, RuntimeError) as exc:
-                raise ModelError(str(exc), data_problem=a.backend != "onnx") from exc
-        self._hamer = hamer
-        return hamer
-
-    def close(self) -> None:
-        if self._hamer is not None:
-            self._hamer.close()
-
-    def run(self, inp: Input, name: str) -> None:
-        """Write the --formats of ``inp`` (``<name>.jsonl``, ``<name>.npz`` ...; see hamer.formats) and with
-        --overlay ``<name>.overlay.jpg`` (an image), ``<name>.overlay/`` (a folder: one .jpg per image) or
-        ``<name>.overlay.mp4`` (a video) into --out."""
-        from .formats import UnitInfo, open_writers
-
-        self.bar.set_postfix_str(inp.path.name)
-        hamer = self.hamer("VIDEO" if inp.kind == "video" else "IMAGE")  # set up before anything is written
-        self.out.mkdir(parents=True, exist_ok=True)
-        a = self.args
-        faces = None if a.bbox_only else hamer.reconstructor.faces
-        info = UnitInfo(self.out, name, inp.fps if inp.kind == "video" else None, faces,
-                        pose_base(a.pose_base, inp), a.vertices)
-        writers = open_writers(a.formats, info)
-        written = list(writers.paths)
-        overlay = None
-        if self.args.overlay:
-            suffix = {"image": ".overlay.jpg", "folder": ".overlay", "video": ".overlay.mp4"}[inp.kind]
-            overlay = self.out / f"{name}{suffix}"
-            written.append(overlay)
-        with writers as results:
-            if inp.kind == "video":
-                self._run_video(inp, results, overlay)
-            else:
-                self._run_images(inp, results, overlay)
-        self.say(f"{inp.path}: {results.frames} frame(s), {results.hands} hand(s) -> {', '.join(map(str, written))}")
-
-    def _run_images(self, inp: Input, results: UnitWriters, overlay: Path | None) -> None:
-        from .outputs import Frame, write_image
-        from .overlay import draw_hands
-
-        hamer = self.hamer("IMAGE")
-        used: set[str] = set()
-        for index, path in enumerate(inp.images):
-            self.bar.update()
-            try:
-                img = read_image(path)
-            except OSError as exc:
-                self.report(f"{path}: cannot read the file ({exc.strerror or exc}); skipped")
-                continue
-            if img is None:
-                self.report(f"{path}: cannot read the image; skipped")
-                continue
-            try:
-                result = hamer.predict(img, bbox_only=self.args.bbox_only)
-            except ValueError as exc:
-                self.report(f"{path}: {exc}; skipped")
-                continue
-            results.add(Frame(str(path), index, None, result))
-            if overlay is not None and inp.kind == "image":
-                write_image(overlay, draw_hands(img, result.hands))
-            elif overlay is not None:
-                overlay.mkdir(exist_ok=True)
-                write_image(overlay / f"{unique_name(path.stem, used)}.jpg", draw_hands(img, result.hands))
-
-    def _run_video(self, inp: Input, results: UnitWriters, overlay_path: Path | None) -> None:
-        from .outputs import Frame, VideoFileWriter
-        from .overlay import draw_hands
-        from .tracking import HandTracker, OneEuroFilter, VideoHands
-
-        a = self.args
-        hamer = self.hamer("VIDEO")
-        make_filter = partial(OneEuroFilter, a.min_cutoff, a.beta) if a.smooth else None
-        video = VideoHands(hamer.detector, None if a.bbox_only else hamer.reconstructor,
-                           HandTracker(label_hold=a.label_hold), make_filter)
-        last_ms = -1
-        try:
-            with VideoFileWriter(overlay_path, inp.fps) if overlay_path is not None else nullcontext() as overlay:
-                for index, img in enumerate(read_video(inp.path)):
-                    self.bar.update()
-                    last_ms = max(int(round(index * 1000.0 / inp.fps)), last_ms + 1)
-                    try:
-                        result = video(img, last_ms)
-                    except ValueError as exc:
-                        self.report(f"{inp.path} frame {index}: {exc}; skipped")
-                        continue
-                    results.add(Frame(str(inp.path), index, index / inp.fps, result))
-                    if overlay is not None:
-                        overlay.write(draw_hands(img, result.hands))
-        finally:
-            hamer.close()  # MediaPipe's timestamps start again with the next video
+    def unit(self, record: dict) -> None:
+        self.finished += 1
+        self.bar.set_postfix_str(f"units {self.finished}/{self.units}")
+        if record["status"] != "done":
+            self.failed = True
+            skipped = "; skipped" if record["status"] == "failed" else ""
+            self.bar.write(f"error: {record['input']}: {record['error']}{skipped}", file=sys.stderr)
+        elif not self.quiet:
+            self.bar.write(f"{record['input']}: {record['frames']} frame(s), {record['hands']} hand(s) -> "
+                           f"{', '.join(record['files'])}", file=sys.stdout)
 
 
 def run_usage_problem(args: argparse.Namespace) -> str | None:
     """Why the options of ``hamer run`` cannot work, naming the flag; None when they can."""
     from .runtime import check_precision, resolve_device
 
-    try:
-        device = resolve_device(args.device)
-    except ValueError as exc:
-        return f"argument --device: {exc}"
-    try:
-        check_precision(args.precision, device)
-    except ValueError as exc:
-        return f"argument --precision: {exc}"
+    if args.engine != "ray":  # Ray's workers, not this machine, run the network (and check the device)
+        try:
+            device = resolve_device(args.device)
+        except ValueError as exc:
+            return f"argument --device: {exc}"
+        try:
+            check_precision(args.precision, device)
+        except ValueError as exc:
+            return f"argument --precision: {exc}"
     if args.backend == "onnx":
         if args.onnx is None:
             return "argument --onnx: --backend onnx needs --onnx FILE.onnx"
@@ -328,37 +129,53 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
+    from .corpus import ModelError, Options, OverwriteError, read_list, run_corpus
+
     problem = run_usage_problem(args)
     if problem:
         print(f"hamer run: error: {problem}", file=sys.stderr)
         return 2
-
-    inputs: list[Input] = []
-    failed = False
-    for arg in args.inputs:
+    inputs = list(args.inputs)
+    if args.list is not None:
         try:
-            inputs.append(classify(Path(arg)))
-        except InputError as exc:
-            print(f"error: {arg}: {exc}; skipped", file=sys.stderr)
-            failed = True
-    inputs.sort(key=lambda i: i.kind == "video")  # images, then videos: MediaPipe switches mode at most once
-    used: set[str] = set()
-    names = [unique_name(i.path.resolve().name if i.kind == "folder" else i.path.stem, used) for i in inputs]
-    total = None if any(i.frames == 0 for i in inputs) else sum(i.frames for i in inputs)
-    with logging_redirect_tqdm(), tqdm(total=total, unit="frame", disable=args.quiet, dynamic_ncols=True) as bar:
-        runner = Runner(args, bar)
+            inputs += read_list(args.list)
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"error: --list {args.list}: {exc}", file=sys.stderr)
+            return 2
+    if not inputs:
+        print("error: no input: give INPUT paths or --list FILE", file=sys.stderr)
+        return 2
+    if args.engine != "ray" and (args.workers is not None or args.ray_address is not None):
+        print("error: --workers and --ray-address go with --engine ray", file=sys.stderr)
+        return 2
+    if args.engine == "ray":
         try:
-            for inp, name in zip(inputs, names, strict=True):
-                try:
-                    runner.run(inp, name)
-                except (OSError, ValueError) as exc:
-                    runner.report(f"{inp.path}: {exc}; its outputs were not written")
+            import ray  # noqa: F401
+        except ImportError:
+            print('error: --engine ray needs Ray: pip install "hamer[ray]"', file=sys.stderr)
+            return 2
+    options = Options(
+        data=args.data, checkpoint=args.checkpoint, device=args.device, backend=args.backend, onnx=args.onnx,
+        precision=args.precision, rescale_factor=args.rescale_factor, max_hands=args.max_hands,
+        bbox_only=args.bbox_only, overlay=args.overlay, label_hold=args.label_hold, smooth=args.smooth,
+        min_cutoff=args.min_cutoff, beta=args.beta, engine=args.engine, batch_size=args.batch_size,
+        detect_workers=args.detect_workers, workers=args.workers or 1, ray_address=args.ray_address,
+        formats=args.formats, vertices=args.vertices, pose_base=args.pose_base, camera=args.intrinsics or args.fov_deg)
+    with logging_redirect_tqdm(), tqdm(unit="frame", disable=args.quiet, dynamic_ncols=True) as bar:
+        progress = _Bar(bar, args.quiet)
+        try:
+            records = run_corpus(inputs, args.out, options, resume=args.resume, overwrite=args.overwrite,
+                                 progress=progress)
+        except OverwriteError as exc:
+            bar.write(f"error: {exc}", file=sys.stderr)
+            return 1
         except ModelError as exc:
             hint = "\n       (`hamer check` tells what the data folder lacks)" if exc.data_problem else ""
-            runner.report(f"cannot set up the model: {exc}{hint}")
-        finally:
-            runner.close()
-    return 1 if failed or runner.failed else 0
+            bar.write(f"error: cannot set up the model: {exc}{hint}", file=sys.stderr)
+            return 1
+    if args.resume and not args.quiet:
+        print(f"{len(records)} unit(s) run now; the others were done by an earlier run (--resume)")
+    return 1 if progress.failed else 0
 
 
 # ---------------------------------------------------------------------------------------------------- check
@@ -647,7 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", parents=[model], help="hands in images, folders of images and videos",
                          description="One JSON Lines file and one .npz per INPUT (images, folders of images, "
                                      "videos) in --out; with --overlay the hands drawn on the images or video.")
-    run.add_argument("inputs", nargs="+", metavar="INPUT", help="an image, a folder of images, or a video")
+    run.add_argument("inputs", nargs="*", metavar="INPUT",
+                     help="an image, a video, or a folder (its images as one unit, and each of its videos)")
+    run.add_argument("--list", metavar="FILE", help="also the inputs listed in FILE, one a line (- for stdin)")
     run.add_argument("--out", default="hamer_out", metavar="DIR", help="output folder (default: hamer_out)")
     run.add_argument("--overlay", action="store_true",
                      help="also write each image (.overlay.jpg) or video (.overlay.mp4) with the hands drawn in")
@@ -676,6 +495,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="your camera in pixels: the hands' cam_t is computed for it (2D joints do not change)")
     camera.add_argument("--fov-deg", type=_fov, metavar="DEGREES",
                         help="your camera's horizontal field of view (square pixels, centred principal point)")
+    corpus = run.add_argument_group("corpora")
+    again = corpus.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="skip the inputs OUT/manifest.jsonl has as done (files present); run the rest")
+    again.add_argument("--overwrite", action="store_true", help="run every input again, replacing earlier results")
+    corpus.add_argument("--engine", choices=ENGINES, default="local",
+                        help="local (default): pipelined threads on this machine; ray: a Ray cluster")
+    corpus.add_argument("--batch-size", type=_count, default=8, metavar="N",
+                        help="hand crops per network batch, from consecutive frames (default: 8)")
+    corpus.add_argument("--detect-workers", type=_count, default=2, metavar="N",
+                        help="videos decoded and detected at once ahead of the network (default: 2)")
+    corpus.add_argument("--workers", type=_count, metavar="N",
+                        help="--engine ray: workers, each with its own network (default: 1)")
+    corpus.add_argument("--ray-address", metavar="ADDR",
+                        help="--engine ray: the cluster (e.g. auto, ray://head:10001); default: start a local one")
     video = run.add_argument_group("videos")
     video.add_argument("--label-hold", type=_count, default=5, metavar="FRAMES",
                        help="frames MediaPipe must report the other label before a hand's label changes (default: 5)")

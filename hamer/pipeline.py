@@ -23,8 +23,8 @@ from .results import LABELS, Camera, CameraSpec, FrameResult, Hand, ManoParams, 
 if TYPE_CHECKING:
     from .detection import HandDetection, HandDetector
 
-__all__ = ["LABELS", "Reconstructor", "best_per_label", "box_problem", "check_boxes", "hands_from_boxes",
-           "make_inputs", "predict_frame"]
+__all__ = ["LABELS", "Reconstructor", "best_per_label", "box_problem", "check_boxes", "find_hands", "frame_result",
+           "hands_from_boxes", "make_inputs", "predict_frame"]
 
 MAX_COORDINATE = 2**24  # px: box coordinates are float32, exact integers up to here
 Select = Callable[[Sequence["HandDetection"], tuple[int, ...]], list[Hand]]
@@ -137,13 +137,40 @@ class Reconstructor:
 
     def __call__(self, img_bgr: np.ndarray, hands: Sequence[Hand]) -> list[Hand]:
         """Reconstruct ``hands`` (boxes in ``img_bgr``, a uint8 BGR image) in one batch; same order."""
+        return self.batch([(img_bgr, hands)])[0]
+
+    def batch(self, frames: Sequence[tuple[np.ndarray, Sequence[Hand]]]) -> list[list[Hand]]:
+        """Reconstruct the hands of several images with ONE network call: ``[(img_bgr, hands), ...]`` -> the
+        reconstructed hands of each image, in order. The crops of all images are stacked into one batch; each
+        image's hands are then placed with its own camera, exactly as one image at a time (a batch's composition
+        can only change the network's float rounding: see the README's *Corpora*)."""
+        prepared = [self.prepare(img, hands) for img, hands in frames]
+        inputs = [p[0] for p in prepared if p is not None]
+        if not inputs:
+            return [[] for _ in frames]
+        net = self.network(np.concatenate(inputs))
+        out, start = [], 0
+        for (img, hands), prep in zip(frames, prepared, strict=True):
+            if prep is None:
+                out.append([])
+                continue
+            stop = start + len(hands)
+            out.append(self.place(img.shape, hands, prep[1], {k: v[start:stop] for k, v in net.items()}))
+            start = stop
+        return out
+
+    def prepare(self, img_bgr: np.ndarray, hands: Sequence[Hand]) -> tuple[np.ndarray, list[CropParams]] | None:
+        """The (N, 3, S, S) network input of ``hands`` in ``img_bgr`` and their crops; None without hands."""
         if not hands:
-            return []
+            return None
         rights = np.array([h.label == "Right" for h in hands])
-        inputs, crops = make_inputs(img_bgr, np.stack([h.box for h in hands]), rights, self.cfg,
-                                    self.rescale_factor)
-        net = self.network(inputs)
-        height, width = img_bgr.shape[:2]
+        return make_inputs(img_bgr, np.stack([h.box for h in hands]), rights, self.cfg, self.rescale_factor)
+
+    def place(self, image_shape: tuple[int, ...], hands: Sequence[Hand], crops: Sequence[CropParams],
+              net: Mapping[str, np.ndarray]) -> list[Hand]:
+        """``hands`` with the network's outputs ``net`` (their rows, same order) placed in the full image."""
+        height, width = image_shape[:2]
+        rights = np.array([h.label == "Right" for h in hands])
         placed = _place(net, rights, crops, (width, height), self.default_camera((width, height)),
                         self.camera((width, height)))
         box_size = placed.pop("box_size")
@@ -191,6 +218,28 @@ def _place(net: Mapping[str, np.ndarray], rights: np.ndarray, crops: Sequence[Cr
     }
 
 
+def find_hands(img_bgr: np.ndarray, *, boxes: Mapping[str, Sequence[float]] | None = None,
+               detector: HandDetector | None = None, select: Select = best_per_label,
+               timestamp_ms: int | None = None) -> tuple[list[Hand], tuple[HandDetection, ...] | None]:
+    """The detected-only hands of one image to reconstruct, and every MediaPipe detection (None for ``boxes``):
+    see :func:`predict_frame`."""
+    if boxes is not None:
+        return hands_from_boxes(boxes, img_bgr.shape), None
+    if detector is None:
+        raise ValueError("predict_frame needs boxes or a detector")
+    detections = tuple(detector.detect(img_bgr, timestamp_ms=timestamp_ms))
+    return select(detections, img_bgr.shape), detections
+
+
+def frame_result(image_shape: tuple[int, ...], hands: Sequence[Hand], detections: tuple[HandDetection, ...] | None,
+                 reconstructor: Reconstructor | None) -> FrameResult:
+    """The :class:`FrameResult` of an image of ``image_shape`` whose ``hands`` were reconstructed by
+    ``reconstructor`` (None: detected only, no camera)."""
+    height, width = image_shape[:2]
+    camera = None if reconstructor is None else reconstructor.camera((width, height))
+    return FrameResult(tuple(hands), (width, height), camera, detections)
+
+
 def predict_frame(img_bgr: np.ndarray, reconstructor: Reconstructor | None, *,
                   boxes: Mapping[str, Sequence[float]] | None = None, detector: HandDetector | None = None,
                   select: Select = best_per_label, timestamp_ms: int | None = None) -> FrameResult:
@@ -200,17 +249,8 @@ def predict_frame(img_bgr: np.ndarray, reconstructor: Reconstructor | None, *,
     finds the hands (``timestamp_ms`` in VIDEO mode) and ``select`` picks the ones to reconstruct, with their
     labels (default: the most confident of each label). ``reconstructor`` None: detected-only hands (no HaMeR).
     """
-    height, width = img_bgr.shape[:2]
-    detections = None
-    if boxes is not None:
-        hands = hands_from_boxes(boxes, img_bgr.shape)
-    elif detector is not None:
-        detections = tuple(detector.detect(img_bgr, timestamp_ms=timestamp_ms))
-        hands = select(detections, img_bgr.shape)
-    else:
-        raise ValueError("predict_frame needs boxes or a detector")
-    camera = None
+    hands, detections = find_hands(img_bgr, boxes=boxes, detector=detector, select=select,
+                                   timestamp_ms=timestamp_ms)
     if reconstructor is not None:
         hands = reconstructor(img_bgr, hands)
-        camera = reconstructor.camera((width, height))
-    return FrameResult(tuple(hands), (width, height), camera, detections)
+    return frame_result(img_bgr.shape, hands, detections, reconstructor)

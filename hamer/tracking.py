@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .pipeline import Reconstructor, box_problem, predict_frame
+from .pipeline import Reconstructor, box_problem, find_hands, frame_result
 from .results import LABELS, Camera, FrameResult, Hand
 
 if TYPE_CHECKING:
@@ -189,6 +189,18 @@ def _other(label: str) -> str:
     return LABELS[1 - LABELS.index(label)]
 
 
+@dataclass(frozen=True, eq=False)
+class TrackedFrame:
+    """A video frame after detection and tracking, before reconstruction: its tracked, detected-only ``hands``,
+    every MediaPipe detection, and the ids of the tracks alive after it (whose filters smoothing keeps)."""
+
+    image_shape: tuple[int, ...]
+    timestamp_ms: int
+    hands: tuple[Hand, ...]
+    detections: tuple[HandDetection, ...] | None
+    live_tracks: frozenset[int]
+
+
 class VideoHands:
     """The hands of one video, frame by frame: MediaPipe -> :class:`HandTracker` -> HaMeR -> smoothing.
 
@@ -214,16 +226,28 @@ class VideoHands:
         The network runs once on the frame's tracked hands, each under its held label (the crop is mirrored by
         label, so relabelling an output would not do); smoothed values replace the raw ones.
         """
-        result = predict_frame(img_bgr, self.reconstructor, detector=self.detector, select=self.tracker.update,
-                               timestamp_ms=timestamp_ms)
+        tracked = self.track(img_bgr, timestamp_ms)
+        hands = tracked.hands if self.reconstructor is None else self.reconstructor(img_bgr, tracked.hands)
+        return self.finish(tracked, hands)
+
+    def track(self, img_bgr: np.ndarray, timestamp_ms: int) -> TrackedFrame:
+        """Detection and tracking of one frame, the first half of :meth:`__call__` (frames in order)."""
+        hands, detections = find_hands(img_bgr, detector=self.detector, select=self.tracker.update,
+                                       timestamp_ms=timestamp_ms)
+        return TrackedFrame(img_bgr.shape, timestamp_ms, tuple(hands), detections,
+                            frozenset(t.id for t in self.tracker.tracks))
+
+    def finish(self, tracked: TrackedFrame, hands: Sequence[Hand]) -> FrameResult:
+        """The frame's result from its tracked ``hands`` as reconstructed (or not), smoothed: the second half of
+        :meth:`__call__`, called in frame order (the reconstruction in between may run batched elsewhere)."""
+        result = frame_result(tracked.image_shape, hands, tracked.detections, self.reconstructor)
         if self.make_filter is None or result.camera is None:
             return result
-        hands = self._smooth(result.hands, timestamp_ms / 1000.0, result.camera)
+        hands = self._smooth(result.hands, tracked.timestamp_ms / 1000.0, result.camera, tracked.live_tracks)
         return dataclasses.replace(result, hands=hands)
 
-    def _smooth(self, hands: Sequence[Hand], t: float, camera: Camera) -> tuple[Hand, ...]:
+    def _smooth(self, hands: Sequence[Hand], t: float, camera: Camera, live: frozenset[int]) -> tuple[Hand, ...]:
         """Each hand with its joints, vertices and camera translation filtered, its 2D joints moved with them."""
-        live = {track.id for track in self.tracker.tracks}
         self._filters = {k: v for k, v in self._filters.items() if k in live}
         smoothed = []
         for hand in hands:

@@ -74,7 +74,8 @@ def test_help_and_python_dash_m():
     assert out.returncode == 0
     for flag in ("--out", "--overlay", "--quiet", "--data", "--bbox-only", "--device", "--rescale-factor",
                  "--max-hands", "--smooth", "--min-cutoff", "--beta", "--checkpoint", "--backend", "--onnx",
-                 "--precision"):
+                 "--precision", "--list", "--resume", "--overwrite", "--engine", "--batch-size", "--detect-workers",
+                 "--workers", "--ray-address"):
         assert flag in out.stdout
 
 
@@ -114,7 +115,7 @@ def test_run_reports_unreadable_inputs_and_goes_on(data_dir, tmp_path, capsys):
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "missing.jpg: no such file" in err and "notes.txt: not an image or a video" in err
-    assert "b_broken.jpg: cannot read the image; skipped" in err
+    assert "cannot read 1 image(s), skipped: " in err and "b_broken.jpg" in err
     lines = read_jsonl(out / "frames.jsonl")
     assert [(line["frame"], Path(line["source"]).name, line["hands"]) for line in lines] == [
         (0, "a_noise.png", []), (2, "c_noise.png", [])]
@@ -123,7 +124,7 @@ def test_run_reports_unreadable_inputs_and_goes_on(data_dir, tmp_path, capsys):
     assert arrays["focal_length"].tolist() == [3125.0, 3125.0]  # the camera, hands or not: 5000 / 256 * 160 px
     assert np.isnan(arrays["time_s"]).all()
     assert sorted(p.name for p in (out / "frames.overlay").iterdir()) == ["a_noise.jpg", "c_noise.jpg"]
-    assert sorted(p.name for p in out.iterdir()) == ["frames.jsonl", "frames.npz", "frames.overlay"]
+    assert sorted(p.name for p in out.iterdir()) == ["frames.jsonl", "frames.npz", "frames.overlay", "manifest.jsonl"]
 
 
 @needs_images
@@ -191,13 +192,13 @@ def test_video_interrupted_leaves_no_partial_file(data_dir, tmp_path, monkeypatc
     assert main(["run", str(tmp_path / "noise.mp4"), "--data", str(data_dir), "--out", str(out), "--overlay",
                  "--quiet"]) == 130
     assert "interrupted" in capsys.readouterr().err
-    assert list(out.iterdir()) == []  # no JSONL, NPZ or MP4, whole or temporary
+    assert [p.name for p in out.iterdir()] == []  # no JSONL, NPZ or MP4, whole or temporary; no manifest line
     monkeypatch.undo()
     assert main(["run", str(tmp_path / "noise.mp4"), "--data", str(data_dir), "--out", str(out), "--overlay",
                  "--quiet"]) == 0
     assert [line["hands"] for line in read_jsonl(out / "noise.jsonl")] == [[]] * 5
     check_npz(out / "noise.npz", 5)
-    assert sorted(p.name for p in out.iterdir()) == ["noise.jsonl", "noise.npz", "noise.overlay.mp4"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.jsonl", "noise.jsonl", "noise.npz", "noise.overlay.mp4"]
 
 
 # ---------------------------------------------------------------------------------------------------- check

@@ -1,0 +1,1 @@
+"""Corpus engines: ``local`` (threads on this machine) and ``ray`` (a Ray cluster)."""

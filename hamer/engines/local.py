@@ -1,0 +1,405 @@
+"""The local engine: decoding and MediaPipe ahead of the network in worker threads, crops of several frames in one
+network batch, results smoothed and written in frame order per unit.
+
+Stages, connected by bounded queues (memory is bounded by their sizes, not by the corpus):
+
+1. ``detect_workers`` threads, each taking whole units: decode, MediaPipe (its own ``HandDetector`` per unit, in
+   VIDEO mode for a video) and tracking, frames in order;
+2. the calling thread: crops of up to ``batch_size`` hands, from consecutive frames of any units, through the
+   network at once (:meth:`hamer.pipeline.Reconstructor.batch`);
+3. one writer thread: per unit, in frame order, the smoothing of :meth:`hamer.tracking.VideoHands.finish`, then
+   :class:`hamer.corpus.UnitWriter`; when a unit ends, its record goes to the manifest.
+
+The network is loaded once per engine. Outputs equal the frame-by-frame path's (``VideoHands`` called per frame)
+up to the float rounding of a different batch composition (README, *Corpora*).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..corpus import Decoded, ModelError, Options, Progress, Unit, UnitWriter, outcome, read_frames, record
+from ..outputs import Frame
+from ..pipeline import Reconstructor, best_per_label, find_hands, frame_result
+from ..results import Hand
+from ..tracking import HandTracker, OneEuroFilter, TrackedFrame, VideoHands
+
+if TYPE_CHECKING:
+    from ..detection import HandDetector
+
+log = logging.getLogger(__name__)
+
+STAGES = ("decode", "detect", "crop", "network", "write")
+_POLL_S = 0.1
+
+
+class StageStats:
+    """Seconds spent per stage (summed over threads and workers), frames, units, the wall time of the runs and
+    (Ray) the peak resident memory of each worker process, MiB by pid; thread-safe."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.frames = 0
+        self.units = 0
+        self.wall = 0.0
+        self.peak_rss_mib: dict[int, float] = {}
+        self._lock = threading.Lock()
+
+    def add(self, stage: str, seconds: float, frames: int = 0) -> None:
+        with self._lock:
+            self.seconds[stage] += seconds
+            self.frames += frames
+
+
+class TimedNetwork:
+    """The network runtime, timing its calls into ``stats``."""
+
+    def __init__(self, network: Callable[[np.ndarray], dict[str, np.ndarray]], stats: StageStats) -> None:
+        self.network, self.stats = network, stats
+
+    def __call__(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
+        start = time.perf_counter()
+        try:
+            return self.network(inputs)
+        finally:
+            self.stats.add("network", time.perf_counter() - start)
+
+
+@dataclass(eq=False)
+class _Job:
+    """A unit in flight."""
+
+    unit: Unit
+    video: VideoHands | None = None
+    decoded: Decoded = field(default_factory=Decoded)
+    start: float = field(default_factory=time.perf_counter)
+    error: str | None = None
+
+
+@dataclass(eq=False)
+class _Item:
+    """One frame between the stages."""
+
+    job: _Job
+    index: int
+    time_s: float | None
+    source: str
+    img: np.ndarray
+    hands: tuple[Hand, ...]
+    detections: tuple | None
+    tracked: TrackedFrame | None
+    done: list[Hand] | None = None
+
+
+@dataclass(eq=False)
+class _End:
+    """The end of a unit's frames."""
+
+    job: _Job
+
+
+class _Stop(Exception):
+    """The run is being stopped (an interrupt or an error elsewhere)."""
+
+
+def load_reconstructor(options: Options) -> Reconstructor | None:
+    """The network of ``options``, loaded (None with ``bbox_only``); ModelError if it cannot be."""
+    if options.bbox_only:
+        return None
+    from ..hamer_module import HAMER
+
+    try:
+        hamer = HAMER(device=options.device, rescale_factor=options.rescale_factor, data_dir=options.data,
+                      checkpoint=options.checkpoint, precision=options.precision, backend=options.backend,
+                      onnx_path=options.onnx, camera=options.camera)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelError(str(exc)) from exc
+    try:
+        return hamer.reconstructor
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelError(str(exc), data_problem=options.backend != "onnx") from exc
+
+
+class LocalEngine:
+    """Runs units on this machine: one network, ``options.detect_workers`` detection threads (see the module).
+
+    The network is loaded here, once; MediaPipe detectors are opened and closed by each run's threads.
+    ``stats``: accumulates per-stage seconds.
+    """
+
+    def __init__(self, options: Options, stats: StageStats | None = None) -> None:
+        if options.batch_size < 1 or options.detect_workers < 1:
+            raise ValueError("batch_size and detect_workers must be at least 1")
+        self.options = options
+        self.stats = stats if stats is not None else StageStats()
+        net = load_reconstructor(options)
+        self.reconstructor = None if net is None else Reconstructor(TimedNetwork(net.network, self.stats), net.cfg,
+                                                                    net.rescale_factor, net.camera_spec)
+        self.faces = None if net is None else net.faces
+        self._detector_check()
+
+    def _detector_check(self) -> None:
+        from ..detection import HandDetector
+
+        try:
+            HandDetector(self._detector_options("IMAGE")).close()
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ModelError(f"MediaPipe: {exc}") from exc
+
+    def _detector_options(self, mode: str) -> Any:
+        from ..detection import HAND_TASK_PATH, POSE_TASK_PATH, DetectorOptions
+
+        return DetectorOptions(hand_task_path=HAND_TASK_PATH, pose_task_path=POSE_TASK_PATH, mode=mode,
+                               num_hands=self.options.max_hands)
+
+    # ------------------------------------------------------------------------------------------------ the run
+
+    def run(self, units: list[Unit], out: Path, finished: Callable[[dict[str, Any]], None],
+            progress: Progress | None = None) -> None:
+        """Run ``units``, writing into ``out``; ``finished(record)`` for each unit as it ends (in the writer
+        thread). An interrupt stops every stage; the units in flight leave no file."""
+        o = self.options
+        todo: queue.Queue[Unit | None] = queue.Queue()
+        for unit in units:
+            todo.put(unit)
+        work: queue.Queue[_Item | _End | None] = queue.Queue(maxsize=max(2 * o.batch_size, 4))
+        done: queue.Queue[_Item | _End | None] = queue.Queue(maxsize=max(2 * o.batch_size, 4))
+        stop = threading.Event()
+        errors: list[BaseException] = []
+        start = time.perf_counter()
+
+        def guarded(target: Callable[[], None]) -> Callable[[], None]:
+            def body() -> None:
+                try:
+                    target()
+                except _Stop:
+                    pass
+                except BaseException as exc:  # noqa: BLE001 (re-raised in the calling thread)
+                    errors.append(exc)
+                    stop.set()
+            return body
+
+        live = [o.detect_workers]
+        live_lock = threading.Lock()
+
+        def detect_loop() -> None:
+            from ..detection import HandDetector
+
+            images = None  # one IMAGE-mode detector for all the image units of this thread
+            try:
+                while True:
+                    try:
+                        unit = todo.get_nowait()
+                    except queue.Empty:
+                        return
+                    if unit.kind != "video" and images is None:
+                        images = HandDetector(self._detector_options("IMAGE"))
+                    self._detect_unit(unit, images, work, stop)
+            finally:
+                if images is not None:
+                    images.close()
+                with live_lock:
+                    live[0] -= 1
+                    if live[0] == 0:
+                        _put(work, None, stop)
+
+        workers = [threading.Thread(target=guarded(detect_loop), name=f"hamer-detect-{i}", daemon=True)
+                   for i in range(o.detect_workers)]
+        writer = threading.Thread(target=guarded(partial(self._write_loop, out, done, finished, progress, stop)),
+                                  name="hamer-write", daemon=True)
+        for thread in [*workers, writer]:
+            thread.start()
+        try:
+            self._network_loop(work, done, stop)
+            writer.join()
+        except _Stop:
+            pass
+        finally:
+            stop.set()
+            for thread in [*workers, writer]:
+                thread.join()
+            self.stats.wall += time.perf_counter() - start
+        if errors:
+            raise errors[0]
+
+    def _detect_unit(self, unit: Unit, images: HandDetector | None, work: queue.Queue, stop: threading.Event
+                     ) -> None:
+        """Stage 1 for one unit: its frames, detected (and tracked) in order, then its end. A video gets a VIDEO-mode
+        detector of its own; images use ``images``."""
+        from ..detection import HandDetector
+
+        o = self.options
+        job = _Job(unit)
+        video = unit.kind == "video"
+        try:
+            with HandDetector(self._detector_options("VIDEO")) if video else nullcontext(images) as detector:
+                if video:
+                    make_filter = partial(OneEuroFilter, o.min_cutoff, o.beta) if o.smooth else None
+                    job.video = VideoHands(detector, self.reconstructor, HandTracker(label_hold=o.label_hold),
+                                           make_filter)
+                frames = read_frames(unit, job.decoded)
+                last_ms = -1
+                while True:
+                    t0 = time.perf_counter()
+                    got = next(frames, None)
+                    t1 = time.perf_counter()
+                    if got is None:
+                        break
+                    index, time_s, source, img = got
+                    if video:
+                        last_ms = max(int(round(index * 1000.0 / unit.fps)), last_ms + 1)
+                        tracked = job.video.track(img, last_ms)
+                        hands, detections = tracked.hands, tracked.detections
+                    else:
+                        tracked = None
+                        hands, detections = find_hands(img, detector=detector, select=best_per_label)
+                    self.stats.add("decode", t1 - t0)
+                    self.stats.add("detect", time.perf_counter() - t1)
+                    _put(work, _Item(job, index, time_s, source, img, tuple(hands), detections, tracked), stop)
+        except _Stop:
+            raise
+        except Exception as exc:  # noqa: BLE001 (recorded: the unit failed, the run goes on)
+            log.debug("unit %s failed", unit.path, exc_info=True)
+            job.error = f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
+        _put(work, _End(job), stop)
+
+    def _network_loop(self, work: queue.Queue, done: queue.Queue, stop: threading.Event) -> None:
+        """Stage 2: the crops of consecutive frames (up to ``batch_size``) through the network at once; a batch
+        runs as soon as no frame is waiting, so the network never waits for a full one."""
+        size = self.options.batch_size
+        batch: list[_Item] = []
+        crops = 0
+        while True:
+            item = _get(work, stop) if not batch else _get_nowait(work)
+            full = isinstance(item, _Item) and (crops + len(item.hands) > size or len(batch) >= size)
+            if item is _EMPTY or not isinstance(item, _Item) or full:
+                self._reconstruct(batch, done, stop)  # a unit's end or the run's follows its frames
+                batch, crops = [], 0
+            if isinstance(item, _Item):
+                batch.append(item)
+                crops += len(item.hands)
+            elif item is not _EMPTY:
+                _put(done, item, stop)
+                if item is None:
+                    return
+
+    def _reconstruct(self, batch: list[_Item], done: queue.Queue, stop: threading.Event) -> None:
+        if not batch:
+            return
+        if self.reconstructor is not None:
+            start = time.perf_counter()
+            network_before = self.stats.seconds["network"]
+            results = self.reconstructor.batch([(item.img, item.hands) for item in batch])
+            self.stats.add("crop", time.perf_counter() - start - (self.stats.seconds["network"] - network_before))
+            for item, hands in zip(batch, results, strict=True):
+                item.done = hands
+        for item in batch:
+            _put(done, item, stop)
+
+    def _write_loop(self, out: Path, done: queue.Queue, finished: Callable[[dict[str, Any]], None],
+                    progress: Progress | None, stop: threading.Event) -> None:
+        """Stage 3: per unit, in frame order, smoothing and the files; a record when the unit ends."""
+        writers: dict[_Job, UnitWriter] = {}
+        failed: set[_Job] = set()
+        try:
+            while True:
+                item = _get(done, stop)
+                if item is None:
+                    return
+                if isinstance(item, _End):
+                    self._end_unit(item.job, writers.pop(item.job, None), item.job in failed, out, finished)
+                    failed.discard(item.job)
+                    continue
+                job = item.job
+                if job in failed:
+                    continue
+                start = time.perf_counter()
+                try:
+                    writer = writers.get(job)
+                    if writer is None:
+                        writer = writers[job] = UnitWriter(job.unit, out, self.options, self.faces).__enter__()
+                    writer.add(Frame(item.source, item.index, item.time_s, self._result(item)), item.img)
+                except (OSError, ValueError) as exc:
+                    job.error = f"cannot write its outputs: {exc}"
+                    failed.add(job)
+                    broken = writers.pop(job, None)
+                    if broken is not None:
+                        broken.__exit__(type(exc), exc, exc.__traceback__)
+                self.stats.add("write", time.perf_counter() - start, frames=1)
+                if progress is not None:
+                    progress.frames(1)
+        finally:
+            for writer in writers.values():  # interrupted: no partial file
+                writer.__exit__(_Stop, _Stop(), None)
+
+    def _result(self, item: _Item) -> Any:
+        hands = item.hands if item.done is None else item.done
+        if item.tracked is not None:
+            return item.job.video.finish(item.tracked, hands)
+        return frame_result(item.img.shape, hands, item.detections, self.reconstructor)
+
+    def _end_unit(self, job: _Job, writer: UnitWriter | None, write_failed: bool, out: Path,
+                  finished: Callable[[dict[str, Any]], None]) -> None:
+        unit = job.unit
+        if job.error is not None or write_failed:
+            if writer is not None:
+                writer.__exit__(_Stop, _Stop(), None)
+            status, error, files = "failed", job.error, []
+        else:
+            status, error = outcome(unit, job.decoded)
+            files = []
+            if status != "failed":
+                if writer is None:  # no frame at all (e.g. every image of a folder unreadable)
+                    writer = UnitWriter(unit, out, self.options, self.faces).__enter__()
+                try:
+                    writer.__exit__(None, None, None)
+                    files = [f for f in writer.files if (out / f).exists()]
+                except OSError as exc:
+                    status, error = "failed", f"cannot write its outputs: {exc}"
+        frames = 0 if writer is None else writer.frames
+        hands = 0 if writer is None else writer.hands
+        self.stats.units += 1
+        finished(record(unit, status, frames, hands, time.perf_counter() - job.start, error, files))
+
+
+_EMPTY = object()
+
+
+def _get_nowait(q: queue.Queue) -> Any:
+    try:
+        return q.get_nowait()
+    except queue.Empty:
+        return _EMPTY
+
+
+def _get(q: queue.Queue, stop: threading.Event) -> Any:
+    while True:
+        if stop.is_set():
+            raise _Stop
+        try:
+            return q.get(timeout=_POLL_S)
+        except queue.Empty:
+            continue
+
+
+def _put(q: queue.Queue, item: Any, stop: threading.Event) -> None:
+    while True:
+        if stop.is_set():
+            raise _Stop
+        try:
+            q.put(item, timeout=_POLL_S)
+            return
+        except queue.Full:
+            continue

@@ -1,0 +1,96 @@
+"""The Ray engine on a local Ray with 2 CPUs (one per pytest session): the local engine's outputs, a failing
+video recorded while the rest finish, and a worker killed mid-video whose video is still written once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import SHARED_IMAGES as IMAGES
+from videos import manifest, pan_zoom, temp_files, write_video
+
+from hamer.corpus import TEMP_FILE, Options, run_corpus
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.skipif(not IMAGES.is_dir(), reason=f"test photographs not found at {IMAGES}")
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    from hamer.engines.ray import init_local
+
+    init_local(num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+def test_ray_equals_the_local_engine_and_records_a_failure(local_ray, data_dir, tmp_path):
+    clips = [write_video(tmp_path / "a.mp4", pan_zoom("test4.jpg", 5)),
+             write_video(tmp_path / "b.mp4", pan_zoom("test5.jpeg", 4))]
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(clips[0].read_bytes()[:2000])
+    inputs = [str(clips[0]), str(corrupt), str(clips[1])]
+    options = Options(data=str(data_dir), smooth=True)
+    local = run_corpus(inputs, tmp_path / "local", options)
+    remote = run_corpus(inputs, tmp_path / "ray", Options(**{**vars(options), "engine": "ray", "workers": 2}))
+    assert sorted((r["input"], r["status"], r["frames"], r["hands"], r["files"]) for r in remote) == sorted(
+        (r["input"], r["status"], r["frames"], r["hands"], r["files"]) for r in local)
+    assert {Path(r["input"]).name: r["status"] for r in manifest(tmp_path / "ray")} == {
+        "a.mp4": "done", "b.mp4": "done", "corrupt.mp4": "failed"}
+    for name in ("a", "b"):
+        with np.load(tmp_path / "local" / f"{name}.npz") as x, np.load(tmp_path / "ray" / f"{name}.npz") as y:
+            assert x["present"].any()
+            np.testing.assert_array_equal(x["present"], y["present"])
+            np.testing.assert_array_equal(x["track_id"], y["track_id"])
+            np.testing.assert_allclose(y["keypoints_3d"], x["keypoints_3d"], atol=1e-7)  # 1e-4 mm
+            np.testing.assert_allclose(y["cam_t"], x["cam_t"], atol=1e-7)
+
+
+def test_a_worker_killed_mid_video_is_retried_and_the_video_written_once(local_ray, data_dir, tmp_path):
+    clip = write_video(tmp_path / "long.mp4", pan_zoom("test4.jpg", 30))
+    out = tmp_path / "out"
+    result: list = []
+    run = threading.Thread(target=lambda: result.append(run_corpus([str(clip)], out, Options(
+        data=str(data_dir), engine="ray", workers=1, overlay=True))))
+    run.start()
+    killed = None
+    deadline = time.monotonic() + 120
+    while killed is None and time.monotonic() < deadline and run.is_alive():
+        for path in temp_files(out) if out.is_dir() else []:  # ".hamer-tmp-<pid>-<n>.jsonl": the worker's pid
+            if path.name.endswith(".jsonl") and path.stat().st_size > 0:
+                killed = int(TEMP_FILE.match(path.name).group(1))
+                os.kill(killed, signal.SIGKILL)
+                break
+        time.sleep(0.005)
+    run.join(timeout=180)
+    assert killed is not None and killed != os.getpid(), "the worker was never caught mid-video"
+    (records,) = result
+    assert [(r["status"], r["frames"]) for r in records] == [("done", 30)]
+    assert [(r["input"], r["status"]) for r in manifest(out)] == [(str(clip), "done")]  # one line
+    lines = (out / "long.jsonl").read_text().splitlines()
+    assert len(lines) == 30 and temp_files(out) == []
+    assert sorted(p.name for p in out.iterdir()) == ["long.jsonl", "long.npz", "long.overlay.mp4", "manifest.jsonl"]
+
+
+def test_a_missing_model_fails_on_the_driver_before_any_worker_starts(local_ray, tmp_path):
+    from hamer.corpus import ModelError
+
+    clip = write_video(tmp_path / "a.mp4", pan_zoom("test4.jpg", 2))
+    with pytest.raises(ModelError, match="hamer.ckpt does not exist"):
+        run_corpus([str(clip)], tmp_path / "out", Options(data=str(tmp_path / "no_data"), engine="ray"))
+    assert not (tmp_path / "out" / "manifest.jsonl").exists()
+
+
+def test_workers_that_cannot_load_the_network_fail_the_run_with_a_model_error(local_ray, data_dir, tmp_path):
+    from hamer.corpus import ModelError
+
+    clip = write_video(tmp_path / "a.mp4", pan_zoom("test4.jpg", 2))
+    with pytest.raises(ModelError, match="banana"):
+        run_corpus([str(clip)], tmp_path / "out", Options(data=str(data_dir), engine="ray", device="banana"))
+    with pytest.raises(ModelError, match="no GPU"):  # rather than waiting for one forever
+        run_corpus([str(clip)], tmp_path / "out", Options(data=str(data_dir), engine="ray", device="cuda"))

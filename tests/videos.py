@@ -1,0 +1,41 @@
+"""Test clips made at run time from the photographs (../shared/images), and readers of a run's output folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+from conftest import SHARED_IMAGES as IMAGES
+
+from hamer.corpus import MANIFEST, TEMP_FILE
+
+
+def pan_zoom(photo: str, frames: int, size=(320, 240)) -> list[np.ndarray]:
+    """A clip of ``photo``: shifting right and down, zooming in a little, resized to ``size``."""
+    img = cv2.imread(str(IMAGES / photo))
+    h, w = img.shape[:2]
+    out = []
+    for i in range(frames):
+        s = 1.0 + 0.02 * i
+        m = np.float32([[s, 0, 3 * i - (s - 1) * w / 2], [0, s, 2 * i - (s - 1) * h / 2]])
+        out.append(cv2.resize(cv2.warpAffine(img, m, (w, h)), size))
+    return out
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: float = 10.0, fourcc: str = "mp4v") -> Path:
+    height, width = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def manifest(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / MANIFEST).read_text().splitlines()]
+
+
+def temp_files(out: Path) -> list[Path]:
+    return [p for p in out.rglob(".*") if TEMP_FILE.match(p.name)]
