@@ -44,7 +44,13 @@ def test_a_left_hand_alone_goes_to_the_left_slot():
     np.testing.assert_array_equal(arrays["keypoints_3d"][1, 1, :, 0], np.linspace(-0.05, 0.05, 21, dtype=np.float32))
     np.testing.assert_array_equal(arrays["cam_t"][1, 1], np.float32([0.1, -0.2, 3.0]))
     assert arrays["score"][1, 1] == np.float32(0.75) and arrays["focal_length"].tolist() == [800.0, 800.0]
-    assert arrays["image_size"].tolist() == [[200, 100], [200, 100]]
+    assert arrays["image_size"].tolist() == [[200, 100], [200, 100]] and arrays["image_size"].dtype == np.int32
+    assert arrays["source"].tolist() == ["clip.mp4", "clip.mp4"] and arrays["frame"].tolist() == [7, 7]
+    np.testing.assert_array_equal(arrays["time_s"], [7 / 30, 7 / 30])
+    image = npz_arrays([Frame("a.png", 3, None, FrameResult((), SIZE, None))])
+    assert np.isnan(image["time_s"]).all() and np.isnan(image["camera"]).all() and np.isnan(image["focal_length"]).all()
+    assert {k: v.dtype for k, v in arrays.items() if k in ("box", "keypoints_3d", "cam_t", "score", "betas")} == {
+        k: np.dtype(np.float32) for k in ("box", "keypoints_3d", "cam_t", "score", "betas")}
 
 
 def test_jsonl_record_of_a_frame():
