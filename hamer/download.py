@@ -38,6 +38,7 @@ from typing import BinaryIO
 from urllib.parse import urlsplit
 
 from . import __version__, configs
+from .outputs import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,8 @@ class Manifest:
     def write(self, root: Path) -> None:
         data = asdict(self)
         del data["skipped"]
-        _write_atomic(root / MANIFEST_FILE, (json.dumps(data, indent=2) + "\n").encode())
+        with atomic_path(root / MANIFEST_FILE) as tmp:
+            tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
     @classmethod
     def read(cls, root: Path) -> Manifest | None:
@@ -336,7 +338,8 @@ def _fetch_once(opener: urllib.request.OpenerDirector, url: str, part: Path, sta
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
             validator = response.headers.get("ETag") or response.headers.get("Last-Modified")
-            _write_atomic(state_path, json.dumps({"url": url, "validator": validator, "total": total}).encode())
+            with atomic_path(state_path) as tmp:
+                tmp.write_text(json.dumps({"url": url, "validator": validator, "total": total}), encoding="utf-8")
         if total is not None:
             _check_space(part.parent, total - have + min(total, INSTALL_BYTES_ESTIMATE), f"download {url}")
         if progress:
@@ -495,13 +498,9 @@ def to_safetensors(root: Path, half: bool = False) -> Manifest:
     paths = configs.data_paths(root)
     model, cfg = build_model(paths)
     target = root / configs.SAFETENSORS_FILE
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(target) as tmp:
         save_safetensors(model, cfg, tmp, half=half)
         del model
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     manifest = Manifest.read(root)
     if manifest is None:
         raise DownloadError(f"{root / MANIFEST_FILE} is missing")
@@ -519,15 +518,6 @@ def _check_space(folder: Path, needed: int, what: str) -> None:
     if free < needed:
         raise DownloadError(f"not enough free disk space in {folder} to {what}: {needed / 1e9:.1f} GB needed, "
                             f"{free / 1e9:.1f} GB free")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _remove_empty(folder: Path) -> None:
