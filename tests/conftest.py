@@ -2,10 +2,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 from synthetic import make_data_dir
 
 SHARED_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
+# A right and a left box on :func:`smooth_noise_image` (240 x 320): hand-sized, apart, inside the image.
+TWO_BOXES = {"Right": [60.0, 50.0, 140.0, 150.0], "Left": [200.0, 80.0, 260.0, 140.0]}
+
+
+def smooth_noise_image() -> np.ndarray:
+    """A 240 x 320 BGR image of blurred noise (seed 0): texture for the crops, no hands."""
+    rng = np.random.default_rng(0)
+    return cv2.GaussianBlur(rng.integers(0, 256, size=(240, 320, 3), dtype=np.uint8), (0, 0), 3)
 
 
 @pytest.fixture(scope="session", autouse=True)

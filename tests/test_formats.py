@@ -8,7 +8,7 @@ import math
 import cv2
 import numpy as np
 import pytest
-from conftest import SHARED_IMAGES
+from conftest import SHARED_IMAGES, TWO_BOXES, smooth_noise_image
 from pose_format import Pose
 from pose_format.numpy import NumPyPoseBody
 from pose_format.pose_header import PoseHeader, PoseHeaderComponent, PoseHeaderDimensions
@@ -21,8 +21,8 @@ from hamer.hamer_module import HAMER
 from hamer.outputs import Frame, rotations_to_axis_angle
 from hamer.results import Camera, FieldOfView, FrameResult
 
-BOXES = {"Right": [60.0, 50.0, 140.0, 150.0], "Left": [200.0, 80.0, 260.0, 140.0]}
-IMAGE = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 256, size=(240, 320, 3), dtype=np.uint8), (0, 0), 3)
+BOXES = TWO_BOXES
+IMAGE = smooth_noise_image()
 
 
 @pytest.fixture(scope="module")

@@ -7,21 +7,20 @@ import subprocess
 import sys
 import threading
 
-import cv2
 import numpy as np
 import pytest
+from conftest import TWO_BOXES, smooth_noise_image
 
 import hamer.checkpoint as checkpoint_module
 from hamer import FrameResult, Hand
 from hamer.hamer_module import HAMER
 
-BOXES = {"Right": [60.0, 50.0, 140.0, 150.0], "Left": [200.0, 80.0, 260.0, 140.0]}
+BOXES = TWO_BOXES
 
 
 @pytest.fixture(scope="module")
 def image() -> np.ndarray:
-    rng = np.random.default_rng(0)
-    return cv2.GaussianBlur(rng.integers(0, 256, size=(240, 320, 3), dtype=np.uint8), (0, 0), 3)
+    return smooth_noise_image()
 
 
 @pytest.fixture(scope="module")

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import TWO_BOXES, smooth_noise_image
 import torch
 
 import hamer.configs as hcfg
 from hamer.hamer_module import HAMER
 from hamer.pipeline import make_inputs
 
-BOXES = {"Right": [60.0, 50.0, 140.0, 150.0], "Left": [200.0, 80.0, 260.0, 140.0]}
+BOXES = TWO_BOXES
 
 
 @pytest.fixture(scope="module")
 def image() -> np.ndarray:
-    rng = np.random.default_rng(0)
-    import cv2
-
-    return cv2.GaussianBlur(rng.integers(0, 256, size=(240, 320, 3), dtype=np.uint8), (0, 0), 3)
+    return smooth_noise_image()
 
 
 @pytest.fixture(scope="module")
