@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 
 hand_path = HAND_TASK_PATH  # the bundled MediaPipe models (the seed's names)
 pose_path = POSE_TASK_PATH
-MODES = ("IMAGE", "VIDEO")
 MAX_RESCALE_FACTOR = 100.0  # crop side / box side (HaMeR's demo: 2.0)
 BACKENDS = ("auto", "torch", "onnx")
 
@@ -93,7 +92,6 @@ class HAMER:
     ) -> None:
         from .runtime import check_precision, resolve_device
 
-        _check_mode(mode)
         if not (isinstance(rescale_factor, (int, float)) and 0 < rescale_factor <= MAX_RESCALE_FACTOR):
             raise ValueError(f"rescale_factor must be a number in (0, {MAX_RESCALE_FACTOR}], got {rescale_factor!r}")
         if task_paths is None:
@@ -156,12 +154,12 @@ class HAMER:
 
     def set_mode(self, mode: str) -> None:
         """Switch between "IMAGE" and "VIDEO" (MediaPipe's running mode); the loaded network is kept."""
-        _check_mode(mode)
+        options = dataclasses.replace(self._detector_options, mode=mode)  # ValueError for another mode
         with self._lock:
             if mode != self.mode:
                 self.close()
                 self.mode = mode
-                self._detector_options = dataclasses.replace(self._detector_options, mode=mode)
+                self._detector_options = options
 
     def load(self) -> None:
         """Load the network now (otherwise the first call that needs it does). Thread-safe; loads once."""
@@ -274,8 +272,3 @@ class HAMER:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _check_mode(mode: str) -> None:
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")

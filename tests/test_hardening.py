@@ -277,6 +277,12 @@ def test_a_safetensors_file_keeps_its_own_config(data_dir, tmp_path):
 def test_options_are_checked_where_they_are_given(tmp_path):
     with pytest.raises(ValueError, match="num_hands must be an integer from 1 to"):
         HAMER(num_hands=0)
+    with pytest.raises(ValueError, match="mode must be 'IMAGE' or 'VIDEO', got 'STREAM'"):
+        HAMER(mode="STREAM")
+    hamer = HAMER(mode="VIDEO")
+    with pytest.raises(ValueError, match="mode must be 'IMAGE' or 'VIDEO'"):
+        hamer.set_mode("image")
+    assert hamer.mode == "VIDEO"  # unchanged by the refused switch
     with pytest.raises(ValueError, match="rescale_factor"):
         HAMER(rescale_factor=float("inf"))
     with pytest.raises(ValueError, match="is a folder"):
