@@ -136,12 +136,80 @@ def test_int8_static_quantization_reports_its_error(exported, calibration: np.nd
     nodes = onnx.load(str(report.path), load_external_data=False).graph.node
     assert any(n.op_type == "QuantizeLinear" for n in nodes) and report.crops == len(calibration)
     assert not any(n.op_type == "DequantizeLinear" and n.name.startswith("/net/mano/") for n in nodes)
+    # within the default bounds at once: every ViT block 8-bit, one candidate measured
+    assert (report.fp32_blocks, report.blocks, report.quantized_matmuls) == (0, 2, 8)
+    assert [t.fp32_blocks for t in report.trials] == [0]
+    assert report.shift_max_mm > report.shift_mean_mm > 0  # the fp32 joints' response to a 1-pixel crop shift
     int8 = HAMER(backend="onnx", onnx_path=report.path, task_paths={})
     error = np.linalg.norm(_joints(int8, image) - _joints(torch_hamer, image), axis=-1)
     assert 0 < report.max_mm < 1.0 and 0 < error.max() < 1e-3  # the small model: measured ~0.05 mm
-    with pytest.raises(QuantizationError, match="above the") as refused:
-        quantize_onnx(path, tmp_path / "refused.onnx", calibration, max_error_mm=report.max_mm / 2)
-    assert refused.value.report.max_mm > report.max_mm / 2 and not list(tmp_path.glob("refused*"))
+    with pytest.raises(QuantizationError, match="no 8-bit candidate is within 1e-09 mm") as refused:
+        quantize_onnx(path, tmp_path / "refused.onnx", calibration, max_error_mm=1e-9)
+    # every count of leading fp32 blocks that leaves a quantized layer was tried, the closest reported
+    assert [t.fp32_blocks for t in refused.value.report.trials] == [0, 1]
+    assert refused.value.report.max_mm > 1e-9 and not list(tmp_path.glob("refused*"))
+    with pytest.raises(ValueError, match="fp32_blocks must be 0..1"):
+        quantize_onnx(path, tmp_path / "bad.onnx", calibration, fp32_blocks=2)
+
+
+def _matmul_inputs(graph, node_name: str) -> list[str]:
+    return next(list(n.input) for n in graph.graph.node if n.name == node_name)
+
+
+def test_first_blocks_kept_fp32_and_biases_corrected_for_weight_rounding(exported, calibration: np.ndarray,
+                                                                          tmp_path: Path) -> None:
+    """With one leading block fp32, block 0's MatMuls read fp32 weights and block 1's 8-bit ones; each 8-bit
+    MatMul's bias is the fp32 bias minus mean(x) @ (W_q - W), mean(x) measured here with torch hooks."""
+    from onnx import numpy_helper
+
+    path, torch_hamer = exported
+    report = quantize_onnx(path, tmp_path / "int8.onnx", calibration, max_error_mm=10, fp32_blocks=1)
+    assert (report.fp32_blocks, report.quantized_matmuls) == (1, 4)
+    quantized, fp32 = onnx.load(str(report.path)), onnx.load(str(path))
+    producers = {o: n for n in quantized.graph.node for o in n.output}
+    initializers = {t.name: numpy_helper.to_array(t) for t in quantized.graph.initializer}
+    fp32_initializers = {t.name: numpy_helper.to_array(t) for t in fp32.graph.initializer}
+    for layer in ("attn/qkv", "attn/proj", "mlp/fc1", "mlp/fc2"):
+        weight = _matmul_inputs(quantized, f"/net/backbone/blocks.0/{layer}/MatMul")[1]
+        assert weight in initializers and initializers[weight].dtype == np.float32  # fp32, untouched
+        assert producers[_matmul_inputs(quantized, f"/net/backbone/blocks.1/{layer}/MatMul")[1]].op_type == \
+            "DequantizeLinear"
+
+    model = torch_hamer.reconstructor.network.runtime.model
+    inputs = {}
+    modules = {"attn/qkv": model.backbone.blocks[1].attn.qkv, "mlp/fc2": model.backbone.blocks[1].mlp.fc2}
+    hooks = [m.register_forward_hook(lambda _m, args, _out, k=k: inputs.setdefault(k, []).append(args[0]))
+             for k, m in modules.items()]
+    with torch.inference_mode():
+        for crop in calibration:
+            model(torch.from_numpy(crop[None]))
+    for hook in hooks:
+        hook.remove()
+    for layer, module in modules.items():
+        x = torch.cat(inputs[layer]).reshape(-1, module.in_features).double().mean(0).numpy()
+        weight_name = _matmul_inputs(fp32, f"/net/backbone/blocks.1/{layer}/MatMul")[1]
+        dequantize = producers[_matmul_inputs(quantized, f"/net/backbone/blocks.1/{layer}/MatMul")[1]]
+        q, scale, zero = (initializers[i].astype(np.float64) for i in dequantize.input)
+        rounding = (q - zero) * scale - fp32_initializers[weight_name]
+        add = next(n for n in fp32.graph.node if n.name == f"/net/backbone/blocks.1/{layer}/Add")
+        bias = next(i for i in add.input if i in fp32_initializers)
+        expected = fp32_initializers[bias] - x @ rounding
+        assert np.abs(rounding).max() > 0 and np.abs(x @ rounding).max() > 1e-6  # a correction that shows
+        np.testing.assert_allclose(initializers[bias], expected, rtol=0, atol=1e-6)
+
+
+def test_leading_fp32_blocks_search_finds_the_fewest_that_pass() -> None:
+    """The search over measured candidates: all blocks 8-bit first, then halving the interval."""
+    from hamer.quantize import _fewest_fp32_blocks
+
+    for threshold in (0, 1, 5, 16, 31):
+        tried: list[int] = []
+        found = _fewest_fp32_blocks(32, lambda b, t=threshold, seen=tried: seen.append(b) or b >= t)
+        assert found == threshold and tried[0] == 0 and len(tried) <= 6
+    tried = []
+    assert _fewest_fp32_blocks(32, lambda b: tried.append(b) or False) is None
+    assert tried == [0, 16, 24, 28, 30, 31]
+    assert _fewest_fp32_blocks(1, lambda b: False) is None
 
 
 def test_quantize_command(exported, calibration, tmp_path: Path, capsys) -> None:
@@ -152,9 +220,9 @@ def test_quantize_command(exported, calibration, tmp_path: Path, capsys) -> None
         (images / src.name).symlink_to(src)
     out = tmp_path / "q.onnx"
     assert main(["quantize", str(path), str(out), "--images", str(images), "--max-error-mm", "1e-6"]) == 1
-    assert "above the 1e-06 mm allowed" in capsys.readouterr().err and not out.exists()
+    assert "no 8-bit candidate is within 1e-06 mm" in capsys.readouterr().err and not out.exists()
     assert main(["quantize", str(path), str(out), "--images", str(images)]) == 0
-    assert "max" in capsys.readouterr().out and out.is_file()
+    assert "first 0 of 2 ViT blocks fp32" in capsys.readouterr().out and out.is_file()
     assert main(["run", str(images), "--backend", "onnx", "--onnx", str(out), "--out", str(tmp_path / "r"),
                  "--quiet"]) == 0
     assert (tmp_path / "r" / "images.jsonl").read_text().count('"keypoints_3d"') > 0
