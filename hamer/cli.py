@@ -452,6 +452,13 @@ def _count(value: str) -> int:
     return number
 
 
+def _non_negative_count(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hamer", description="3D hand joints with HaMeR (docs/CLI.md).")
     parser.add_argument("--version", action="version", version=f"hamer {__version__}")
@@ -566,7 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="largest 3D joint error against fp32 allowed, mm (default: 1.0)")
     quantize.add_argument("--max-mean-error-mm", type=_positive, default=0.3, metavar="X",
                           help="largest mean 3D joint error against fp32 allowed, mm (default: 0.3)")
-    quantize.add_argument("--fp32-blocks", type=int, metavar="N",
+    quantize.add_argument("--fp32-blocks", type=_non_negative_count, metavar="N",
                           help="keep exactly the first N ViT blocks fp32 (one candidate; default: search)")
     quantize.set_defaults(func=cmd_quantize)
     return parser

@@ -228,6 +228,11 @@ def test_quantize_command(exported, calibration, tmp_path: Path, capsys) -> None
     assert (tmp_path / "r" / "images.jsonl").read_text().count('"keypoints_3d"') > 0
     assert main(["quantize", str(path), str(out), "--images", str(tmp_path / "none")]) == 1
     assert "is not a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        main(["quantize", str(path), str(out), "--images", str(images), "--fp32-blocks", "-1"])
+    assert usage.value.code == 2 and "--fp32-blocks: must be 0 or more" in capsys.readouterr().err
+    assert main(["quantize", str(path), str(out), "--images", str(images), "--fp32-blocks", "5"]) == 1
+    assert "fp32_blocks must be 0..1 (the ViT has 2 blocks)" in capsys.readouterr().err
 
 
 def test_bf16_within_tolerance(exported, data_dir: Path, image: np.ndarray) -> None:
