@@ -219,10 +219,11 @@ def _import_reference(repo: Path) -> tuple:
             importlib.import_module("hamer_ref.models.heads.mano_head"))
 
 
-class ReferenceHamer:
+class ReferenceNetwork:
     """The original code's network (its ``vit`` and ``MANOTransformerDecoderHead``, the same weights assigned, not
-    copied) on this package's crops, then this package's MANO layer and cameras (the original's MANO wrapper needs
-    chumpy to read the pickle; MANO is ~1% of the time). ``process``/``result`` as ``HAMER``'s."""
+    copied) on this package's crops, then this package's MANO layer and crop camera (the original's MANO wrapper
+    needs chumpy to read the pickle; MANO is ~1% of the time): a ``pipeline.Network``, so that the crops and the
+    placement around it are ``HAMER``'s."""
 
     def __init__(self, repo: Path, data_dir: Path) -> None:
         from yacs.config import CfgNode
@@ -244,20 +245,29 @@ class ReferenceHamer:
         for prefix, module in (("backbone.", self.backbone), ("mano_head.", self.head)):
             module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
                                    assign=True)
-        self.result: dict = {}
 
-    def process(self, image: np.ndarray, boxes: dict) -> None:
-        from hamer.pipeline import hand_outputs, make_inputs
-
-        labels = list(boxes)
-        rights = np.array([k == "Right" for k in labels])
-        inputs, crops = make_inputs(image, np.array([boxes[k] for k in labels], np.float32), rights, self.cfg, 2.0)
+    def __call__(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
         with torch.inference_mode():
             x = torch.from_numpy(inputs)
             params, cam, _ = self.head(self.backbone(x[:, :, :, 32:-32]))
             net = self.model._mano_and_camera({k: v.float() for k, v in params.items()}, cam.float())
-        net = {k: v.numpy() for k, v in net.items()}
-        self.result = {"hands": labels, **hand_outputs(net, rights, crops, image.shape, self.cfg)}
+        return {k: v.numpy() for k, v in net.items()}
+
+
+class ReferenceHamer:
+    """``process``/``result`` as ``HAMER``'s, with :class:`ReferenceNetwork` in the frame pipeline."""
+
+    def __init__(self, repo: Path, data_dir: Path) -> None:
+        from hamer.pipeline import Reconstructor
+
+        network = ReferenceNetwork(repo, data_dir)
+        self.reconstructor = Reconstructor(network, network.cfg)
+        self.result: dict = {}
+
+    def process(self, image: np.ndarray, boxes: dict) -> None:
+        from hamer.pipeline import predict_frame
+
+        self.result = predict_frame(image, self.reconstructor, boxes=boxes).as_dict()
 
 
 # ---------------------------------------------------------------------------------------------------- worker
