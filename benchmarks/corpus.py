@@ -200,10 +200,11 @@ def measure(args: argparse.Namespace, small: bool, inputs: list[str], split_inpu
             if line is None:
                 raise SystemExit(f"{path} failed:\n{done.stderr[-3000:]}")
             row = summarize(json.loads(line[7:]), weights_mib, len(clips))
-            row["runs_fps"] = [*rows.get(path, {}).get("runs_fps", []), row["fps"]]
-            if path not in rows or row["fps"] > rows[path]["fps"]:
-                rows[path] = {**row, "runs_fps": row["runs_fps"]}
-            rows[path]["load_avg"] = [*rows[path].get("load_avg", []), round(os.getloadavg()[0], 1)]
+            earlier = rows.get(path, {"runs_fps": [], "load_avg": []})
+            row["runs_fps"] = [*earlier["runs_fps"], row["fps"]]
+            row["load_avg"] = [*earlier["load_avg"], round(os.getloadavg()[0], 1)]
+            best = row if path not in rows or row["fps"] > earlier["fps"] else earlier
+            rows[path] = {**best, "runs_fps": row["runs_fps"], "load_avg": row["load_avg"]}
     for path in ("local", "ray-1"):
         if f"{path}-split" in rows:  # the same frames in SPLIT times as many videos: the cost of a video
             extra_videos = len(split_inputs) - len(inputs)

@@ -105,11 +105,14 @@ def run_ray(units: list[Unit], out: Path, options: Options, finished: Callable[[
         gpu = options.device.startswith("cuda")
         if gpu and not ray.cluster_resources().get("GPU"):
             raise ModelError(f"--device {options.device}, but the Ray cluster has no GPU")
-        per_call = options.detect_workers  # units a worker runs at once, as one local engine
+        # units a worker runs at once, as one local engine; one call in flight per worker, so that calls go to
+        # the workers free for them rather than queue on the first one started
+        per_call = options.detect_workers
         ds = ray.data.from_items([{"unit": json.dumps(dataclasses.asdict(u))} for u in units],
                                  override_num_blocks=-(-len(units) // per_call))
         ds = ds.map_batches(UnitWorker, fn_constructor_args=(options, str(out)), batch_size=per_call,
-                            compute=ActorPoolStrategy(size=options.workers), num_cpus=0 if gpu else 1,
+                            compute=ActorPoolStrategy(size=options.workers, max_tasks_in_flight_per_actor=1),
+                            num_cpus=0 if gpu else 1,
                             num_gpus=1 if gpu else 0, batch_format="numpy")
         workers: dict[int, dict[str, Any]] = {}
         try:
