@@ -16,16 +16,18 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from yacs.config import CfgNode
 
 from .configs import CONFIG_METADATA_KEY, DataPaths, check_supported, download_hint, load_config, merge_config
-from .models.hamer import HaMeRNet
 from .models.mano import MANO, load_mano_pickle, mano_data_from_state_dict
 from .outputs import give_default_permissions
+
+if TYPE_CHECKING:
+    from .models.hamer import HaMeRNet
 
 log = logging.getLogger(__name__)
 
@@ -194,18 +196,28 @@ def _config(paths: DataPaths, checkpoint: Checkpoint) -> CfgNode:
     return cfg
 
 
-def build_model(paths: DataPaths) -> tuple[HaMeRNet, CfgNode]:
-    """Build HaMeR from a data folder: CPU, float32, eval mode.
+def read_checkpoint(paths: DataPaths) -> tuple[Checkpoint, CfgNode]:
+    """The checkpoint of a data folder (weights memory-mapped, not read) and its model config, without building
+    the model (which imports timm and torchvision: about 190 MB of resident memory)."""
+    if not paths.checkpoint.is_file() and paths.checkpoint.is_relative_to(paths.root):
+        raise FileNotFoundError(f"HaMeR checkpoint not found: {paths.checkpoint}; {download_hint(paths.root)}")
+    checkpoint = load_checkpoint(paths.checkpoint)
+    return checkpoint, _config(paths, checkpoint)
+
+
+def build_model(paths: DataPaths, read: tuple[Checkpoint, CfgNode] | None = None
+                ) -> tuple[HaMeRNet, CfgNode]:
+    """Build HaMeR from a data folder: CPU, float32, eval mode. ``read``: :func:`read_checkpoint`'s result for
+    ``paths`` when the caller has it.
 
     Backbone and head weights are checked strictly. MANO is built from ``MANO_RIGHT.pkl`` (else from the
     checkpoint) and, as in the original's non-strict Lightning load, the checkpoint's ``mano.*`` and
     ``mano_head.init_*`` buffers then override the pickle's and the npz's values.
     """
-    if not paths.checkpoint.is_file() and paths.checkpoint.is_relative_to(paths.root):
-        raise FileNotFoundError(f"HaMeR checkpoint not found: {paths.checkpoint}; {download_hint(paths.root)}")
-    checkpoint = load_checkpoint(paths.checkpoint)
+    from .models.hamer import HaMeRNet
+
+    checkpoint, cfg = read if read is not None else read_checkpoint(paths)
     sd = checkpoint.state_dict
-    cfg = _config(paths, checkpoint)
     mano_data = _mano_data(paths, sd)
 
     mano = MANO(mano_data)

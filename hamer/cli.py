@@ -516,7 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
     corpus.add_argument("--batch-size", type=_count, default=8, metavar="N",
                         help="hand crops per network batch, from consecutive frames (default: 8)")
     corpus.add_argument("--detect-workers", type=_count, default=2, metavar="N",
-                        help="videos decoded and detected at once ahead of the network (default: 2)")
+                        help="videos decoded and detected at once ahead of the network, in the local engine "
+                             "and in each Ray worker (default: 2)")
     corpus.add_argument("--workers", type=_count, metavar="N",
                         help="--engine ray: workers, each with its own network (default: 1)")
     corpus.add_argument("--ray-address", metavar="ADDR",

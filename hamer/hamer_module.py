@@ -175,17 +175,19 @@ class HAMER:
             runtime = OnnxRuntime(self._onnx_path, self.device)
             log.info("HaMeR loaded from %s (ONNX Runtime) in %.1f s", self._onnx_path, time.perf_counter() - start)
             return runtime, runtime.cfg
-        from .checkpoint import build_model
+        from .checkpoint import build_model, read_checkpoint
 
         paths = configs.data_paths(self._data_dir, self._checkpoint)
-        model, cfg = build_model(paths)
+        read = read_checkpoint(paths)
+        cfg = read[1]
         runtime = None
         if self.backend == "auto" and self._export_onnx is None:
             from .onnx_cache import default_runtime
 
-            runtime = default_runtime(model, cfg, paths.checkpoint, self.device, self.precision)
+            runtime = default_runtime(lambda: build_model(paths, read)[0], cfg, paths.checkpoint, self.device,
+                                      self.precision)
         if runtime is None:
-            runtime = TorchRuntime(model, self.device, self.precision)
+            runtime = TorchRuntime(build_model(paths, read)[0], self.device, self.precision)
         if self._export_onnx is not None:
             from .export import ExportOnFirstCall
 

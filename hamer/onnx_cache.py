@@ -18,14 +18,18 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from yacs.config import CfgNode
 
 from . import __version__, configs
-from .models.hamer import HaMeRNet
+
+if TYPE_CHECKING:
+    from .models.hamer import HaMeRNet
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +120,11 @@ def _build_entry(model: HaMeRNet, cfg: CfgNode, entry: Path, crops: np.ndarray) 
              time.perf_counter() - start)
 
 
-def default_runtime(model: HaMeRNet, cfg: CfgNode, checkpoint: Path, device: torch.device, precision: str):
+def default_runtime(build: Callable[[], HaMeRNet], cfg: CfgNode, checkpoint: Path, device: torch.device,
+                    precision: str):
     """The runtime ``HAMER(backend="auto")`` uses: ONNX Runtime on the cached export on CPU in fp32 when
-    onnxruntime is installed; None otherwise (the caller then runs torch)."""
+    onnxruntime is installed; None otherwise (the caller then runs torch). ``build``: the torch model of
+    ``checkpoint``, called only to export it when the cache has no usable entry (a hit needs no torch model)."""
     if device.type != "cpu" or precision != "fp32":
         return None
     try:
@@ -129,7 +135,7 @@ def default_runtime(model: HaMeRNet, cfg: CfgNode, checkpoint: Path, device: tor
     crops = check_crops(cfg)
     runtime = _open_entry(entry, crops, device) if (entry / _CHECK_FILE).is_file() else None
     if runtime is None:
-        _build_entry(model, cfg, entry, crops)
+        _build_entry(build(), cfg, entry, crops)
         runtime = _open_entry(entry, crops, device)
         if runtime is None:
             raise RuntimeError(f"the ONNX export just written to {entry} does not reproduce torch: use backend='torch'")

@@ -233,3 +233,27 @@ def test_list_from_standard_input(monkeypatch):
 
     monkeypatch.setattr(sys, "stdin", io.StringIO("a.mp4\n  # comment\n\n b dir/ \n"))
     assert read_list("-") == ["a.mp4", "b dir/"]
+
+
+def test_the_mediapipe_check_fails_early_and_its_detector_serves_the_first_video(data_dir, clips, tmp_path,
+                                                                                monkeypatch):
+    import hamer.detection
+    from hamer.corpus import ModelError
+
+    made = []
+    original = hamer.detection.HandDetector.__init__
+
+    def counted(self, options=None):
+        made.append(options.mode)
+        original(self, options)
+
+    monkeypatch.setattr(hamer.detection.HandDetector, "__init__", counted)
+    options = Options(data=str(data_dir), detect_workers=1)
+    run_corpus([str(clips["two"])], tmp_path / "one", options)
+    assert made == ["VIDEO"]  # the check's detector ran the video: no second MediaPipe made
+    run_corpus([str(clips["two"]), str(clips["noise"])], tmp_path / "two", options)
+    assert made == ["VIDEO"] * 3
+    monkeypatch.setattr(hamer.detection, "HAND_TASK_PATH", tmp_path / "missing.task")
+    with pytest.raises(ModelError, match="MediaPipe: .*missing.task"):
+        run_corpus([str(clips["two"])], tmp_path / "bad", options)
+    assert not (tmp_path / "bad").exists()  # before anything is written

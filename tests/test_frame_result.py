@@ -95,14 +95,14 @@ def test_one_object_from_two_threads_gives_each_call_its_own_hands(hamer, image)
 
 def test_objects_load_at_once_in_threads(data_dir, monkeypatch):
     """torch's allow-list of unpickled classes is process-wide: concurrent loads must not remove it for others."""
-    builds = []
-    real_build = checkpoint_module.build_model
+    builds = []  # checkpoint reads (the unpickling; the default backend then builds no model on a cached export)
+    real_read = checkpoint_module.read_checkpoint
 
-    def counting_build(paths):
+    def counting_read(paths):
         builds.append(threading.get_ident())
-        return real_build(paths)
+        return real_read(paths)
 
-    monkeypatch.setattr(checkpoint_module, "build_model", counting_build)
+    monkeypatch.setattr(checkpoint_module, "read_checkpoint", counting_read)
     errors: list[BaseException] = []
     for _ in range(4):
         shared = HAMER(data_dir=data_dir)
@@ -122,7 +122,7 @@ def test_objects_load_at_once_in_threads(data_dir, monkeypatch):
         for t in threads:
             t.join()
     assert errors == []
-    assert len(builds) == 4 * 6  # the shared object, loaded from two threads at once, built its model once
+    assert len(builds) == 4 * 6  # the shared object, loaded from two threads at once, read its checkpoint once
 
 
 def test_import_is_light():

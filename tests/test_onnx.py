@@ -9,6 +9,7 @@ import onnx
 import pytest
 import torch
 
+import hamer.checkpoint
 import hamer.export
 from hamer.checkpoint import build_model
 from hamer.configs import data_paths
@@ -113,6 +114,21 @@ def test_default_cpu_path_is_cached_onnx_with_torch_outputs(exported, data_dir: 
     bf16 = HAMER(data_dir=data_dir, task_paths={}, precision="bf16")
     bf16.load()
     assert isinstance(bf16.reconstructor.network, TorchRuntime)  # the default path is ONNX only for fp32
+
+
+def test_a_cache_hit_builds_no_torch_model(exported, data_dir: Path, image: np.ndarray, monkeypatch) -> None:
+    _, torch_hamer = exported
+    HAMER(data_dir=data_dir, task_paths={}).load()  # the export is cached (here or by an earlier test)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the torch model was built although the cache holds the export")
+
+    monkeypatch.setattr(hamer.checkpoint, "build_model", no_model)
+    hit = HAMER(data_dir=data_dir, task_paths={})
+    np.testing.assert_allclose(_joints(hit, image), _joints(torch_hamer, image), atol=DEFAULT_PATH_TOL_M, rtol=0)
+    assert isinstance(hit.reconstructor.network, OnnxRuntime)
+    with pytest.raises(AssertionError, match="torch model was built"):  # torch itself still needs it
+        HAMER(data_dir=data_dir, task_paths={}, backend="torch").load()
 
 
 def test_corrupt_cache_is_rebuilt(data_dir: Path, image: np.ndarray, tmp_path: Path, monkeypatch) -> None:

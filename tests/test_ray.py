@@ -1,5 +1,6 @@
 """The Ray engine on a local Ray with 2 CPUs (one per pytest session): the local engine's outputs, a failing
-video recorded while the rest finish, and a worker killed mid-video whose video is still written once."""
+video recorded while the rest finish, and a worker running two videos at once killed mid-way, whose videos are
+still written once."""
 
 from __future__ import annotations
 
@@ -51,30 +52,39 @@ def test_ray_equals_the_local_engine_and_records_a_failure(local_ray, data_dir, 
             np.testing.assert_allclose(y["cam_t"], x["cam_t"], atol=1e-7)
 
 
-def test_a_worker_killed_mid_video_is_retried_and_the_video_written_once(local_ray, data_dir, tmp_path):
-    clip = write_video(tmp_path / "long.mp4", pan_zoom("test4.jpg", 30))
+def test_a_worker_runs_its_units_at_once_and_a_kill_mid_video_retries_them_written_once(local_ray, data_dir,
+                                                                                         tmp_path):
+    clips = [write_video(tmp_path / "long.mp4", pan_zoom("test4.jpg", 30)),
+             write_video(tmp_path / "other.mp4", pan_zoom("test5.jpeg", 30))]
     out = tmp_path / "out"
     result: list = []
-    run = threading.Thread(target=lambda: result.append(run_corpus([str(clip)], out, Options(
-        data=str(data_dir), engine="ray", workers=1, overlay=True))))
+    run = threading.Thread(target=lambda: result.append(run_corpus([str(c) for c in clips], out, Options(
+        data=str(data_dir), engine="ray", workers=1, detect_workers=2, overlay=True))))
     run.start()
     killed = None
     deadline = time.monotonic() + 120
     while killed is None and time.monotonic() < deadline and run.is_alive():
-        for path in temp_files(out) if out.is_dir() else []:  # ".hamer-tmp-<pid>-<n>.jsonl": the worker's pid
-            if path.name.endswith(".jsonl") and path.stat().st_size > 0:
-                killed = int(TEMP_FILE.match(path.name).group(1))
+        # ".hamer-tmp-<pid>-<n>.jsonl": both videos mid-way in the one worker, then it dies
+        writing = [p for p in (temp_files(out) if out.is_dir() else []) if p.name.endswith(".jsonl")]
+        pids = {int(TEMP_FILE.match(p.name).group(1)) for p in writing}
+        try:
+            if len(writing) == 2 and len(pids) == 1 and all(p.stat().st_size > 0 for p in writing):
+                killed = pids.pop()
                 os.kill(killed, signal.SIGKILL)
-                break
+        except FileNotFoundError:  # a unit finished between the listing and the check
+            pass
         time.sleep(0.005)
     run.join(timeout=180)
-    assert killed is not None and killed != os.getpid(), "the worker was never caught mid-video"
+    assert killed is not None and killed != os.getpid(), "the worker was never caught with both videos mid-way"
     (records,) = result
-    assert [(r["status"], r["frames"]) for r in records] == [("done", 30)]
-    assert [(r["input"], r["status"]) for r in manifest(out)] == [(str(clip), "done")]  # one line
-    lines = (out / "long.jsonl").read_text().splitlines()
-    assert len(lines) == 30 and temp_files(out) == []
-    assert sorted(p.name for p in out.iterdir()) == ["long.jsonl", "long.npz", "long.overlay.mp4", "manifest.jsonl"]
+    assert sorted((Path(r["input"]).name, r["status"], r["frames"]) for r in records) == [
+        ("long.mp4", "done", 30), ("other.mp4", "done", 30)]
+    assert sorted((r["input"], r["status"]) for r in manifest(out)) == [(str(c), "done") for c in clips]  # once
+    for name in ("long", "other"):
+        assert len((out / f"{name}.jsonl").read_text().splitlines()) == 30
+    assert temp_files(out) == []
+    assert sorted(p.name for p in out.iterdir()) == ["long.jsonl", "long.npz", "long.overlay.mp4", "manifest.jsonl",
+                                                     "other.jsonl", "other.npz", "other.overlay.mp4"]
 
 
 def test_a_missing_model_fails_on_the_driver_before_any_worker_starts(local_ray, tmp_path):

@@ -148,15 +148,26 @@ class LocalEngine:
         self.reconstructor = None if net is None else Reconstructor(TimedNetwork(net.network, self.stats), net.cfg,
                                                                     net.rescale_factor, net.camera_spec)
         self.faces = None if net is None else net.faces
-        self._detector_check()
+        self._spare_lock = threading.Lock()
+        self._spare = self._detector_check()
 
-    def _detector_check(self) -> None:
+    def _detector_check(self) -> HandDetector:
+        """A VIDEO-mode detector, made now to fail early (ModelError); kept for the first video, whose own
+        detector it becomes (a detector made and closed here would leave its ~90 MB of heap behind)."""
         from ..detection import HandDetector
 
         try:
-            HandDetector(self._detector_options("IMAGE")).close()
+            return HandDetector(self._detector_options("VIDEO"))
         except (OSError, ValueError, RuntimeError) as exc:
             raise ModelError(f"MediaPipe: {exc}") from exc
+
+    def _video_detector(self) -> HandDetector:
+        """A new VIDEO-mode detector (the check's while unused)."""
+        from ..detection import HandDetector
+
+        with self._spare_lock:
+            spare, self._spare = self._spare, None
+        return spare if spare is not None else HandDetector(self._detector_options("VIDEO"))
 
     def _detector_options(self, mode: str) -> Any:
         from ..detection import HAND_TASK_PATH, POSE_TASK_PATH, DetectorOptions
@@ -238,13 +249,11 @@ class LocalEngine:
                      ) -> None:
         """Stage 1 for one unit: its frames, detected (and tracked) in order, then its end. A video gets a VIDEO-mode
         detector of its own; images use ``images``."""
-        from ..detection import HandDetector
-
         o = self.options
         job = _Job(unit)
         video = unit.kind == "video"
         try:
-            with HandDetector(self._detector_options("VIDEO")) if video else nullcontext(images) as detector:
+            with self._video_detector() if video else nullcontext(images) as detector:
                 if video:
                     make_filter = partial(OneEuroFilter, o.min_cutoff, o.beta) if o.smooth else None
                     job.video = VideoHands(detector, self.reconstructor, HandTracker(label_hold=o.label_hold),

@@ -1,11 +1,14 @@
 """The Ray engine: the units of a corpus spread over the workers of a Ray cluster (``pip install "hamer[ray]"``).
 
-Ray Data maps the units (one a batch, so each video stays whole and in order on one worker) through
-:class:`UnitWorker`, a callable class: each of the ``workers`` actors loads the network once and runs its units
-with the local engine (one detection thread), writing their files into the output folder, which on a cluster
-must be storage every machine shares. The driver writes the manifest and reports progress as units finish.
-A worker process that dies mid-unit is restarted and the unit run again by Ray's retries; its files appear once
-(atomic renames), and the temporary files of the dead attempt are removed when the run ends.
+Ray Data maps the units through :class:`UnitWorker`, a callable class: each of the ``workers`` actors loads the
+network once and takes ``detect_workers`` units a call (a batch of whole units, so each video stays whole and in
+order on one worker), which it runs as one local engine does: ``detect_workers`` detection threads feeding one
+batched network and a writer, so one worker does what one ``--engine local`` process does. Workers write the units'
+files into the output folder, which on a cluster must be storage every machine shares. The driver writes the
+manifest and reports progress as calls finish. A worker process that dies mid-call is restarted and the call's
+units run again by Ray's retries; their files appear once (atomic renames; a unit finished before the kill is
+written again, whole, over its first copy), and the temporary files of the dead attempt are removed when the run
+ends.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ log = logging.getLogger(__name__)
 
 
 class UnitWorker:
-    """A Ray Data worker: the network loaded once, then ``{"unit": [json]}`` batches -> ``{"record": [json]}``.
+    """A Ray Data worker: the network loaded once, then ``{"unit": [json]}`` batches of units, run together by a
+    local engine with ``options.detect_workers`` detection threads -> ``{"record": [json]}``, one per unit.
 
     A record carries ``_worker``: this process's id, peak resident memory (MiB), stage seconds and frames so far,
     and when (``time.time()``) its first unit started, which the driver takes off before the manifest.
@@ -39,7 +43,7 @@ class UnitWorker:
     def __init__(self, options: Options, out: str) -> None:
         self.first_unit: float | None = None
         self.stats = StageStats()
-        self.engine = LocalEngine(dataclasses.replace(options, detect_workers=1), stats=self.stats)
+        self.engine = LocalEngine(options, stats=self.stats)
         self.out = Path(out)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -80,9 +84,10 @@ def check_model_files(options: Options) -> None:
 def run_ray(units: list[Unit], out: Path, options: Options, finished: Callable[[dict[str, Any]], None],
             progress: Progress | None = None, stats: StageStats | None = None) -> None:
     """Run ``units`` on Ray (``options.ray_address``; None: the running Ray, else a new local one), ``workers``
-    actors with one GPU each when ``options.device`` is CUDA, one CPU each otherwise; ``finished(record)`` on the
-    driver as each unit ends. ``stats``: the workers' stage seconds, ``peak_rss_mib`` by worker pid, and as
-    ``wall`` the time from the first unit's start on any worker to the last record (workers' start-up excluded)."""
+    actors with one GPU each when ``options.device`` is CUDA, one CPU each otherwise, each taking
+    ``options.detect_workers`` units a call; ``finished(record)`` on the driver for each unit as its call ends.
+    ``stats``: the workers' stage seconds, ``peak_rss_mib`` by worker pid, and as ``wall`` the time from the
+    first unit's start on any worker to the last record (workers' start-up excluded)."""
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -100,10 +105,14 @@ def run_ray(units: list[Unit], out: Path, options: Options, finished: Callable[[
         gpu = options.device.startswith("cuda")
         if gpu and not ray.cluster_resources().get("GPU"):
             raise ModelError(f"--device {options.device}, but the Ray cluster has no GPU")
+        # units a worker runs at once, as one local engine; one call in flight per worker, so that calls go to
+        # the workers free for them rather than queue on the first one started
+        per_call = options.detect_workers
         ds = ray.data.from_items([{"unit": json.dumps(dataclasses.asdict(u))} for u in units],
-                                 override_num_blocks=len(units))
-        ds = ds.map_batches(UnitWorker, fn_constructor_args=(options, str(out)), batch_size=1,
-                            compute=ActorPoolStrategy(size=options.workers), num_cpus=0 if gpu else 1,
+                                 override_num_blocks=-(-len(units) // per_call))
+        ds = ds.map_batches(UnitWorker, fn_constructor_args=(options, str(out)), batch_size=per_call,
+                            compute=ActorPoolStrategy(size=options.workers, max_tasks_in_flight_per_actor=1),
+                            num_cpus=0 if gpu else 1,
                             num_gpus=1 if gpu else 0, batch_format="numpy")
         workers: dict[int, dict[str, Any]] = {}
         try:
