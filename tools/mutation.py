@@ -46,8 +46,8 @@ GROUPS: dict[str, tuple[str, list[str] | None, list[str]]] = {
                   "hamer.tracking.x__area*", "hamer.tracking.x__intersection*", "hamer.tracking.x__other*"],
                  ["tests/test_tracking.py", "tests/test_tracker_cases.py", "tests/test_properties.py"]),
     "pipeline": ("hamer/pipeline.py", None,
-                 ["tests/test_references.py", "tests/test_properties.py", "tests/test_process.py",
-                  "tests/test_frame_result.py", "tests/test_formats.py"]),
+                 ["tests/test_pipeline_cases.py", "tests/test_references.py", "tests/test_properties.py",
+                  "tests/test_process.py", "tests/test_frame_result.py", "tests/test_formats.py"]),
     "outputs": ("hamer/outputs.py", None, ["tests/test_outputs.py", "tests/test_formats.py", "tests/test_cli.py"]),
 }
 STATUS = re.compile(r"^\s*(\S+): (\w[\w ]*)$")
