@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import stat
 
 import numpy as np
 import pytest
 
-from hamer.outputs import Frame, FrameWriter, frame_json, npz_arrays
+from hamer.outputs import (NPZ_ARRAYS, Frame, FrameWriter, VideoFileWriter, frame_json, give_default_permissions,
+                           npz_arrays, rotations_to_axis_angle, write_image)
 from hamer.overlay import FINGER_COLORS, LABEL_COLORS, draw_hands
 from hamer.results import Camera, FrameResult, Hand, frozen_array
 
@@ -109,3 +113,88 @@ def test_overlay_of_detected_only_hands_and_bad_joints():
     assert not any(has_color(out, c) for c in FINGER_COLORS)  # no joints: no skeleton
     bad = left_hand().replace(keypoints_2d=np.full((21, 2), np.nan))
     draw_hands(img, [bad])  # non-finite joints are skipped, not drawn at (0, 0) nor raising
+
+
+def test_jsonl_floats_are_rounded_to_six_decimals_and_lines_are_compact(tmp_path):
+    hand = left_hand().replace(score=0.123456789, cam_t=np.float32([0.25, -0.5, 2.0]))
+    record = frame_json(frame((hand,), camera=Camera(800.1234567, 800.7654321, 100.0000004, 50.5)))
+    assert record["focal_length"] == 800.123457 and record["camera"] == [800.123457, 800.765432, 100.0, 50.5]
+    assert record["hands"][0]["score"] == pytest.approx(0.123457, abs=1e-12)  # float32 0.12345679 rounded
+    assert frame_json(frame((left_hand(),)))["hands"][0]["score"] == 0.75
+    assert frame_json(frame((left_hand().replace(box=frozen_array([0.1234567, 2, 3, 4])),)))["hands"][0]["box"][0] \
+        == 0.123457
+    with FrameWriter(tmp_path / "a.jsonl", None) as writer:
+        writer.add(frame((left_hand(),)))
+    (line,) = (tmp_path / "a.jsonl").read_text(encoding="utf-8").splitlines()
+    assert line.startswith('{"source":"clip.mp4","frame":7,"time_s":0.233333,"image_size":[200,100],')
+    assert ", " not in line and '": ' not in line
+
+
+def test_empty_npz_has_every_array_with_its_dtype(tmp_path):
+    with FrameWriter(None, tmp_path / "empty.npz", vertices=True) as writer:
+        pass
+    with np.load(tmp_path / "empty.npz") as arrays:
+        assert set(arrays.files) == set(NPZ_ARRAYS)  # vertices too, as asked
+        shapes = {k: arrays[k].shape for k in arrays.files}
+        dtypes = {k: arrays[k].dtype for k in arrays.files}
+    assert shapes["vertices"] == (0, 2, 778, 3) and shapes["hand_pose"] == (0, 2, 15, 3, 3)
+    assert shapes["image_size"] == (0, 2) and shapes["labels"] == (2,)
+    assert (dtypes["present"], dtypes["track_id"], dtypes["num_hands"], dtypes["frame"], dtypes["image_size"],
+            dtypes["time_s"], dtypes["vertices"], dtypes["box"]) == (
+        np.bool_, np.int32, np.int8, np.int64, np.int32, np.float64, np.float32, np.float32)
+    assert dtypes["source"].kind == "U"
+
+
+def test_vertices_are_written_only_when_asked(tmp_path):
+    verts = np.linspace(0, 1, 778 * 3, dtype=np.float32).reshape(778, 3)
+    hand = left_hand().replace(vertices=verts)
+    arrays = npz_arrays([frame((hand,)), frame(())], vertices=True)
+    assert arrays["vertices"].shape == (2, 2, 778, 3)
+    np.testing.assert_array_equal(arrays["vertices"][0, 1], verts)
+    assert np.isnan(arrays["vertices"][0, 0]).all() and np.isnan(arrays["vertices"][1]).all()
+    assert "vertices" not in npz_arrays([frame((hand,))])
+    with FrameWriter(None, tmp_path / "a.npz") as writer:  # default: no vertices
+        writer.add(frame((hand,)))
+    with np.load(tmp_path / "a.npz") as arrays:
+        assert "vertices" not in arrays.files and arrays["present"].tolist() == [[False, True]]
+
+
+def test_frame_writer_counts_frames_and_hands(tmp_path):
+    writer = FrameWriter(tmp_path / "a.jsonl", None)
+    assert (writer.frames, writer.hands, writer.npz_path) == (0, 0, None)
+    with writer:
+        for hands in ((left_hand(),), (), (left_hand(), left_hand().replace(label="Right"))):
+            writer.add(frame(hands))
+    assert (writer.frames, writer.hands) == (3, 3)
+    assert len((tmp_path / "a.jsonl").read_text().splitlines()) == 3 and not (tmp_path / "a.npz").exists()
+
+
+def test_new_files_get_the_umask_permissions(tmp_path):
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"x")
+    path.chmod(0o600)
+    old = os.umask(0o027)
+    try:
+        give_default_permissions(path)
+        assert os.umask(0o027) == 0o027  # the umask is left as it was
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640  # 0o666 less 0o027
+
+
+def test_axis_angle_of_known_rotations():
+    quarter_z = np.array([[0, -1, 0], [1, 0, 0], [0, 0, 1]], dtype=np.float32)  # +90 degrees about z
+    half_x = np.diag(np.float32([1, -1, -1]))  # 180 degrees about x
+    out = rotations_to_axis_angle(np.stack([np.stack([quarter_z, half_x, np.eye(3, dtype=np.float32)])] * 2))
+    assert out.shape == (2, 3, 3) and out.dtype == np.float32
+    np.testing.assert_allclose(out[1], [[0, 0, np.pi / 2], [np.pi, 0, 0], [0, 0, 0]], atol=1e-6)
+
+
+def test_unencodable_image_and_unwritable_video_are_named(tmp_path):
+    with pytest.raises(OSError, match=r"^cannot encode an image as \.jpg$"):
+        write_image(tmp_path / "tall.jpg", np.zeros((70000, 1, 3), np.uint8))  # JPEG sides stop at 65,500 px
+    missing = tmp_path / "no_such_folder" / "clip.mp4"
+    with pytest.raises(OSError, match=rf"^OpenCV cannot write an MP4 video \({re.escape(str(missing))}\)$"), \
+            VideoFileWriter(missing, 10.0) as video:
+        video.write(np.zeros((32, 32, 3), np.uint8))
+    assert list(tmp_path.iterdir()) == []
