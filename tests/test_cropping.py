@@ -118,3 +118,23 @@ def test_patch_size_is_honoured():
     np.testing.assert_array_equal(patch[1:63, 1:63], img[50 - 31:50 + 31, 60 - 31:60 + 31])
     blurred = crop_images(img, [box_to_crop(box, True, rescale_factor=150 / 32)], patch_size=64)[0]
     assert blurred.shape == (64, 64, 3) and blurred.dtype == np.float64
+
+
+@pytest.mark.parametrize(("size", "right"), [(4000, True), (4000, False), (2600, True)])
+def test_far_sides_of_a_very_large_blurred_crop_equal_the_original(size, right):
+    """A crop of several thousand pixels (sigma 3.4, kernel radius 14) lying mostly off a small noise image, its
+    right and bottom sides (its left side, mirrored, for a left hand) inside it: the patch's last row and column
+    read within ``size / 256`` px of the crop's far sides, so the blurred region must reach a full kernel radius
+    past them. Cheap: the reference blurs only the 240 x 320 image."""
+    img = np.random.default_rng(13).integers(0, 256, size=(240, 320, 3), dtype=np.uint8)
+    far_x, far_y = 250, 180  # where the crop's far sides lie (on the mirrored image for a left hand)
+    cx = far_x - size / 2 if right else 320 - 1 - (far_x - size / 2)
+    cy = far_y - size / 2
+    h, w = size / 2, size / 2 * 3 / 4  # a 3:4 box: side = 2 * h
+    box = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
+    crop = box_to_crop(np.array(box, np.float32), right)
+    assert crop.size == size
+    ours = normalize_patches(crop_images(img, [crop]), MEAN, STD)[0]
+    expected = reference_crop(img, box, right)
+    assert (ours[:, -20:, -20:] != ours[:, :1, :1]).any()  # the image shows in the patch's far corner
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-5)
