@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from hamer.checkpoint import build_model, load_checkpoint
+from hamer.checkpoint import build_model, load_checkpoint, read_mean_params
 from hamer.configs import data_paths
 from hamer.hamer_module import HAMER
 
@@ -61,11 +61,13 @@ def test_lightning_checkpoint_loads_without_lightning_or_unsafe_pickle(data_dir,
     assert "backbone.pos_embed" in ckpt.state_dict and "discriminator.D_conv1.weight" in ckpt.state_dict
 
 
-def test_checkpoint_alone_suffices_and_gives_the_same_joints(data_dir, tmp_path):
+def test_checkpoint_alone_suffices_and_gives_the_same_joints(data_dir, tmp_path, caplog):
     root = tmp_path / "_DATA"
     (root / "hamer_ckpts/checkpoints").mkdir(parents=True)
     shutil.copy(data_dir / "hamer_ckpts/checkpoints/hamer.ckpt", root / "hamer_ckpts/checkpoints/hamer.ckpt")
-    alone = _keypoints(root)
+    with caplog.at_level("INFO", logger="hamer.checkpoint"):
+        alone = _keypoints(root)
+    assert "MANO_RIGHT.pkl not found; MANO built from the checkpoint's buffers" in caplog.messages
     full = _keypoints(data_dir)
     for label in BOXES:
         np.testing.assert_allclose(alone[label], full[label], rtol=0, atol=1e-6)
@@ -213,3 +215,48 @@ def test_lightning_hyper_parameter_dicts_are_read_as_dicts(data_dir, tmp_path, m
         monkeypatch.delitem(sys.modules, name)
     checkpoint = load_checkpoint(root / "hamer_ckpts/checkpoints/hamer.ckpt")
     assert checkpoint.config is not None and checkpoint.config["MODEL"]["IMAGE_SIZE"] == 256
+
+
+def test_many_misfits_are_listed_eight_at_a_time(data_dir, tmp_path):
+    names = sorted(k for k in load_checkpoint(data_dir / "hamer_ckpts/checkpoints/hamer.ckpt").state_dict
+                   if k.startswith("backbone.blocks.0."))
+    assert len(names) >= 10
+
+    def edit(raw: dict, drop: list[str]) -> None:
+        for name in drop:
+            del raw["state_dict"][name]
+        raw["state_dict"]["backbone.extra"] = torch.zeros(1)
+
+    root = _edited_copy(data_dir, tmp_path / "ten", lambda raw: edit(raw, names[:10]))
+    with pytest.raises(ValueError) as err:
+        build_model(data_paths(root))
+    assert str(err.value).endswith(
+        ": missing " + ", ".join(names[:8]) + " and 2 more; unexpected backbone.extra")
+    root = _edited_copy(data_dir, tmp_path / "eight", lambda raw: edit(raw, names[:8]))
+    with pytest.raises(ValueError) as err:
+        build_model(data_paths(root))
+    assert str(err.value).endswith(": missing " + ", ".join(names[:8]) + "; unexpected backbone.extra")
+
+
+def test_mean_params_file_rules(tmp_path):
+    path = tmp_path / "mano_mean_params.npz"
+    np.savez(path, pose=np.ones((1, 96)), shape=np.full((1, 10), 0.5), cam=np.float64([0.9, 0, 0]))
+    arrays = read_mean_params(path)  # (1, N) float64 arrays: flattened, float32
+    assert {k: (a.shape, a.dtype) for k, a in arrays.items()} == {
+        "pose": ((96,), np.float32), "shape": ((10,), np.float32), "cam": ((3,), np.float32)}
+    assert arrays["shape"][0] == 0.5 and arrays["cam"][0] == np.float32(0.9)
+    np.savez(path, pose=np.zeros(96), shape=np.zeros(10))
+    with pytest.raises(ValueError, match=r": lacks \['cam'\] \(truncated or not mano_mean_params\.npz\?\)$"):
+        read_mean_params(path)
+    np.savez(path, pose=np.zeros(95), shape=np.zeros(10), cam=np.zeros(3))
+    with pytest.raises(ValueError, match=r": sizes \{'pose': 95\}, expected \{'pose': 96, 'shape': 10, 'cam': 3\}$"):
+        read_mean_params(path)
+    # the size guard: a member of exactly 1 MiB is read (and then refused by its size); one byte more is not read
+    np.savez(path, pose=np.zeros(2**20 - 128, np.uint8), shape=np.zeros(10), cam=np.zeros(3))  # 128-byte header
+    with zipfile.ZipFile(path) as archive:
+        assert archive.getinfo("pose.npy").file_size == 2**20
+    with pytest.raises(ValueError, match=r"sizes \{'pose': 1048448\}"):
+        read_mean_params(path)
+    np.savez(path, pose=np.zeros(2**20 - 127, np.uint8), shape=np.zeros(10), cam=np.zeros(3))
+    with pytest.raises(ValueError, match=r"^mean parameters .*: an array is larger than 1 MiB \(truncated or not"):
+        read_mean_params(path)

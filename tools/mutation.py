@@ -38,7 +38,11 @@ GROUPS: dict[str, tuple[str, list[str] | None, list[str]]] = {
     "camera": ("hamer/camera.py", None, ["tests/test_references.py", "tests/test_properties.py"]),
     "mano": ("hamer/models/mano.py", None,
              ["tests/test_mano.py", "tests/test_mano_cases.py", "tests/test_references.py", "tests/test_security.py"]),
-    "checkpoint": ("hamer/checkpoint.py", None, ["tests/test_checkpoint.py", "tests/test_security.py"]),
+    "checkpoint": ("hamer/checkpoint.py", None,
+                   ["tests/test_checkpoint.py", "tests/test_security.py", "tests/test_cli.py::test_convert_round_trip",
+                    *(f"tests/test_hardening.py::test_{name}" for name in (
+                        "safetensors_metadata_that_is_not_a_json_object", "a_non_tensor_weight_is_named",
+                        "a_truncated_or_oversized_mean_params_file", "a_safetensors_file_keeps_its_own_config"))]),
     "detection-boxes": ("hamer/detection.py", ["hamer.detection.x__pose_hand_box__*"],
                         ["tests/test_references.py", "tests/test_detection.py"]),
     "tracking": ("hamer/tracking.py",
