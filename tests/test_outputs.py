@@ -131,7 +131,7 @@ def test_jsonl_floats_are_rounded_to_six_decimals_and_lines_are_compact(tmp_path
 
 
 def test_empty_npz_has_every_array_with_its_dtype(tmp_path):
-    with FrameWriter(None, tmp_path / "empty.npz", vertices=True) as writer:
+    with FrameWriter(None, tmp_path / "empty.npz", vertices=True):
         pass
     with np.load(tmp_path / "empty.npz") as arrays:
         assert set(arrays.files) == set(NPZ_ARRAYS)  # vertices too, as asked

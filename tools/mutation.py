@@ -12,6 +12,7 @@ Usage (slow: minutes per group on 2 cores; not part of the test suite)::
     nice -n 15 python tools/mutation.py                 # every group
     nice -n 15 python tools/mutation.py cropping camera # some groups
     nice -n 15 python tools/mutation.py --survivors cropping  # after adding tests: only the last survivors
+    nice -n 15 python tools/mutation.py --resume checkpoint   # a run cut short: the mutants not yet killed
     python tools/mutation.py --list
 """
 
@@ -96,35 +97,53 @@ def _refresh_tests(group: str) -> Path:
     return work
 
 
-def run_group(group: str, children: int, earlier: dict | None = None) -> dict:
-    """Run mutmut over a group; with ``earlier`` (that group's last result) only its survivors, on current tests."""
-    patterns = GROUPS[group][1] or []
-    if earlier is not None:
-        work = _refresh_tests(group)
-        selection = earlier["survived"] + earlier["no_tests"]
-    else:
-        work = _prepare(group)
-        selection = patterns
-    mutmut = [sys.executable, "-m", "mutmut"]
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    run = subprocess.run([*mutmut, "run", "--max-children", str(children), *selection], cwd=work, env=env,
-                         capture_output=True, text=True)
-    (work / "run.log").write_text(run.stdout + run.stderr)
-    listing = subprocess.run([*mutmut, "results", "--all", "true"], cwd=work, env=env, capture_output=True,
+MUTMUT = [sys.executable, "-m", "mutmut"]
+KILLED = ("killed", "timeout")
+
+
+def _statuses(work: Path, patterns: list[str], env: dict[str, str]) -> dict[str, str]:
+    """mutmut's verdict on each mutant of the group's folder (those matching ``patterns``, if any)."""
+    listing = subprocess.run([*MUTMUT, "results", "--all", "true"], cwd=work, env=env, capture_output=True,
                              text=True, check=True).stdout
     statuses: dict[str, str] = {}
     for line in listing.splitlines():
         match = STATUS.match(line)
         if match and (not patterns or any(_fnmatch(match[1], p) for p in patterns)):
             statuses[match[1]] = match[2]
+    return statuses
+
+
+def run_group(group: str, children: int, earlier: dict | None = None, resume: bool = False) -> dict:
+    """Run mutmut over a group. With ``earlier`` (that group's last result): only its survivors, on the current
+    tests. With ``resume``: every mutant of the group's folder not yet killed (a run cut short, not checked, no
+    tests, survived), on the current tests; the folder's earlier kills stand."""
+    patterns = GROUPS[group][1] or []
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    standing: dict[str, str] = {}
+    if resume:
+        work = _refresh_tests(group)
+        standing = _statuses(work, patterns, env)
+        selection = [name for name, status in standing.items() if status not in KILLED]
+    elif earlier is not None:
+        work = _refresh_tests(group)
+        selection = earlier["survived"] + earlier["no_tests"]
+    else:
+        work = _prepare(group)
+        selection = patterns
+    run = subprocess.run([*MUTMUT, "run", "--max-children", str(children), *selection], cwd=work, env=env,
+                         capture_output=True, text=True)
+    (work / "run.log").write_text(run.stdout + run.stderr)
+    statuses = _statuses(work, patterns, env)
     counts: dict[str, int] = {}
-    if earlier is not None:  # the earlier verdicts stand except for the re-run survivors
+    if resume:  # the earlier kills stand; the re-run mutants get their new verdicts
+        statuses = {**standing, **{k: v for k, v in statuses.items() if k in selection}}
+    elif earlier is not None:  # the earlier verdicts stand except for the re-run survivors
         statuses = {k: v for k, v in statuses.items() if k in selection}
         counts = {k: n for k, n in earlier["counts"].items() if k not in ("survived", "no tests")}
     for status in statuses.values():
         counts[status] = counts.get(status, 0) + 1
     tested = sum(n for s, n in counts.items() if s not in ("not checked", "skipped"))
-    killed = counts.get("killed", 0) + counts.get("timeout", 0)
+    killed = sum(counts.get(s, 0) for s in KILLED)
     return {
         "group": group, "module": GROUPS[group][0], "mutants": sum(counts.values()), "counts": counts,
         "score": round(100.0 * killed / tested, 1) if tested else None, "returncode": run.returncode,
@@ -146,6 +165,9 @@ def main() -> None:
     parser.add_argument("--list", action="store_true", help="list the groups and exit")
     parser.add_argument("--survivors", action="store_true",
                         help="re-run only the last run's surviving mutants of each group, with the current tests")
+    parser.add_argument("--resume", action="store_true",
+                        help="go on with a run cut short: every mutant of the group's folder not yet killed, with "
+                             "the current tests")
     args = parser.parse_args()
     if args.list:
         for name, (module, patterns, tests) in GROUPS.items():
@@ -161,9 +183,11 @@ def main() -> None:
 
     if args.survivors and any(g not in load() for g in args.groups or GROUPS):
         parser.error("--survivors needs an earlier full run of each group named")
+    if args.resume and (args.survivors or any(not (WORK / g / "mutants").is_dir() for g in args.groups or GROUPS)):
+        parser.error("--resume needs an earlier run (cut short or not) of each group named, and no --survivors")
     print(f"{'group':16} {'mutants':>8} {'killed':>7} {'survived':>9} {'timeout':>8} {'no tests':>9} {'score':>6}")
     for group in args.groups or list(GROUPS):
-        result = run_group(group, args.children, load()[group] if args.survivors else None)
+        result = run_group(group, args.children, load()[group] if args.survivors else None, args.resume)
         report = load()
         report[group] = result
         WORK.mkdir(exist_ok=True)
