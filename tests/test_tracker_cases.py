@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from test_tracking import SHAPE, det
 
-from hamer.tracking import HandTracker, OneEuroFilter
+from hamer.tracking import HandTracker, OneEuroFilter, box_iou
 
 
 def _ids_by_box(hands) -> dict[int, list[float]]:
@@ -116,3 +116,72 @@ def test_one_euro_by_hand_with_the_defaults():
 def test_one_euro_rejects_bad_settings(kwargs):
     with pytest.raises(ValueError, match="need min_cutoff > 0, d_cutoff > 0, beta >= 0"):
         OneEuroFilter(**kwargs)
+
+
+def test_a_hand_keeps_wanting_the_label_a_visible_hand_keeps():
+    """The left hand is called "Right" for many frames while the right hand stays "Right": no switch, no swap."""
+    tracker = HandTracker(label_hold=2)
+    first = tracker.update([det("Right", [100, 100, 200, 200]), det("Left", [400, 100, 500, 200])], SHAPE)
+    ids = {h.label: h.track_id for h in first}
+    for _ in range(4):
+        hands = tracker.update([det("Right", [100, 100, 200, 200]), det("Right", [400, 100, 500, 200], 0.5)], SHAPE)
+        assert {h.label: h.track_id for h in hands} == ids
+    assert [(t.label, t.votes) for t in tracker.tracks] == [("Right", 0), ("Left", 4)]
+
+
+def test_a_switch_takes_the_label_of_a_lost_hand_and_ends_its_track():
+    tracker = HandTracker(label_hold=2, max_missed=10)
+    first = tracker.update([det("Right", [100, 100, 200, 200]), det("Left", [400, 100, 500, 200])], SHAPE)
+    ids = {h.label: h.track_id for h in first}
+    (hand,) = tracker.update([det("Right", [400, 100, 500, 200])], SHAPE)  # the right hand unseen: 1 vote
+    assert (hand.label, hand.track_id) == ("Left", ids["Left"])
+    (hand,) = tracker.update([det("Right", [400, 100, 500, 200])], SHAPE)  # 2 votes: takes "Right"
+    assert (hand.label, hand.track_id) == ("Right", ids["Left"])
+    assert [(t.id, t.label, t.votes) for t in tracker.tracks] == [(ids["Left"], "Right", 0)]  # the lost one ended
+
+
+def test_a_vote_run_broken_by_one_frame_starts_over():
+    tracker = HandTracker(label_hold=3)
+    tracker.update([det("Right", [100, 100, 200, 200])], SHAPE)
+    said = ["Left", "Left", "Right", "Left", "Left", "Left"]
+    held = [tracker.update([det(lab, [100, 100, 200, 200])], SHAPE)[0].label for lab in said]
+    assert held == ["Right", "Right", "Right", "Right", "Right", "Left"]
+
+
+def test_the_default_settings():
+    """match_iou 0.2, label_hold 5, max_missed 10, duplicate_overlap 0.5, by their effects."""
+    tracker = HandTracker()
+    (first,) = tracker.update([det("Right", [0, 0, 100, 100])], SHAPE)
+    (second,) = tracker.update([det("Right", [0, 0, 100, 20])], SHAPE)  # IoU 2000 / 10000 = 0.2: same track
+    assert second.track_id == first.track_id
+    (third,) = tracker.update([det("Right", [0, 0, 100, 20 * 0.99])], SHAPE)  # IoU 0.99 with the last box
+    assert third.track_id == first.track_id
+    (fourth,) = tracker.update([det("Right", [0, 0, 100, 100])], SHAPE)  # IoU 0.198 < 0.2: a new track
+    assert fourth.track_id != first.track_id
+    held = [tracker.update([det("Left", [0, 0, 100, 100])], SHAPE)[0].label for _ in range(5)]
+    assert held == ["Right"] * 4 + ["Left"]  # taken on the 5th frame
+    for _ in range(10):
+        tracker.update([], SHAPE)
+    assert len(tracker.tracks) == 1  # unseen 10 frames: kept
+    tracker.update([], SHAPE)
+    assert tracker.tracks == []
+    hand, pose = [100, 100, 140, 140], [120, 100, 220, 200]  # overlap 20 x 40 = 800 = 0.5 x 1600: not more
+    hands = HandTracker().update([det("Right", hand), det("Left", pose, 0.99, source="pose")], SHAPE)
+    assert [(h.label, h.detector) for h in hands] == [("Right", "hand"), ("Left", "pose")]
+
+
+def test_pose_overlap_exactly_at_the_duplicate_threshold_is_kept():
+    hand, pose = [100, 100, 140, 140], [110, 100, 210, 200]  # overlap 30 x 40 = 1200 = 0.75 x 1600
+    for overlap, kept in ((0.75, True), (0.74, False)):
+        hands = HandTracker(duplicate_overlap=overlap).update(
+            [det("Right", hand), det("Left", pose, 0.99, source="pose")], SHAPE)
+        assert [h.detector for h in hands] == (["hand", "pose"] if kept else ["hand"])
+
+
+def test_iou_of_degenerate_and_disjoint_boxes():
+    assert box_iou(np.zeros(4), np.zeros(4)) == 0.0  # no area at all: 0, not a division by zero
+    assert box_iou(np.array([0, 0, 10, 10]), np.array([20, 20, 10, 10])) == 0.0  # inverted: no area
+    assert box_iou(np.array([0, 0, 10, 10]), np.array([0, 20, 10, 30])) == 0.0  # side by side in y only
+    assert box_iou(np.array([0, 0, 10, 10]), np.array([20, 0, 30, 10])) == 0.0  # in x only
+    assert box_iou(np.array([10, 10, 0, 0]), np.array([10, 10, 0, 0])) == 0.0  # two inverted boxes
+    assert box_iou(np.array([0, 0, 10, 20]), np.array([5, 10, 15, 30])) == pytest.approx(50 / 350)
