@@ -185,3 +185,34 @@ def test_iou_of_degenerate_and_disjoint_boxes():
     assert box_iou(np.array([0, 0, 10, 10]), np.array([20, 0, 30, 10])) == 0.0  # in x only
     assert box_iou(np.array([10, 10, 0, 0]), np.array([10, 10, 0, 0])) == 0.0  # two inverted boxes
     assert box_iou(np.array([0, 0, 10, 20]), np.array([5, 10, 15, 30])) == pytest.approx(50 / 350)
+
+
+def test_one_euro_speed_term_with_the_default_d_cutoff():
+    """beta 1 s/unit, d_cutoff 1 Hz (default): at dt = 1 / (2 pi) s both low-passes start with alpha 1/2.
+    A step 0 -> 1: speed 1 / dt = 2 pi, low-passed to pi; cutoff 1 + pi Hz, alpha = (1 + pi) / (2 + pi)."""
+    filt = OneEuroFilter(min_cutoff=1.0, beta=1.0)
+    filt(np.zeros(2, dtype=np.float32), 0.0)
+    out = filt(np.ones(2, dtype=np.float32), 1 / (2 * np.pi))
+    assert out.dtype == np.float64  # the filter runs in float64 whatever the samples' dtype
+    np.testing.assert_allclose(out, (1 + np.pi) / (2 + np.pi), rtol=1e-12)
+    assert filt(np.ones(2, dtype=np.float32), 2 / (2 * np.pi)).dtype == np.float64
+
+
+def test_label_hold_of_one_frame_and_bad_holds():
+    tracker = HandTracker(label_hold=1)
+    tracker.update([det("Right", [100, 100, 200, 200])], SHAPE)
+    assert tracker.update([det("Left", [100, 100, 200, 200])], SHAPE)[0].label == "Left"  # at once
+    for hold in (0, -3):
+        with pytest.raises(ValueError, match=rf"^label_hold must be >= 1 frame, got {hold}$"):
+            HandTracker(label_hold=hold)
+
+
+def test_skipped_hands_and_label_changes_are_logged(caplog):
+    tracker = HandTracker(label_hold=1)
+    with caplog.at_level("DEBUG", logger="hamer.tracking"):
+        (right,) = tracker.update([det("Right", [100, 100, 200, 200])], SHAPE)
+        tracker.update([det("Right", [100, 100, 200, 200]), det("Right", [400, 100, 500, 200], 0.5)], SHAPE)
+        tracker.update([det("Left", [100, 100, 200, 200])], SHAPE)
+    assert caplog.messages == [
+        "Right hand at [400.0, 100.0, 500.0, 200.0] skipped: a tracked hand holds that label",
+        f"track {right.track_id}: label Right -> Left after 1 frames"]
