@@ -61,7 +61,7 @@ def gaussian_kernel(sigma: float, truncate: float = TRUNCATE) -> np.ndarray:
     return kernel / kernel.sum()
 
 
-def crop_transform(center_x: float, center_y: float, size: float, patch_size: int = 256) -> np.ndarray:
+def crop_transform(center_x: float, center_y: float, size: float, patch_size: int) -> np.ndarray:
     """The original's (2, 3) affine map from image pixels to patch pixels (``gen_trans_from_patch_cv``, no rotation)."""
     src = np.zeros((3, 2), dtype=np.float32)
     src[0] = (center_x, center_y)
@@ -92,9 +92,8 @@ def _crop(img: np.ndarray, crop: CropParams, patch_size: int) -> np.ndarray:
         cx = width - cx - 1
     trans = crop_transform(cx, cy, crop.size, patch_size)
     sigma = blur_sigma(crop.size, patch_size)
-    if sigma == 0:
-        return cv2.warpAffine(img, trans, (patch_size, patch_size), flags=cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    if sigma == 0:  # OpenCV's defaults are the original's settings: bilinear, zero border
+        return cv2.warpAffine(img, trans, (patch_size, patch_size))
 
     inverse = cv2.invertAffineTransform(trans)
     radius = int(TRUNCATE * sigma + 0.5)
@@ -104,7 +103,7 @@ def _crop(img: np.ndarray, crop: CropParams, patch_size: int) -> np.ndarray:
     y0 = max(int(np.floor(corners[1].min())) - 1 - radius, 0)
     y1 = min(int(np.ceil(corners[1].max())) + 2 + radius, height)
     if x0 >= x1 or y0 >= y1:
-        return np.zeros((patch_size, patch_size, 3), dtype=np.float64)
+        return np.zeros((patch_size, patch_size, 3))  # float64, as a blurred crop
     factor = reduction_factor(sigma, (x1 - x0) * (y1 - y0))
     if factor > 1:
         return _reduced_crop(img, (x0, y0, x1, y1), inverse, sigma, factor, patch_size)
@@ -112,8 +111,7 @@ def _crop(img: np.ndarray, crop: CropParams, patch_size: int) -> np.ndarray:
     region = cv2.sepFilter2D(img[y0:y1, x0:x1].astype(np.float64), cv2.CV_64F, kernel, kernel,
                              borderType=cv2.BORDER_REPLICATE)
     inverse[:, 2] -= (x0, y0)
-    return cv2.warpAffine(region, inverse, (patch_size, patch_size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return cv2.warpAffine(region, inverse, (patch_size, patch_size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
 
 
 def _reduced_crop(img: np.ndarray, bounds: tuple[int, int, int, int], inverse: np.ndarray, sigma: float,
@@ -164,6 +162,6 @@ def reduction_factor(sigma: float, region_pixels: int) -> int:
 def normalize_patches(patches: list[np.ndarray], mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """BGR patches -> (N, 3, S, S) float32 RGB, ``(x - 255 mean) / (255 std)`` per channel (mean, std in [0, 1])."""
     batch = np.stack([p[:, :, ::-1].transpose(2, 0, 1).astype(np.float32) for p in patches])
-    mean = 255.0 * np.asarray(mean, dtype=np.float64).reshape(1, 3, 1, 1)
-    std = 255.0 * np.asarray(std, dtype=np.float64).reshape(1, 3, 1, 1)
+    mean = 255.0 * np.reshape(mean, (1, 3, 1, 1))  # float64
+    std = 255.0 * np.reshape(std, (1, 3, 1, 1))
     return ((batch - mean) / std).astype(np.float32)
