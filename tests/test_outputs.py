@@ -198,3 +198,24 @@ def test_unencodable_image_and_unwritable_video_are_named(tmp_path):
             VideoFileWriter(missing, 10.0) as video:
         video.write(np.zeros((32, 32, 3), np.uint8))
     assert list(tmp_path.iterdir()) == []
+
+
+def _fail_inside() -> None:
+    raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")  # needs its arguments to be made
+
+
+@pytest.mark.parametrize("make", [
+    lambda p: FrameWriter(p / "a.jsonl", p / "a.npz"),
+    lambda p: FrameWriter(p / "a.jsonl", None),
+    lambda p: VideoFileWriter(p / "a.mp4", 10.0),
+])
+def test_an_error_inside_a_writer_comes_out_unchanged_and_leaves_no_file(tmp_path, make):
+    """The error the block raised, with its traceback (not one the clean-up made); no output, no temporary file."""
+    with pytest.raises(UnicodeDecodeError) as info, make(tmp_path) as writer:
+        if isinstance(writer, VideoFileWriter):
+            writer.write(np.zeros((32, 32, 3), np.uint8))
+        else:
+            writer.add(frame((left_hand(),)))
+        _fail_inside()
+    assert info.traceback[-1].name == "_fail_inside"
+    assert list(tmp_path.iterdir()) == []
