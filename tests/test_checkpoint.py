@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import types
@@ -92,7 +93,10 @@ def test_mean_params_from_npz_when_the_checkpoint_lacks_them(data_dir, tmp_path)
     model, _ = build_model(data_paths(root))
     np.testing.assert_allclose(model.mano_head.init_betas.numpy()[0], betas, rtol=1e-6)
     os.remove(root / "data/mano_mean_params.npz")
-    with pytest.raises(FileNotFoundError, match="mano_mean_params.npz"):
+    npz = re.escape(str(root / "data/mano_mean_params.npz"))
+    with pytest.raises(FileNotFoundError, match=rf"^MANO mean parameters not found: no {npz} and the checkpoint lacks "
+                                                r"\['mano_head.init_hand_pose', 'mano_head.init_betas', "
+                                                r"'mano_head.init_cam'\]$"):
         build_model(data_paths(root))
 
 
@@ -103,7 +107,8 @@ def test_no_mano_anywhere_names_what_is_missing(data_dir, tmp_path):
     root = _edited_copy(data_dir, tmp_path, edit)
     assert _keypoints(root)["Right"].shape == (21, 3)  # MANO_RIGHT.pkl is there
     os.remove(root / "data/mano/MANO_RIGHT.pkl")
-    with pytest.raises(FileNotFoundError, match=r"MANO_RIGHT\.pkl.*mano\.v_template"):
+    pkl = re.escape(str(root / "data/mano/MANO_RIGHT.pkl"))
+    with pytest.raises(FileNotFoundError, match=rf"^MANO model not found: no {pkl} and checkpoint lacks MANO buffers \[.*mano\.v_template"):
         build_model(data_paths(root))
 
 
@@ -260,3 +265,71 @@ def test_mean_params_file_rules(tmp_path):
     np.savez(path, pose=np.zeros(2**20 - 127, np.uint8), shape=np.zeros(10), cam=np.zeros(3))
     with pytest.raises(ValueError, match=r"^mean parameters .*: an array is larger than 1 MiB \(truncated or not"):
         read_mean_params(path)
+
+
+def test_unreadable_checkpoints_are_named_with_their_problem(tmp_path):
+    path = tmp_path / "x.ckpt"
+    p = re.escape(str(path))
+    with pytest.raises(FileNotFoundError, match=rf"^HaMeR checkpoint not found: {p}$"):
+        load_checkpoint(path)
+    path.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match=rf"^checkpoint {p} is not a PyTorch zip checkpoint \(truncated or not a "
+                                         r"checkpoint\?\)$"):
+        load_checkpoint(path)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("x/readme.txt", "a zip, not a torch file")
+    with pytest.raises(ValueError, match=rf"^cannot read checkpoint {p} \(truncated or corrupt\?\): \S"):
+        load_checkpoint(path)
+    for raw, problem in (({"weights": {}}, r"has no 'state_dict' \(not a HaMeR Lightning checkpoint\)"),
+                         ({"state_dict": [1, 2]}, r": 'state_dict' holds no mapping of weights"),
+                         ({"state_dict": {"a": torch.zeros(1), "c": 1, "b": "x"}},
+                          r": 'state_dict' holds non-tensor entries b, c")):
+        torch.save(raw, path)
+        with pytest.raises(ValueError, match=rf"^checkpoint {p} ?{problem}$"):
+            load_checkpoint(path)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    torch.save({"state_dict": {}, "x": Evil()}, path)
+    with pytest.raises(ValueError, match=rf"^checkpoint {p} holds content that is never unpickled here: \S"):
+        load_checkpoint(path)
+    safetensors = tmp_path / "x.safetensors"
+    safetensors.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
+    with pytest.raises(ValueError, match=rf"^cannot read safetensors checkpoint {re.escape(str(safetensors))} "
+                                         r"\(truncated or corrupt\?\): \S"):
+        load_checkpoint(safetensors)
+
+
+def test_the_training_config_is_read_from_hyper_parameters(tmp_path):
+    path = tmp_path / "x.ckpt"
+    weights = {"a": torch.ones(2)}
+    for hyper, config in (({"cfg": {"MODEL": {"IMAGE_SIZE": 256}}}, {"MODEL": {"IMAGE_SIZE": 256}}),
+                          (None, None), ({"cfg": "not a dict"}, None), ({"other": 1}, None)):
+        torch.save({"state_dict": weights, "hyper_parameters": hyper}, path)
+        ckpt = load_checkpoint(path)
+        assert ckpt.config == config and list(ckpt.state_dict) == ["a"]
+    torch.save({"state_dict": weights}, path)
+    assert load_checkpoint(path).config is None
+
+
+def test_missing_config_and_checkpoint_outside_the_data_folder(data_dir, tmp_path, caplog):
+    root = _copy(data_dir, tmp_path)
+    os.remove(root / "hamer_ckpts/model_config.yaml")
+    with caplog.at_level("INFO", logger="hamer.checkpoint"):
+        build_model(data_paths(root))
+    assert f"{root / 'hamer_ckpts/model_config.yaml'} not found; using the config stored in the checkpoint" \
+        in caplog.messages
+    root = _edited_copy(data_dir, tmp_path / "bare", lambda raw: raw.pop("hyper_parameters"))
+    os.remove(root / "hamer_ckpts/model_config.yaml")
+    config = re.escape(str(root / "hamer_ckpts/model_config.yaml"))
+    with pytest.raises(FileNotFoundError, match=rf"^model config not found: {config} \(and the checkpoint carries "
+                                                r"none\)$"):
+        build_model(data_paths(root))
+    ckpt = re.escape(str(tmp_path / "empty/hamer_ckpts/checkpoints/hamer.ckpt"))
+    with pytest.raises(FileNotFoundError, match=rf"^HaMeR checkpoint not found: {ckpt}; run `hamer download "):
+        build_model(data_paths(tmp_path / "empty"))
+    elsewhere = tmp_path / "elsewhere.ckpt"  # given by the user, outside the data folder: no download hint
+    with pytest.raises(FileNotFoundError, match=rf"^HaMeR checkpoint not found: {re.escape(str(elsewhere))}$"):
+        build_model(data_paths(tmp_path / "empty", elsewhere))
