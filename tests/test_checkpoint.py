@@ -109,7 +109,7 @@ def test_no_mano_anywhere_names_what_is_missing(data_dir, tmp_path):
     os.remove(root / "data/mano/MANO_RIGHT.pkl")
     pkl = re.escape(str(root / "data/mano/MANO_RIGHT.pkl"))
     with pytest.raises(FileNotFoundError,
-                       match=rf"^MANO model not found: no {pkl} and checkpoint lacks MANO buffers \[.*mano\.v_template"):
+                       match=rf"^MANO model not found: no {pkl} and checkpoint lacks MANO buffers \[.*v_template"):
         build_model(data_paths(root))
 
 

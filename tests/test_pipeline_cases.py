@@ -251,7 +251,8 @@ def test_cameras_from_the_config_and_from_a_callable():
     cfg.MODEL.IMAGE_SIZE = 128
     cfg.EXTRA.FOCAL_LENGTH = 4000
     rec = Reconstructor(ScriptedNetwork(), cfg)
-    assert rec.rescale_factor == 2.0 and rec.camera((W, H)) == Camera(10000.0, 10000.0, 160.0, 120.0)  # 4000 / 128 * 320
+    assert rec.rescale_factor == 2.0
+    assert rec.camera((W, H)) == Camera(10000.0, 10000.0, 160.0, 120.0)  # 4000 / 128 * 320
     asked = []
 
     def spec(size):
