@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hamer.camera import cam_crop_to_full, perspective_projection
+from hamer.camera import cam_crop_to_full, cam_crop_to_pinhole, perspective_projection
 from hamer.cropping import box_to_crop, crop_images
 from hamer.pipeline import box_problem, check_boxes
 from hamer.tracking import HandTracker, box_iou
@@ -61,6 +61,27 @@ def test_the_crop_origin_lands_where_the_weak_perspective_camera_puts_it(s, tx, 
     centre = torch.tensor([[w / 2, h / 2]], dtype=torch.float64)
     uv = perspective_projection(torch.zeros(1, 1, 3, dtype=torch.float64), t, focal, centre)[0, 0]
     np.testing.assert_allclose(uv.numpy(), [cx + b * s * tx / 2, cy + b * s * ty / 2], rtol=1e-7, atol=1e-6)
+
+
+@FAST
+@given(s=st.floats(0.05, 3), tx=st.floats(-1, 1), ty=st.floats(-1, 1), bx=st.floats(-100, 1000),
+       by=st.floats(-100, 1000), b=st.floats(10, 800), fx=st.floats(100, 50000), fy=st.floats(100, 50000),
+       cx=st.floats(-200, 2000), cy=st.floats(-200, 2000))
+def test_the_crop_origin_lands_on_its_pixel_under_any_pinhole_camera(s, tx, ty, bx, by, b, fx, fy, cx, cy):
+    """The user's camera (fx, fy, cx, cy): the model origin still projects to box centre + b * s * (tx, ty) / 2, at
+    depth 2 sqrt(fx fy) / (b s) (hand-derived); with fx = fy = f and the image centre it is cam_crop_to_full."""
+    cam = torch.tensor([[s, tx, ty]], dtype=torch.float64)
+    centre, size = torch.tensor([[bx, by]], dtype=torch.float64), torch.tensor([b], dtype=torch.float64)
+    t = cam_crop_to_pinhole(cam, centre, size, fx, fy, cx, cy)
+    assert t.shape == (1, 3) and np.isclose(float(t[0, 2]), 2 * np.sqrt(fx * fy) / (b * s), rtol=1e-7)
+    uv = perspective_projection(torch.zeros(1, 1, 3, dtype=torch.float64), t,
+                                torch.tensor([[fx, fy]], dtype=torch.float64),
+                                torch.tensor([[cx, cy]], dtype=torch.float64))[0, 0]
+    np.testing.assert_allclose(uv.numpy(), [bx + b * s * tx / 2, by + b * s * ty / 2], rtol=1e-7, atol=1e-6)
+    full = cam_crop_to_full(cam, centre, size, torch.tensor([[2 * cx, 2 * cy]], dtype=torch.float64),
+                            torch.tensor(fx, dtype=torch.float64))
+    np.testing.assert_allclose(cam_crop_to_pinhole(cam, centre, size, fx, fx, cx, cy).numpy(), full.numpy(),
+                               rtol=1e-9, atol=1e-9)
 
 
 @FAST

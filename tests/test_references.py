@@ -21,6 +21,7 @@ from smplx.utils import Struct
 from synthetic import mano_arrays
 from yacs.config import CfgNode
 
+from hamer.camera import cam_crop_to_pinhole
 from hamer.cropping import box_to_crop, crop_images
 from hamer.detection import _pose_hand_box
 from hamer.hamer_module import HAMER
@@ -190,3 +191,19 @@ def test_zero_scale_camera_stays_finite():
            "pred_cam": np.float32([[0.0, 0.0, 0.0]])}
     out = hand_outputs(net, np.array([True]), [_Crop((150, 150), 100)], (300, 300, 3), _cfg())
     np.testing.assert_allclose(out["cam_t_full"][0], [0, 0, 2 * 5859.375 / 1e-9], rtol=1e-6)
+
+
+def test_pinhole_camera_translation_by_hand():
+    """The user's camera fx 1000, fy 4000, principal point (320, 240); box centre (300, 200), side 200; crop camera
+    s 0.5, tx 0.1, ty -0.2 (cam_crop_to_pinhole's docstring formulas, by hand): b s = 100; tz = 2 sqrt(fx fy) / 100
+    = 40; t_x = 40 (300 - 320 + 50 * 0.1) / 1000 = -0.6; t_y = 40 (200 - 240 + 50 * -0.2) / 4000 = -0.5. A second
+    row, s 2, tx -0.3, ty 0.4, box centre (10, 20), side 50: b s = 100 again; t_x = 40 (10 - 320 - 15) / 1000 =
+    -13; t_y = 40 (20 - 240 + 20) / 4000 = -2."""
+    t = cam_crop_to_pinhole(torch.tensor([[0.5, 0.1, -0.2], [2.0, -0.3, 0.4]], dtype=torch.float64),
+                            torch.tensor([[300.0, 200.0], [10.0, 20.0]], dtype=torch.float64),
+                            torch.tensor([200.0, 50.0], dtype=torch.float64), 1000.0, 4000.0, 320.0, 240.0)
+    np.testing.assert_allclose(t.numpy(), [[-0.6, -0.5, 40.0], [-13.0, -2.0, 40.0]], rtol=1e-9)
+    zero = cam_crop_to_pinhole(torch.tensor([[0.0, 0.0, 0.0]], dtype=torch.float64),
+                               torch.tensor([[320.0, 240.0]], dtype=torch.float64),
+                               torch.tensor([200.0], dtype=torch.float64), 1000.0, 4000.0, 320.0, 240.0)
+    np.testing.assert_allclose(zero.numpy(), [[0.0, 0.0, 2 * 2000.0 / 1e-9]], rtol=1e-9)  # finite, as the original's
