@@ -216,3 +216,14 @@ def test_skipped_hands_and_label_changes_are_logged(caplog):
     assert caplog.messages == [
         "Right hand at [400.0, 100.0, 500.0, 200.0] skipped: a tracked hand holds that label",
         f"track {right.track_id}: label Right -> Left after 1 frames"]
+
+
+def test_a_detection_goes_to_one_track_only():
+    """Two overlapping tracked hands, then one detection that overlaps both (IoU 0.67 and 0.54): the better track
+    takes it; the other is missed, not given the same detection."""
+    tracker = HandTracker()
+    first = tracker.update([det("Right", [100, 100, 200, 200]), det("Left", [150, 100, 250, 200])], SHAPE)
+    ids = {h.label: h.track_id for h in first}
+    hands = tracker.update([det("Right", [120, 100, 220, 200])], SHAPE)
+    assert [(h.label, h.track_id) for h in hands] == [("Right", ids["Right"])]
+    assert {t.id: t.missed for t in tracker.tracks} == {ids["Right"]: 0, ids["Left"]: 1}
