@@ -63,7 +63,7 @@ def _prepare(group: str) -> Path:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     shutil.copytree(ROOT / "hamer", work / "hamer", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(ROOT / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    _copy_tests(work)
     shutil.copytree(ROOT / "benchmarks", work / "benchmarks", ignore=shutil.ignore_patterns("__pycache__"))
     shared = ROOT.parent / "shared"
     if shared.is_dir():  # tests find real photographs at <repo>/../shared/images; mutmut runs them from mutants/
@@ -88,11 +88,27 @@ def _write_config(work: Path, group: str) -> None:
     (work / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text() + config)
 
 
+def _copy_tests(work: Path) -> None:
+    """The tests, in the scratch folder only with their order changed: those that need the synthetic model (the
+    session's ``data_dir``) last, so that a mutant a quick test kills is not first run through the slow ones (mutmut
+    stops at the first failure). Order changes nothing else: the suite's tests do not depend on it."""
+    shutil.rmtree(work / "tests", ignore_errors=True)
+    shutil.copytree(ROOT / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    with open(work / "tests" / "conftest.py", "a", encoding="utf-8") as conftest:
+        conftest.write(ORDER_HOOK)
+
+
+ORDER_HOOK = """
+
+def pytest_collection_modifyitems(items):  # added by tools/mutation.py in its scratch copy only
+    items.sort(key=lambda item: "data_dir" in item.fixturenames or "reference_model" in item.fixturenames)
+"""
+
+
 def _refresh_tests(group: str) -> Path:
     """The group's folder of an earlier run with the current tests, for re-running its survivors."""
     work = WORK / group
-    shutil.rmtree(work / "tests")
-    shutil.copytree(ROOT / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    _copy_tests(work)
     _write_config(work, group)
     return work
 
