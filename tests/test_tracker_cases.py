@@ -227,3 +227,24 @@ def test_a_detection_goes_to_one_track_only():
     hands = tracker.update([det("Right", [120, 100, 220, 200])], SHAPE)
     assert [(h.label, h.track_id) for h in hands] == [("Right", ids["Right"])]
     assert {t.id: t.missed for t in tracker.tracks} == {ids["Right"]: 0, ids["Left"]: 1}
+
+
+def test_two_hands_changing_labels_together_swap_on_the_hold_th_frame():
+    """Both hands called by the other label from the same frame: both reach label_hold votes together and swap
+    then (not a frame later); both tracks live on with their ids and their votes reset."""
+    tracker = HandTracker(label_hold=2)
+    first = tracker.update([det("Right", [100, 100, 200, 200]), det("Left", [400, 100, 500, 200])], SHAPE)
+    ids = {h.label: h.track_id for h in first}
+    swapped = [det("Left", [100, 100, 200, 200]), det("Right", [400, 100, 500, 200])]
+    assert {h.label: h.track_id for h in tracker.update(swapped, SHAPE)} == ids  # 1 vote each: held
+    assert {h.label: h.track_id for h in tracker.update(swapped, SHAPE)} == {"Left": ids["Right"],
+                                                                             "Right": ids["Left"]}
+    assert sorted((t.id, t.votes) for t in tracker.tracks) == sorted((i, 0) for i in ids.values())
+    assert {h.label: h.track_id for h in tracker.update(swapped, SHAPE)} == {"Left": ids["Right"],
+                                                                             "Right": ids["Left"]}
+
+
+def test_iou_of_sub_pixel_boxes():
+    thin = np.array([0.0, 0.0, 0.5, 0.25])
+    assert box_iou(thin, thin) == 1.0
+    assert box_iou(thin, thin + [0.25, 0, 0.25, 0]) == pytest.approx(1 / 3)  # shifted by half its width
