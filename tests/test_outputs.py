@@ -13,7 +13,7 @@ import pytest
 from hamer.outputs import (NPZ_ARRAYS, Frame, FrameWriter, VideoFileWriter, frame_json, give_default_permissions,
                            npz_arrays, rotations_to_axis_angle, write_image)
 from hamer.overlay import FINGER_COLORS, LABEL_COLORS, draw_hands
-from hamer.results import Camera, FrameResult, Hand, frozen_array
+from hamer.results import Camera, FrameResult, Hand, ManoParams, frozen_array
 
 SIZE = (200, 100)  # W, H
 
@@ -173,13 +173,13 @@ def test_new_files_get_the_umask_permissions(tmp_path):
     path = tmp_path / "weights.bin"
     path.write_bytes(b"x")
     path.chmod(0o600)
-    old = os.umask(0o027)
+    old = os.umask(0o022)
     try:
         give_default_permissions(path)
-        assert os.umask(0o027) == 0o027  # the umask is left as it was
+        assert os.umask(0o022) == 0o022  # the umask is left as it was
     finally:
         os.umask(old)
-    assert stat.S_IMODE(path.stat().st_mode) == 0o640  # 0o666 less 0o027
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # 0o666 less 0o022
 
 
 def test_axis_angle_of_known_rotations():
@@ -219,3 +219,27 @@ def test_an_error_inside_a_writer_comes_out_unchanged_and_leaves_no_file(tmp_pat
         _fail_inside()
     assert info.traceback[-1].name == "_fail_inside"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_npz_dtypes_and_mano_parameters_as_documented():
+    """Every array's dtype as NPZ_ARRAYS states it (written out here), and a hand's MANO parameters in its slot:
+    rotations as matrices and as axis-angle (a quarter turn about z is (0, 0, pi/2))."""
+    quarter_z = np.array([[0, -1, 0], [1, 0, 0], [0, 0, 1]], dtype=np.float32)
+    mano = ManoParams(frozen_array(quarter_z[None]), frozen_array(np.tile(quarter_z, (15, 1, 1))),
+                      frozen_array(np.arange(10) / 10))
+    hand = left_hand().replace(mano=mano, vertices=np.zeros((778, 3), np.float32))
+    arrays = npz_arrays([frame((hand,)), Frame("b.png", 0, None, FrameResult((), SIZE, None))], vertices=True)
+    documented = {"labels": "U", "source": "U", "frame": np.int64, "time_s": np.float64, "image_size": np.int32,
+                  "num_hands": np.int8, "present": np.bool_, "track_id": np.int32}
+    for key, value in arrays.items():
+        expected = documented.get(key, np.float32)
+        assert (value.dtype.kind == expected) if isinstance(expected, str) else value.dtype == expected, key
+    assert set(arrays) == set(NPZ_ARRAYS)
+    np.testing.assert_array_equal(arrays["global_orient"][0, 1], quarter_z)
+    np.testing.assert_array_equal(arrays["hand_pose"][0, 1, 14], quarter_z)
+    np.testing.assert_allclose(arrays["global_orient_aa"][0, 1], [0, 0, np.pi / 2], atol=1e-6)
+    np.testing.assert_allclose(arrays["hand_pose_aa"][0, 1], np.tile([0, 0, np.pi / 2], (15, 1)), atol=1e-6)
+    np.testing.assert_allclose(arrays["betas"][0, 1], np.arange(10) / 10, rtol=1e-6)
+    for key in ("global_orient", "hand_pose", "global_orient_aa", "hand_pose_aa", "betas"):
+        assert np.isnan(arrays[key][0, 0]).all() and np.isnan(arrays[key][1]).all()  # absent hands
+    assert np.isnan(arrays["camera"][1]).all()
