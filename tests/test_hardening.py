@@ -149,7 +149,9 @@ def test_the_reduced_crop_of_a_huge_box_is_within_tolerance_of_the_exact_one(mon
     """Huge crops are blurred on a shrunk region: forced onto ordinary crops here, the result stays within 0.15
     (normalized units; 1 grey level is 0.017) and 0.005 on average of the exact path."""
     img = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 256, (1500, 2000, 3), dtype=np.uint8), (0, 0), 2)
-    for box, right in (([300, 250, 1900, 1400], True), ([0, 0, 2000, 1500], False), ([-900, 700, 600, 2300], True)):
+    for box, right in (([300, 250, 1900, 1400], True), ([0, 0, 2000, 1500], False), ([-900, 700, 600, 2300], True),
+                       # a 3000 px crop whose region starts inside the image (x0, y0 > 0), right and mirrored
+                       ([1137.5, 850, 2262.5, 2350], True), ([1137.5, 850, 2262.5, 2350], False)):
         crop = cropping.box_to_crop(np.float32(box), right)
         exact = cropping.crop_images(img, [crop])[0]
         monkeypatch.setattr(cropping, "MAX_EXACT_SIGMA", 0.0)
