@@ -166,6 +166,14 @@ def test_the_reduced_crop_of_a_huge_box_is_within_tolerance_of_the_exact_one(mon
 def test_ordinary_crops_take_the_exact_path():
     assert cropping.reduction_factor(cropping.blur_sigma(8000.0), 3000 * 4000) == 1  # a 4000 px box, 12 Mpx image
     assert cropping.reduction_factor(cropping.blur_sigma(40000.0), 4000 * 3000) > 1
+    # the limits are inclusive: sigma 16 px, a 4096 x 4096 region
+    assert cropping.reduction_factor(16.0, 4096 * 4096) == 1
+    # beyond them: the blur brought to about 8 px (ceil(sigma / 8)), the region under 4096^2 (ceil of the side
+    # ratio), never less than 2
+    assert cropping.reduction_factor(16.01, 1) == 3 and cropping.reduction_factor(40.0, 100) == 5
+    assert cropping.reduction_factor(1.0, 4096 * 4096 + 1) == 2
+    assert cropping.reduction_factor(1.0, 9 * 4096 * 4096 + 1) == 4
+    assert cropping.reduction_factor(20.0, 16 * 4096 * 4096) == 4 and cropping.reduction_factor(33.0, 16 * 4096**2) == 5
 
 
 @settings(max_examples=60, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
