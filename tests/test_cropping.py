@@ -120,21 +120,44 @@ def test_patch_size_is_honoured():
     assert blurred.shape == (64, 64, 3) and blurred.dtype == np.float64
 
 
-@pytest.mark.parametrize(("size", "right"), [(4000, True), (4000, False), (2600, True)])
-def test_far_sides_of_a_very_large_blurred_crop_equal_the_original(size, right):
-    """A crop of several thousand pixels (sigma 3.4, kernel radius 14) lying mostly off a small noise image, its
-    right and bottom sides (its left side, mirrored, for a left hand) inside it: the patch's last row and column
-    read within ``size / 256`` px of the crop's far sides, so the blurred region must reach a full kernel radius
-    past them. Cheap: the reference blurs only the 240 x 320 image."""
+@pytest.mark.parametrize(("size", "right", "near"), [(4000, True, False), (4000, False, False), (2600, True, False),
+                                                     (4000, True, True), (4000, False, True)])
+def test_sides_of_a_very_large_blurred_crop_equal_the_original(size, right, near):
+    """A crop of several thousand pixels (sigma 3.4, kernel radius 14) lying mostly off a small noise image, with
+    its far sides (right and bottom) or its near sides (left and top) inside it (mirrored for a left hand): the
+    blurred region must reach a full kernel radius past the pixels the warp reads. Cheap: the reference blurs only
+    the 240 x 320 image."""
     img = np.random.default_rng(13).integers(0, 256, size=(240, 320, 3), dtype=np.uint8)
-    far_x, far_y = 250, 180  # where the crop's far sides lie (on the mirrored image for a left hand)
-    cx = far_x - size / 2 if right else 320 - 1 - (far_x - size / 2)
-    cy = far_y - size / 2
+    side_x, side_y = (70, 60) if near else (250, 180)  # where the crop's sides lie (on the mirrored image if left)
+    cx = side_x + size / 2 if near else side_x - size / 2
+    cx = cx if right else 320 - 1 - cx
+    cy = side_y + size / 2 if near else side_y - size / 2
     h, w = size / 2, size / 2 * 3 / 4  # a 3:4 box: side = 2 * h
     box = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
     crop = box_to_crop(np.array(box, np.float32), right)
     assert crop.size == size
     ours = normalize_patches(crop_images(img, [crop]), MEAN, STD)[0]
     expected = reference_crop(img, box, right)
-    assert (ours[:, -20:, -20:] != ours[:, :1, :1]).any()  # the image shows in the patch's far corner
+    corner = ours[:, :20, :20] if near else ours[:, -20:, -20:]
+    assert (corner != ours[:, 128:129, 128:129]).any()  # the image shows in that corner of the patch
     np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-5)
+
+
+def test_a_crop_reading_a_huge_region_takes_the_reduced_path(monkeypatch):
+    """The region limit, lowered for a cheap image: a 3000 px crop centred at (1700.25, 1600.25) of a 2000 x 1500
+    image (sigma 2.43, kernel radius 10) reads x 189..2000, y 89..1500 (floor of the corner 200.25 or 100.25, less
+    1 + radius; the far sides clipped to the image):
+    1811 x 1411 = 2,555,321 px. Over the limit it is shrunk by ceil(sqrt(2555321 / limit)) = 2; at it, exact."""
+    from hamer import cropping
+
+    img = np.zeros((1500, 2000, 3), np.uint8)
+    crop = box_to_crop(np.float32([1137.75, 850.25, 2262.75, 2350.25]), True)
+    assert crop.size == 3000 and crop.center.tolist() == [1700.25, 1600.25]
+    calls = []
+    monkeypatch.setattr(cropping, "_reduced_crop", lambda *args: calls.append((args[1], args[4])) or args[0][:1])
+    monkeypatch.setattr(cropping, "MAX_EXACT_REGION", 1811 * 1411 - 1)
+    crop_images(img, [crop])
+    assert calls == [((189, 89, 2000, 1500), 2)]
+    monkeypatch.setattr(cropping, "MAX_EXACT_REGION", 1811 * 1411)
+    crop_images(img, [crop])
+    assert len(calls) == 1  # the exact path
