@@ -334,3 +334,26 @@ def test_missing_config_and_checkpoint_outside_the_data_folder(data_dir, tmp_pat
     elsewhere = tmp_path / "elsewhere.ckpt"  # given by the user, outside the data folder: no download hint
     with pytest.raises(FileNotFoundError, match=rf"^HaMeR checkpoint not found: {re.escape(str(elsewhere))}$"):
         build_model(data_paths(tmp_path / "empty", elsewhere))
+
+
+def test_safetensors_precision_and_overflow(data_dir, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from hamer.checkpoint import save_safetensors
+
+    model, cfg = build_model(data_paths(data_dir))
+    name = "mano_head.init_cam"
+    save_safetensors(model, cfg, tmp_path / "default.safetensors")
+    save_safetensors(model, cfg, tmp_path / "half.safetensors", half=True)
+    for file, dtype in (("default", torch.float32), ("half", torch.float16)):  # float32 unless asked
+        with safe_open(str(tmp_path / f"{file}.safetensors"), framework="pt") as f:
+            assert f.get_tensor(name).dtype == dtype
+    with torch.no_grad():
+        model.mano_head.init_cam.fill_(1e6)  # beyond float16's 65504
+    with pytest.raises(ValueError, match=rf"^{name} has values beyond float16's range; convert without half "
+                                         r"precision$"):
+        save_safetensors(model, cfg, tmp_path / "overflow.safetensors", half=True)
+    bare = tmp_path / "bare.safetensors"
+    save_file({"x": torch.zeros(1)}, str(bare))  # no metadata: no config of its own
+    assert load_checkpoint(bare).config is None
