@@ -236,8 +236,8 @@ def test_many_misfits_are_listed_eight_at_a_time(data_dir, tmp_path):
     root = _edited_copy(data_dir, tmp_path / "ten", lambda raw: edit(raw, names[:10]))
     with pytest.raises(ValueError) as err:
         build_model(data_paths(root))
-    assert str(err.value).endswith(
-        ": missing " + ", ".join(names[:8]) + " and 2 more; unexpected backbone.extra")
+    assert str(err.value) == (f"checkpoint {root / 'hamer_ckpts/checkpoints/hamer.ckpt'} does not fit the model "
+                              "config: missing " + ", ".join(names[:8]) + " and 2 more; unexpected backbone.extra")
     root = _edited_copy(data_dir, tmp_path / "eight", lambda raw: edit(raw, names[:8]))
     with pytest.raises(ValueError) as err:
         build_model(data_paths(root))
@@ -329,7 +329,9 @@ def test_missing_config_and_checkpoint_outside_the_data_folder(data_dir, tmp_pat
                                                 r"none\)$"):
         build_model(data_paths(root))
     ckpt = re.escape(str(tmp_path / "empty/hamer_ckpts/checkpoints/hamer.ckpt"))
-    with pytest.raises(FileNotFoundError, match=rf"^HaMeR checkpoint not found: {ckpt}; run `hamer download "):
+    empty = re.escape(str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match=rf"^HaMeR checkpoint not found: {ckpt}; run `hamer download --data "
+                                                rf"{empty}` "):
         build_model(data_paths(tmp_path / "empty"))
     elsewhere = tmp_path / "elsewhere.ckpt"  # given by the user, outside the data folder: no download hint
     with pytest.raises(FileNotFoundError, match=rf"^HaMeR checkpoint not found: {re.escape(str(elsewhere))}$"):
@@ -357,3 +359,34 @@ def test_safetensors_precision_and_overflow(data_dir, tmp_path):
     bare = tmp_path / "bare.safetensors"
     save_file({"x": torch.zeros(1)}, str(bare))  # no metadata: no config of its own
     assert load_checkpoint(bare).config is None
+
+
+def test_checkpoint_mano_buffers_override_the_pickle_as_in_the_original(data_dir, tmp_path):
+    """The original loads the checkpoint non-strictly after building MANO from the pickle: the checkpoint's
+    ``mano.*`` buffers win. A pickle of other MANO arrays (seed 5) beside it changes nothing."""
+    from synthetic import mano_arrays, write_mano_pickle
+
+    root = _copy(data_dir, tmp_path)
+    other = mano_arrays(seed=5)
+    write_mano_pickle(root / "data/mano/MANO_RIGHT.pkl", other)
+    model, _ = build_model(data_paths(root))
+    ckpt = load_checkpoint(root / "hamer_ckpts/checkpoints/hamer.ckpt").state_dict
+    torch.testing.assert_close(model.mano.v_template, ckpt["mano.v_template"], rtol=0, atol=0)
+    assert not np.allclose(model.mano.v_template.numpy(), other["v_template"])
+
+
+def test_stored_config_errors_name_the_file(tmp_path):
+    from safetensors.torch import save_file
+
+    from hamer.configs import CONFIG_METADATA_KEY
+
+    folder = tmp_path / "hamer_ckpts" / "checkpoints"
+    folder.mkdir(parents=True)
+    path = folder / "hamer.safetensors"
+    save_file({"x": torch.zeros(1)}, str(path), metadata={CONFIG_METADATA_KEY: '{"MODEL": [1, 2]}'})
+    with pytest.raises(ValueError, match=rf"the config stored in {re.escape(str(path))}"):
+        build_model(data_paths(tmp_path, path))
+    ckpt = folder / "hamer.ckpt"
+    torch.save({"state_dict": {"x": torch.zeros(1)}, "hyper_parameters": {"cfg": {"MODEL": [1, 2]}}}, ckpt)
+    with pytest.raises(ValueError, match=rf"the config stored in {re.escape(str(ckpt))}"):
+        build_model(data_paths(tmp_path, ckpt))
