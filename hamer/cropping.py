@@ -162,6 +162,6 @@ def reduction_factor(sigma: float, region_pixels: int) -> int:
 def normalize_patches(patches: list[np.ndarray], mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """BGR patches -> (N, 3, S, S) float32 RGB, ``(x - 255 mean) / (255 std)`` per channel (mean, std in [0, 1])."""
     batch = np.stack([p[:, :, ::-1].transpose(2, 0, 1).astype(np.float32) for p in patches])
-    mean = 255.0 * np.reshape(mean, (1, 3, 1, 1))  # float64
-    std = 255.0 * np.reshape(std, (1, 3, 1, 1))
+    mean = 255.0 * np.asarray(mean, dtype=np.float64).reshape(1, 3, 1, 1)  # float64 whatever the config's type
+    std = 255.0 * np.asarray(std, dtype=np.float64).reshape(1, 3, 1, 1)
     return ((batch - mean) / std).astype(np.float32)

@@ -88,6 +88,15 @@ def test_normalization_is_rgb_imagenet():
     np.testing.assert_allclose(out[0, 0], -MEAN[0] / STD[0], rtol=1e-6)
 
 
+def test_normalization_is_computed_in_float64_whatever_the_config_type() -> None:
+    patch = np.random.default_rng(3).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    mean32, std32 = np.array(MEAN, np.float32), np.array(STD, np.float32)
+    rgb = patch[:, :, ::-1].transpose(2, 0, 1).astype(np.float64)
+    expected = ((rgb - 255.0 * mean32.astype(np.float64)[:, None, None])
+                / (255.0 * std32.astype(np.float64)[:, None, None])).astype(np.float32)
+    np.testing.assert_array_equal(normalize_patches([patch], mean32, std32)[0], expected)
+
+
 @pytest.fixture(scope="module")
 def noise_1600x1200() -> np.ndarray:
     return np.random.default_rng(11).integers(0, 256, size=(1200, 1600, 3), dtype=np.uint8)
