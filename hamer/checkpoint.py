@@ -73,10 +73,10 @@ def load_lightning_checkpoint(path: Path) -> Checkpoint:
         raise ValueError(f"checkpoint {path} is not a PyTorch zip checkpoint (truncated or not a checkpoint?)")
     try:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-        allowed: list = [(OrderedDict, name) for name in DICT_CLASSES]
-        allowed += [(_Opaque, name) for name in unsafe if name not in DICT_CLASSES]
-        if len(allowed) > 1:
-            log.info("checkpoint metadata classes read as inert stand-ins: %s", sorted(unsafe))
+        opaque = sorted(name for name in unsafe if name not in DICT_CLASSES)
+        allowed: list = [(OrderedDict, name) for name in DICT_CLASSES] + [(_Opaque, name) for name in opaque]
+        if opaque:
+            log.info("checkpoint metadata classes read as inert stand-ins: %s", opaque)
         with _SAFE_GLOBALS_LOCK, torch.serialization.safe_globals(allowed):
             raw = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import logging
 import sys
 import types
 import zipfile
@@ -166,11 +167,19 @@ class TrainerState:
         self.step = step
 
 
-def test_unknown_metadata_classes_become_inert_stand_ins(data_dir, tmp_path):
+def test_unknown_metadata_classes_become_inert_stand_ins(data_dir, tmp_path, caplog):
     def edit(raw: dict) -> None:
         raw["callbacks"] = {"state": TrainerState(7)}
 
     root = _edited_copy(data_dir, tmp_path, edit)
+    with caplog.at_level(logging.INFO, logger="hamer.checkpoint"):
+        load_checkpoint(root / "hamer_ckpts/checkpoints/hamer.ckpt")
+    stand_ins = [r.getMessage() for r in caplog.records if "inert stand-ins" in r.getMessage()]
+    assert stand_ins == [f"checkpoint metadata classes read as inert stand-ins: ['{__name__}.TrainerState']"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="hamer.checkpoint"):  # CfgNode is read as a dict, not a stand-in
+        load_checkpoint(data_dir / "hamer_ckpts/checkpoints/hamer.ckpt")
+    assert not [r for r in caplog.records if "inert stand-ins" in r.getMessage()]
     assert _keypoints(root)["Right"].shape == (21, 3)
 
 
