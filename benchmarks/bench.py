@@ -174,7 +174,7 @@ def prepare(work: Path, small: bool) -> dict:
     info["export_s"] = time.perf_counter() - start
     hamer.configs.ONNX_CACHE_DIR = work / "onnx_cache"  # the default CPU path's export, as a user's first load
     start = time.perf_counter()
-    default_runtime(lambda: model, cfg, data_paths(work / "_DATA").checkpoint, torch.device("cpu"), "fp32")
+    default_runtime(lambda built=model: built, cfg, data_paths(work / "_DATA").checkpoint, torch.device("cpu"), "fp32")
     info["default_cache_s"] = time.perf_counter() - start
     del model
     gc.collect()
@@ -387,6 +387,7 @@ def _row(path: str, r: dict) -> str:
 def markdown(report: dict) -> str:
     m, info, peaks, settings = report["machine"], report["prep"], report["peaks"], report["settings"]
     model = "small test model" if info["small"] else "ViT-H"
+    shift = next(iter(info["quantize"].values()))  # the fp32 joints' 1-pixel shift: the same for every int8 file
     lines = [
         (f"Machine: {m['cpu']} (family/model {m['cpu_family_model']}), {m['cores']} cores ({m['logical_cpus']} "
          f"logical CPUs), ISA: {' '.join(m['isa'])}; torch {m['torch']} ({m['torch_threads']} threads), "
@@ -401,9 +402,8 @@ def markdown(report: dict) -> str:
                     f"fp32, its own measure on {q['crops']} calibration crops of the photographs' hands max "
                     f"{q['max_mm']:.3f} / mean {q['mean_mm']:.3f} mm{'' if q['written'] else ' (refused)'}."
                     for name, q in info["quantize"].items())
-         + (f" For scale, a 1-pixel shift of those crops moves the fp32 joints by max "
-            f"{next(iter(info['quantize'].values()))['shift_max_mm']:.3f} / mean "
-            f"{next(iter(info['quantize'].values()))['shift_mean_mm']:.3f} mm.")),
+         + (f" For scale, a 1-pixel shift of those crops moves the fp32 joints by max {shift['shift_max_mm']:.3f} / "
+            f"mean {shift['shift_mean_mm']:.3f} mm.")),
         (f"Warm-up {settings['warmup']} call per batch size, median of {settings['runs']} runs per round, "
          f"{settings['rounds']} round(s) of all paths in alternating order, median over rounds. Load average "
          f"(1 min) before / after: {report['loadavg'][0]:.2f} / {report['loadavg'][1]:.2f}; the machine is shared, "

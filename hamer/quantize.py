@@ -369,9 +369,10 @@ def quantize_onnx(src: PathLike, dst: PathLike, crops: np.ndarray, max_error_mm:
         reference, shifted = _joints(src, crops, np.roll(crops, 1, axis=3))
         shift = np.linalg.norm(shifted - reference, axis=-1) * 1000
         trials: list[Trial] = []
-        passed: dict[int, Path] = {}
+        kept: Path | None = None  # the last candidate that passed: the search only goes on below it
 
         def passes(blocks: int) -> bool:
+            nonlocal kept
             excluded = _fp32_nodes(graph, fp32_nodes, blocks)
             out = Path(tmp) / str(blocks) / dst.name  # the data file's name is stored in the graph: the final name
             out.parent.mkdir()
@@ -381,10 +382,9 @@ def quantize_onnx(src: PathLike, dst: PathLike, crops: np.ndarray, max_error_mm:
             log.info("8-bit candidate, first %d of %d ViT blocks fp32: joints vs fp32 on %d crop(s) max %.3f mm, "
                      "mean %.3f mm", blocks, depth, len(crops), error.max(), error.mean())
             if error.max() <= max_error_mm and error.mean() <= max_mean_error_mm:
-                for other in passed.values():  # the search only goes on below a candidate that passed
-                    shutil.rmtree(other.parent)
-                passed.clear()
-                passed[blocks] = out
+                if kept is not None:
+                    shutil.rmtree(kept.parent)
+                kept = out
                 return True
             shutil.rmtree(out.parent)
             return False
@@ -407,7 +407,7 @@ def quantize_onnx(src: PathLike, dst: PathLike, crops: np.ndarray, max_error_mm:
                  "%.3f mm, mean %.3f mm (a 1-pixel crop shift: max %.3f, mean %.3f mm; %d candidate(s), %.0f s)",
                  report.fp32_blocks, depth, report.quantized_matmuls, report.crops, report.max_mm, report.mean_mm,
                  report.shift_max_mm, report.shift_mean_mm, len(trials), report.seconds)
-        out = passed[best]
+        out = kept
         data = dst.with_name(dst.name + ".data")
         shutil.move(str(out.with_name(out.name + ".data")), data)
         shutil.move(str(out), dst)
