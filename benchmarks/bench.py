@@ -155,7 +155,7 @@ def prepare(work: Path, small: bool) -> dict:
     from hamer.export import export_onnx
     from hamer.onnx_cache import default_runtime
     from hamer.pipeline import make_inputs
-    from hamer.quantize import QuantizationError, calibration_crops, image_files, quantize_onnx
+    from hamer.quantize import QuantizationError, calibration_sets, image_files, quantize_onnx
 
     work.mkdir(parents=True, exist_ok=True)
     print(f"writing random-weight {'small' if small else 'ViT-H'} model files to {work} ...", flush=True)
@@ -179,17 +179,19 @@ def prepare(work: Path, small: bool) -> dict:
     del model
     gc.collect()
     images = image_files(ROOT.parent / "shared" / "images")
-    calibration = calibration_crops(images, cfg)
+    fit, held_out = calibration_sets(images, cfg)
     info["quantize"] = {}
     for name, bounds in INT8_BOUNDS.items():
         start = time.perf_counter()
         try:
-            report = quantize_onnx(work / ONNX_FILES["onnx-fp32"], work / ONNX_FILES[name], calibration, **bounds)
+            report = quantize_onnx(work / ONNX_FILES["onnx-fp32"], work / ONNX_FILES[name], fit, held_out,
+                                   **bounds)
         except QuantizationError as exc:
             report = exc.report
         info["quantize"][name] = {
             "s": time.perf_counter() - start, "max_mm": report.max_mm, "mean_mm": report.mean_mm,
-            "crops": report.crops, "fp32_blocks": report.fp32_blocks, "blocks": report.blocks,
+            "fit_crops": report.fit_crops, "measured_crops": report.measured_crops, "rounding": report.rounding,
+            "fp32_blocks": report.fp32_blocks, "blocks": report.blocks,
             "written": (work / ONNX_FILES[name]).is_file(), "shift_max_mm": report.shift_max_mm,
             "shift_mean_mm": report.shift_mean_mm,
             "candidates": [[t.fp32_blocks, t.max_mm, t.mean_mm] for t in report.trials]}
@@ -399,7 +401,8 @@ def markdown(report: dict) -> str:
          f"cache, checks) "
          f"{info['default_cache_s']:.0f} s. "
          + " ".join(f"{name}: quantized in {q['s']:.0f} s, first {q['fp32_blocks']} of {q['blocks']} ViT blocks "
-                    f"fp32, its own measure on {q['crops']} calibration crops of the photographs' hands max "
+                    f"fp32, {q['rounding']} rounding, its own measure on {q['measured_crops']} held-out crops of the "
+                    f"photographs' hands (calibrated on {q['fit_crops']} others) max "
                     f"{q['max_mm']:.3f} / mean {q['mean_mm']:.3f} mm{'' if q['written'] else ' (refused)'}."
                     for name, q in info["quantize"].items())
          + (f" For scale, a 1-pixel shift of those crops moves the fp32 joints by max {shift['shift_max_mm']:.3f} / "

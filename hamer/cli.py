@@ -375,7 +375,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 def cmd_quantize(args: argparse.Namespace) -> int:
     import torch
 
-    from .quantize import QuantizationError, calibration_crops, image_files, quantize_onnx
+    from .quantize import QuantizationError, calibration_sets, image_files, quantize_onnx
     from .runtime import OnnxRuntime
 
     out = Path(args.output)
@@ -384,18 +384,19 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         return 2
     try:
         cfg = OnnxRuntime(args.model, torch.device("cpu")).cfg
-        crops = calibration_crops(image_files(args.images), cfg)
-        report = quantize_onnx(args.model, out, crops, max_error_mm=args.max_error_mm,
-                               max_mean_error_mm=args.max_mean_error_mm, fp32_blocks=args.fp32_blocks)
+        crops, held_out = calibration_sets(image_files(args.images), cfg)
+        report = quantize_onnx(args.model, out, crops, held_out, max_error_mm=args.max_error_mm,
+                               max_mean_error_mm=args.max_mean_error_mm, fp32_blocks=args.fp32_blocks,
+                               rounding=args.rounding)
     except QuantizationError as exc:
         print(f"error: {exc}; raise --max-error-mm / --max-mean-error-mm to accept more", file=sys.stderr)
         return 1
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"wrote {out} (8-bit, the first {report.fp32_blocks} of {report.blocks} ViT blocks fp32, "
-          f"{report.quantized_matmuls} MatMuls 8-bit): joints vs fp32 on {report.crops} hand crop(s) from "
-          f"{args.images}: max {report.max_mm:.3f} mm, mean {report.mean_mm:.3f} mm (for scale, a 1-pixel shift of "
+    print(f"wrote {out} (8-bit, {report.rounding} rounding, the first {report.fp32_blocks} of {report.blocks} ViT "
+          f"blocks fp32, {report.quantized_matmuls} MatMuls 8-bit): joints vs fp32 on {report.measured_crops} "
+          f"held-out hand crop(s) from {args.images} (calibrated on {report.fit_crops} other crops): max {report.max_mm:.3f} mm, mean {report.mean_mm:.3f} mm (for scale, a 1-pixel shift of "
           f"the crops moves the fp32 joints by max {report.shift_max_mm:.3f}, mean {report.shift_mean_mm:.3f} mm); "
           f"use it with `hamer run --backend onnx --onnx {out}`")
     return 0
@@ -561,21 +562,26 @@ def build_parser() -> argparse.ArgumentParser:
     download.set_defaults(func=cmd_download)
     quantize = sub.add_parser("quantize", help="an 8-bit copy of an exported .onnx model, its error measured",
                               description="Static per-channel 8-bit quantization (ONNX Runtime) calibrated on the "
-                                          "hands MediaPipe finds in --images, biases corrected for weight rounding. "
-                                          "The first ViT blocks stay fp32, as few as the bounds allow: candidates "
-                                          "are measured (joint error against the fp32 model on those crops); "
-                                          "nothing is written when none is within --max-error-mm and "
-                                          "--max-mean-error-mm.")
+                                          "hands MediaPipe finds in every other image of --images (each with 7 "
+                                          "jittered boxes), int8 weights rounded by GPTQ, biases corrected for "
+                                          "weight rounding. The first ViT blocks stay fp32, as few as the bounds "
+                                          "allow: candidates are measured (joint error against the fp32 model on "
+                                          "the hands of the other images); nothing is written when none is within "
+                                          "--max-error-mm and --max-mean-error-mm.")
     quantize.add_argument("model", metavar="MODEL.onnx", help="an fp32 model from HAMER(export_onnx=...)")
     quantize.add_argument("output", metavar="OUT.onnx")
     quantize.add_argument("--images", metavar="DIR", required=True,
-                          help="a folder of photographs with hands, like yours (calibration and error measurement)")
+                          help="a folder of photographs with hands, like yours, at least 2 (half calibrate, half "
+                               "measure the error)")
     quantize.add_argument("--max-error-mm", type=_positive, default=1.0, metavar="X",
                           help="largest 3D joint error against fp32 allowed, mm (default: 1.0)")
     quantize.add_argument("--max-mean-error-mm", type=_positive, default=0.3, metavar="X",
                           help="largest mean 3D joint error against fp32 allowed, mm (default: 0.3)")
     quantize.add_argument("--fp32-blocks", type=_non_negative_count, metavar="N",
                           help="keep exactly the first N ViT blocks fp32 (one candidate; default: search)")
+    quantize.add_argument("--rounding", choices=("gptq", "nearest"), default="gptq",
+                          help="int8 weight rounding: GPTQ on the calibration activations (default) or "
+                               "round-to-nearest")
     quantize.set_defaults(func=cmd_quantize)
     return parser
 

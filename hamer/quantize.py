@@ -1,12 +1,14 @@
 """8-bit models: static, per-channel quantization of an exported model, calibrated on hand crops, error measured.
 
 ``onnxruntime.quantization.quantize_static`` (QDQ format) quantizes the constant-weight MatMuls of the ViT: int8
-weights per output channel, uint8 activations with ranges calibrated (min/max) on real hand crops. Each quantized
-MatMul's bias is then corrected for the mean shift its weight rounding causes on the calibration activations
-(empirical bias correction). The layers that carry the error stay fp32, found by measurement
-(docs/QUANTIZATION.md): always the MANO head and the MANO layer (``FP32_NODES``), and the first ViT blocks, as many
-as the error bounds need: the error is measured on the user's weights for each candidate (a binary search over the
-number of leading fp32 blocks) and no file is written when no candidate with an 8-bit layer meets the bounds.
+weights per output channel, uint8 activations with ranges calibrated (min/max) on real hand crops. The int8 weights
+are then re-rounded on onnxruntime's grid by GPTQ (``hamer.gptq``), which minimizes each layer's output error on the
+calibration crops' activations instead of each weight's own error, and each quantized MatMul's bias is corrected
+for the mean shift its weight rounding leaves (empirical bias correction). The layers that carry the error stay
+fp32, found by measurement (docs/QUANTIZATION.md): always the MANO head and the MANO layer (``FP32_NODES``), and the
+first ViT blocks, as many as the error bounds need. The error is measured on the user's weights on held-out crops
+(not used to calibrate) for each candidate (a binary search over the number of leading fp32 blocks), and no file is
+written when no candidate with an 8-bit layer meets the bounds.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from .configs import CONFIG_METADATA_KEY, PathLike
+from .gptq import gptq_round
 from .outputs import give_default_permissions
 
 log = logging.getLogger(__name__)
@@ -40,6 +44,15 @@ FP32_NODES = (r"^/net/mano/", r"^/net/mano_head/")
 # later block: measured per layer, the first blocks carry most of it (docs/QUANTIZATION.md), so blocks are kept
 # fp32 from the first on.
 BLOCK_NODES = re.compile(r"^/net/backbone/blocks\.(\d+)/")
+ROUNDINGS = ("gptq", "nearest")
+# Memory for the calibration inputs' Hessians (float32, K x K per weight MatMul input) held at once: the weights'
+# inputs are taken in groups within it, one pass over the calibration crops per group (4 passes on ViT-H).
+HESSIAN_BYTES = 1 << 30
+# Box jitter of the extra calibration crops, HaMeR's training augmentation ranges (its config's
+# DATASETS.CONFIG.TRANS_FACTOR and SCALE_FACTOR): centre moved by up to 2% of the box, size scaled by 0.7-1.3.
+JITTER_SHIFT = 0.02
+JITTER_SCALE = 0.3
+CALIBRATION_JITTER = 7  # jittered copies of each calibration hand: GPTQ's Hessians from 8x the activations
 
 
 class QuantizationError(RuntimeError):
@@ -62,17 +75,20 @@ class Trial:
 
 @dataclass(frozen=True)
 class QuantizationReport:
-    """The 8-bit model written (or refused): its 3D joint error against fp32 on the calibration crops (mm), the ViT
-    blocks kept fp32 (the first ``fp32_blocks`` of ``blocks``), and every candidate measured, in order.
+    """The 8-bit model written (or refused): its 3D joint error against fp32 on the ``measured_crops`` held-out
+    crops (mm; the ``fit_crops`` calibration crops were not among them), the weights' ``rounding``, the ViT blocks
+    kept fp32 (the first ``fp32_blocks`` of ``blocks``), and every candidate measured, in order.
 
-    For scale, ``shift_max_mm``/``shift_mean_mm``: how far the fp32 joints move when every crop is shifted by one
-    pixel (a box moved by 1/256 of its size), the jitter any detector adds.
+    For scale, ``shift_max_mm``/``shift_mean_mm``: how far the fp32 joints move when every held-out crop is shifted
+    by one pixel (a box moved by 1/256 of its size), the jitter any detector adds.
     """
 
     path: Path
     max_mm: float
     mean_mm: float
-    crops: int
+    fit_crops: int
+    measured_crops: int
+    rounding: str
     fp32_blocks: int
     blocks: int
     quantized_matmuls: int
@@ -82,30 +98,53 @@ class QuantizationReport:
     seconds: float
 
 
-def calibration_crops(images: Iterable[PathLike], cfg, rescale_factor: float = 2.0) -> np.ndarray:
+def jittered_boxes(boxes: np.ndarray, copies: int, rng: np.random.Generator) -> np.ndarray:
+    """(N, 4) boxes x1, y1, x2, y2 -> (N * copies, 4): each box ``copies`` times with its centre moved by up to
+    ``JITTER_SHIFT`` of its width/height and its size scaled by 1 +- ``JITTER_SCALE`` (uniform draws)."""
+    boxes = np.repeat(np.asarray(boxes, dtype=np.float64), copies, axis=0)
+    size = boxes[:, 2:] - boxes[:, :2]
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2 + size * rng.uniform(-JITTER_SHIFT, JITTER_SHIFT, size.shape)
+    half = size / 2 * (1 + rng.uniform(-JITTER_SCALE, JITTER_SCALE, (len(boxes), 1)))
+    return np.concatenate([centre - half, centre + half], axis=1)
+
+
+def calibration_crops(images: Iterable[PathLike], cfg, rescale_factor: float = 2.0, jitter: int = 0,
+                      seed: int = 0) -> np.ndarray:
     """Network inputs (N, 3, 256, 256) float32 for every hand MediaPipe finds in ``images`` (image files).
 
-    The crops are made as ``HAMER.process_with_mediapipe`` makes them (left hands mirrored). ValueError when an
-    image cannot be read or no hand is found in any.
+    The crops are made as ``HAMER.process_with_mediapipe`` makes them (left hands mirrored), each hand followed by
+    ``jitter`` crops of it with its box jittered as HaMeR's training jittered boxes (``jittered_boxes``, drawn
+    from ``seed``): more calibration activations from the same hands. ValueError when an image cannot be read or
+    no hand is found in any.
     """
     from .detection import HandDetector
     from .images import read_image
     from .pipeline import make_inputs
 
+    images = list(images)
+    rng = np.random.default_rng(seed)
     batches = []
     with HandDetector() as detector:
         for path in images:
             img = read_image(path)
             if img is None:
                 raise ValueError(f"cannot read the image {path}")
-            detections = detector.detect(img)
-            if detections:
-                boxes = np.stack([d.box for d in detections]).astype(np.float32)
-                rights = np.array([d.label == "Right" for d in detections])
+            for d in detector.detect(img):
+                boxes = np.concatenate([d.box[None], jittered_boxes(d.box[None], jitter, rng)]).astype(np.float32)
+                rights = np.full(len(boxes), d.label == "Right")
                 batches.append(make_inputs(img, boxes, rights, cfg, rescale_factor)[0])
     if not batches:
-        raise ValueError("MediaPipe found no hand in the calibration images")
+        raise ValueError(f"MediaPipe found no hand in the calibration images ({', '.join(map(str, images))})")
     return np.concatenate(batches)
+
+
+def calibration_sets(images: list[PathLike], cfg, jitter: int = CALIBRATION_JITTER) -> tuple[np.ndarray, np.ndarray]:
+    """Calibration and held-out crops from ``images`` (image files, in order): the hands of every other image
+    (the 1st, 3rd, ...), each with ``jitter`` jittered copies, calibrate; the hands of the others, as they are,
+    measure the error. ValueError when there are fewer than 2 images or a set has no hand."""
+    if len(images) < 2:
+        raise ValueError(f"need at least 2 images (half calibrate, half measure the error), got {len(images)}")
+    return calibration_crops(images[0::2], cfg, jitter=jitter), calibration_crops(images[1::2], cfg)
 
 
 def image_files(folder: PathLike) -> list[Path]:
@@ -186,44 +225,69 @@ class Calibration:
     input_means: dict[str, np.ndarray]
 
 
-def _calibrate(src: Path, graph, crops: np.ndarray) -> Calibration:
-    """Min/max of every MatMul's activations on ``crops`` (one crop at a time), as onnxruntime's MinMax
-    calibrator computes them, and the mean input row of every weight MatMul, holding the weights once: the graph
-    with those activations as extra outputs is written beside ``src`` (so that it reads ``src``'s weight file) and
-    run with ONNX Runtime."""
+def _activations(src: Path, graph, crops: np.ndarray, tensors: list[str]) -> Iterator[dict[str, np.ndarray]]:
+    """The float32 values of ``tensors`` (intermediate tensors of ``src``), one dict per crop of ``crops``: a copy
+    of ``graph`` with them as extra outputs is written beside ``src`` (so that it reads ``src``'s weight file:
+    the weights are held once) and run with ONNX Runtime, one crop at a time."""
     import onnx
-    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData
 
     from .runtime import ONNX_INPUT, onnx_session
+
+    extended = onnx.ModelProto()
+    extended.CopyFrom(graph)
+    outputs = {o.name for o in graph.graph.output}
+    extended.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors if t not in outputs)
+    wanted = set(tensors)
+    with tempfile.NamedTemporaryFile(dir=src.parent, prefix=f".{src.stem}-calibration-", suffix=".onnx") as tmp:
+        onnx.save_model(extended, tmp.name)
+        session = onnx_session(Path(tmp.name), torch.device("cpu"))
+        names = [o.name for o in session.get_outputs()]
+        for i in range(len(crops)):
+            values = session.run(None, {ONNX_INPUT: crops[i:i + 1]})
+            yield {n: v for n, v in zip(names, values, strict=True)
+                   if n in wanted and v.dtype == np.float32 and v.size}
+
+
+def _calibrate(src: Path, graph, crops: np.ndarray) -> Calibration:
+    """Min/max of every MatMul's activations on ``crops`` (one crop at a time), as onnxruntime's MinMax
+    calibrator computes them, and the mean input row of every weight MatMul. (onnxruntime's own calibrator holds
+    the weights three times: 10 GB on ViT-H.)"""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData
 
     constants = {i.name for i in graph.graph.initializer}
     constants |= {o for n in graph.graph.node if n.op_type == "Constant" for o in n.output}
     tensors = list(dict.fromkeys(t for n in graph.graph.node if n.op_type == "MatMul"
                                  for t in (*n.input, *n.output) if t and t not in constants))
     weight_inputs = {n.input[0] for n in _weight_matmuls(graph)}
-    outputs = {o.name for o in graph.graph.output}
-    graph.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors if t not in outputs)
     low = {t: np.inf for t in tensors}
     high = {t: -np.inf for t in tensors}
     sums: dict[str, np.ndarray] = {}
     rows: dict[str, int] = defaultdict(int)
-    with tempfile.NamedTemporaryFile(dir=src.parent, prefix=f".{src.stem}-calibration-", suffix=".onnx") as tmp:
-        onnx.save_model(graph, tmp.name)
-        session = onnx_session(Path(tmp.name), torch.device("cpu"))
-        names = [o.name for o in session.get_outputs()]
-        for i in range(len(crops)):
-            for name, value in zip(names, session.run(None, {ONNX_INPUT: crops[i:i + 1]}), strict=True):
-                if name in low and value.dtype == np.float32 and value.size:
-                    low[name] = min(low[name], float(value.min()))
-                    high[name] = max(high[name], float(value.max()))
-                    if name in weight_inputs:
-                        flat = value.reshape(-1, value.shape[-1])
-                        sums[name] = sums.get(name, 0) + flat.sum(0, dtype=np.float64)
-                        rows[name] += len(flat)
-        del session
+    for values in _activations(src, graph, crops, tensors):
+        for name, value in values.items():
+            low[name] = min(low[name], float(value.min()))
+            high[name] = max(high[name], float(value.max()))
+            if name in weight_inputs:
+                flat = value.reshape(-1, value.shape[-1])
+                sums[name] = sums.get(name, 0) + flat.sum(0, dtype=np.float64)
+                rows[name] += len(flat)
     ranges = {t: (np.array([low[t]], np.float32), np.array([high[t]], np.float32)) for t in tensors
               if np.isfinite(low[t])}
     return Calibration(TensorsData(CalibrationMethod.MinMax, ranges), {t: sums[t] / rows[t] for t in sums})
+
+
+def _hessians(src: Path, graph, crops: np.ndarray, inputs: list[str]) -> dict[str, np.ndarray]:
+    """``sum x^T x`` (K, K) float32 of each activation in ``inputs`` over the rows ``x`` (K,) it takes on
+    ``crops`` (every token of every crop)."""
+    sums: dict[str, np.ndarray] = {}
+    for values in _activations(src, graph, crops, inputs):
+        for name, value in values.items():
+            flat = value.reshape(-1, value.shape[-1])
+            if name in sums:
+                sums[name] += flat.T @ flat
+            else:
+                sums[name] = flat.T @ flat
+    return sums
 
 
 def _tensor(tensor, folder: Path) -> np.ndarray:
@@ -237,6 +301,89 @@ def _tensor(tensor, folder: Path) -> np.ndarray:
     return numpy_helper.to_array(tensor)
 
 
+def _write_tensor(tensor, folder: Path, value: np.ndarray) -> None:
+    """Overwrite the data of an initializer with ``value`` (same dtype and size): in its external data file under
+    ``folder`` when it has one, else in ``tensor`` itself (the graph must then be saved)."""
+    from onnx import numpy_helper
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    if not uses_external_data(tensor):
+        tensor.CopyFrom(numpy_helper.from_array(value, tensor.name))
+        return
+    info = ExternalDataInfo(tensor)
+    data = np.ascontiguousarray(value).tobytes()
+    if info.length is not None and info.length != len(data):
+        raise ValueError(f"{tensor.name}: {len(data)} bytes to write over {info.length}")
+    with open(folder / info.location, "r+b") as file:
+        file.seek(info.offset or 0)
+        file.write(data)
+
+
+class QuantizedWeight(NamedTuple):
+    """An 8-bit weight MatMul of a quantized model: its name, its input activation, the fp32 weight's name in the
+    source model, and the names of its DequantizeLinear's (q, scale, zero point) initializers."""
+
+    matmul: str
+    activation: str
+    weight: str
+    grid: tuple[str, str, str]
+
+
+def _quantized_weights(src: Path, path: Path) -> tuple[object, dict, list[QuantizedWeight]]:
+    """The graph of the quantized model at ``path`` (without weights), its initializers by name, and its 8-bit
+    weight MatMuls (made from ``src``)."""
+    import onnx
+
+    graph = onnx.load(str(src), load_external_data=False)
+    inputs = {n.name: (n.input[0], n.input[1]) for n in _weight_matmuls(graph)}
+    model = onnx.load(str(path), load_external_data=False)
+    initializers = {t.name: t for t in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    found = []
+    for node in model.graph.node:
+        dequantize = producer.get(node.input[1]) if node.op_type == "MatMul" else None
+        if dequantize is not None and dequantize.op_type == "DequantizeLinear" and node.name in inputs:
+            found.append(QuantizedWeight(node.name, *inputs[node.name], tuple(dequantize.input)))
+    return model, initializers, found
+
+
+def _round_weights(src: Path, graph, path: Path, crops: np.ndarray, rounded: dict[str, np.ndarray]) -> int:
+    """Re-round the int8 weights of the quantized model at ``path`` (from ``src``) by GPTQ on onnxruntime's grid
+    (its per-channel scales and zero points kept), the Hessians from the activations of ``crops``.
+
+    ``rounded`` caches the integers by fp32 weight name across candidates (a weight's rounding does not depend
+    on which other layers are 8-bit: every Hessian comes from the fp32 model). The Hessians are computed in
+    groups within ``HESSIAN_BYTES``, one pass over ``crops`` per group. Returns the number of weights rewritten.
+    """
+    import onnx
+    from onnxruntime.quantization.quant_utils import get_qmin_qmax_for_qType
+
+    model, initializers, weights = _quantized_weights(src, path)
+    qmin, qmax = (int(v) for v in get_qmin_qmax_for_qType(onnx.TensorProto.INT8, symmetric=True))
+    float_weights = {t.name: t for t in graph.graph.initializer}
+    pending = list(dict.fromkeys((w.activation, w.weight) for w in weights if w.weight not in rounded))
+    grids = {w.weight: w.grid for w in weights}
+    while pending:
+        group: dict[str, int] = {}  # activation -> its width K, within the memory budget (at least one)
+        for activation, weight in pending:
+            width = int(float_weights[weight].dims[0])
+            if activation not in group and group and 4 * (sum(k * k for k in group.values()) + width * width) \
+                    > HESSIAN_BYTES:
+                break
+            group[activation] = width
+        hessians = _hessians(src, graph, crops, list(group))
+        for activation, weight in [p for p in pending if p[0] in group]:
+            _, scale, zero = (_tensor(initializers[name], path.parent) for name in grids[weight])
+            rounded[weight] = gptq_round(_tensor(float_weights[weight], src.parent), hessians[activation],
+                                         scale, zero, qmin, qmax).astype(np.int8)
+        pending = [p for p in pending if p[0] not in group]
+        del hessians
+    for w in weights:
+        _write_tensor(initializers[w.grid[0]], path.parent, rounded[w.weight])
+    onnx.save_model(model, str(path))
+    return len(weights)
+
+
 def _correct_biases(src: Path, path: Path, input_means: dict[str, np.ndarray]) -> int:
     """Empirical bias correction (Nagel et al., ICCV 2019) of the quantized model at ``path`` made from ``src``.
 
@@ -248,30 +395,23 @@ def _correct_biases(src: Path, path: Path, input_means: dict[str, np.ndarray]) -
     import onnx
     from onnx import numpy_helper
 
-    fp32 = onnx.load(str(src), load_external_data=False)
-    model = onnx.load(str(path), load_external_data=False)
-    float_weights = {t.name: t for t in fp32.graph.initializer}
-    inputs = {n.name: (n.input[0], n.input[1]) for n in _weight_matmuls(fp32)}
-    initializers = {t.name: t for t in model.graph.initializer}
-    producer = {o: n for n in model.graph.node for o in n.output}
+    float_weights = {t.name: t for t in onnx.load(str(src), load_external_data=False).graph.initializer}
+    model, initializers, weights = _quantized_weights(src, path)
     consumers = defaultdict(list)
     for node in model.graph.node:
         for name in node.input:
             consumers[name].append(node)
+    outputs = {n.name: n.output[0] for n in model.graph.node}
     corrected = 0
-    for node in model.graph.node:
-        dequantize = producer.get(node.input[1]) if node.op_type == "MatMul" else None
-        if dequantize is None or dequantize.op_type != "DequantizeLinear" or node.name not in inputs:
-            continue
-        activation, weight = inputs[node.name]
-        adds = [c for c in consumers[node.output[0]] if c.op_type == "Add"]
+    for w in weights:
+        adds = [c for c in consumers[outputs[w.matmul]] if c.op_type == "Add"]
         biases = [i for a in adds for i in a.input if i in initializers]
-        if len(adds) != 1 or len(biases) != 1 or activation not in input_means:
+        if len(adds) != 1 or len(biases) != 1 or w.activation not in input_means:
             continue
-        q, scale, zero = (_tensor(initializers[i], path.parent).astype(np.float64) for i in dequantize.input)
-        rounding = (q - zero) * scale - _tensor(float_weights[weight], src.parent)
+        q, scale, zero = (_tensor(initializers[i], path.parent).astype(np.float64) for i in w.grid)
+        rounding = (q - zero) * scale - _tensor(float_weights[w.weight], src.parent)
         bias = initializers[biases[0]]
-        value = _tensor(bias, path.parent) - (input_means[activation] @ rounding).astype(np.float32)
+        value = _tensor(bias, path.parent) - (input_means[w.activation] @ rounding).astype(np.float32)
         bias.CopyFrom(numpy_helper.from_array(value.astype(np.float32), bias.name))
         corrected += 1
     onnx.save_model(model, str(path))
@@ -288,9 +428,10 @@ def _joints(path: Path, *crop_sets: np.ndarray) -> list[np.ndarray]:
             for crops in crop_sets]
 
 
-def _quantize(src: Path, out: Path, excluded: list[str], calibration: Calibration, ranges: Path) -> None:
-    """``quantize_static`` of ``src`` into ``out`` (weights in ``<out>.data``), ``excluded`` kept fp32, biases
-    corrected."""
+def _quantize(src: Path, out: Path, excluded: list[str], calibration: Calibration, ranges: Path,
+              gptq: Callable[[Path], object] | None) -> None:
+    """``quantize_static`` of ``src`` into ``out`` (weights in ``<out>.data``), ``excluded`` kept fp32, its int8
+    weights re-rounded by ``gptq`` (None: onnxruntime's round-to-nearest kept), biases corrected."""
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -306,6 +447,8 @@ def _quantize(src: Path, out: Path, excluded: list[str], calibration: Calibratio
                         extra_options={"MatMulConstBOnly": True,
                                        # the MatMul's output stays float: no rounding before the bias is added
                                        "OpTypesToExcludeOutputQuantization": ["MatMul"]})
+    if gptq is not None:
+        gptq(out)
     _correct_biases(src, out, calibration.input_means)
 
 
@@ -325,30 +468,37 @@ def _fewest_fp32_blocks(depth: int, passes: Callable[[int], bool]) -> int | None
     return high if high < depth else None
 
 
-def quantize_onnx(src: PathLike, dst: PathLike, crops: np.ndarray, max_error_mm: float = DEFAULT_MAX_ERROR_MM,
-                  max_mean_error_mm: float = DEFAULT_MAX_MEAN_ERROR_MM, fp32_nodes: Iterable[str] = FP32_NODES,
-                  fp32_blocks: int | None = None) -> QuantizationReport:
+def quantize_onnx(src: PathLike, dst: PathLike, crops: np.ndarray, held_out: np.ndarray,
+                  max_error_mm: float = DEFAULT_MAX_ERROR_MM, max_mean_error_mm: float = DEFAULT_MAX_MEAN_ERROR_MM,
+                  fp32_nodes: Iterable[str] = FP32_NODES, fp32_blocks: int | None = None,
+                  rounding: str = "gptq") -> QuantizationReport:
     """Write an 8-bit copy of the exported model ``src`` to ``dst`` (weights in ``<dst>.data``), calibrated on
-    ``crops`` ((N, 3, 256, 256) normalized hand crops, e.g. from :func:`calibration_crops`), within
-    ``max_error_mm`` (largest 3D joint error against ``src`` on ``crops``) and ``max_mean_error_mm`` (its mean).
+    ``crops`` and within ``max_error_mm`` (largest 3D joint error against ``src``) and ``max_mean_error_mm`` (its
+    mean) on ``held_out``.
 
-    ``fp32_nodes``: node-name patterns kept in fp32 (the MANO layer must be among them). ``fp32_blocks``: how many
-    leading ViT blocks stay fp32; None (default) measures candidates and keeps the fewest that meet both bounds
-    (all blocks quantized first, then a binary search). The metadata (config) is kept, so ``dst`` runs with
-    ``HAMER(backend="onnx", onnx_path=dst)``.
+    ``crops``, ``held_out``: (N, 3, 256, 256) normalized hand crops (e.g. from :func:`calibration_crops`), the first
+    to calibrate (activation ranges, GPTQ Hessians, bias correction), the second to measure the error: hands not
+    among ``crops``, or the error fits the calibration. ``rounding``: "gptq" (default) or "nearest"
+    (onnxruntime's round-to-nearest int8 weights). ``fp32_nodes``: node-name patterns kept in fp32 (the MANO layer
+    must be among them). ``fp32_blocks``: how many leading ViT blocks stay fp32; None (default) measures candidates
+    and keeps the fewest that meet both bounds (all blocks quantized first, then a binary search). The metadata
+    (config) is kept, so ``dst`` runs with ``HAMER(backend="onnx", onnx_path=dst)``.
 
     Raises:
         QuantizationError: no candidate with a quantized layer meets the bounds; nothing is written.
-        FileNotFoundError / ValueError: ``src`` missing or not from ``hamer.export``; ``crops`` empty; bad bounds.
+        FileNotFoundError / ValueError: ``src`` missing or not from ``hamer.export``; crops empty; bad bounds.
     """
     from onnxruntime.quantization.calibrate import save_tensors_data
 
     src, dst = Path(src).expanduser(), Path(dst).expanduser()
     if not src.is_file():
         raise FileNotFoundError(f"ONNX model not found: {src}")
-    crops = np.ascontiguousarray(crops, dtype=np.float32)
-    if crops.ndim != 4 or len(crops) == 0:
-        raise ValueError(f"calibration crops must be (N, 3, H, W) with N >= 1, got shape {crops.shape}")
+    crops, held_out = (np.ascontiguousarray(c, dtype=np.float32) for c in (crops, held_out))
+    for name, value in (("calibration crops", crops), ("held-out crops", held_out)):
+        if value.ndim != 4 or len(value) == 0:
+            raise ValueError(f"{name} must be (N, 3, H, W) with N >= 1, got shape {value.shape}")
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
     if not (max_error_mm > 0 and max_mean_error_mm > 0):
         raise ValueError(f"error bounds must be > 0 mm, got max {max_error_mm}, mean {max_mean_error_mm}")
     graph = _graph(src)
@@ -366,8 +516,10 @@ def quantize_onnx(src: PathLike, dst: PathLike, crops: np.ndarray, max_error_mm:
         ranges = Path(tmp) / "ranges.json"
         save_tensors_data(calibration.ranges, ranges)
         # fp32 joints, and for scale the same joints with every crop shifted one pixel right
-        reference, shifted = _joints(src, crops, np.roll(crops, 1, axis=3))
+        reference, shifted = _joints(src, held_out, np.roll(held_out, 1, axis=3))
         shift = np.linalg.norm(shifted - reference, axis=-1) * 1000
+        rounded: dict[str, np.ndarray] = {}
+        gptq = (lambda path: _round_weights(src, graph, path, crops, rounded)) if rounding == "gptq" else None
         trials: list[Trial] = []
         kept: Path | None = None  # the last candidate that passed: the search only goes on below it
 
@@ -376,11 +528,12 @@ def quantize_onnx(src: PathLike, dst: PathLike, crops: np.ndarray, max_error_mm:
             excluded = _fp32_nodes(graph, fp32_nodes, blocks)
             out = Path(tmp) / str(blocks) / dst.name  # the data file's name is stored in the graph: the final name
             out.parent.mkdir()
-            _quantize(src, out, excluded, calibration, ranges)
-            error = np.linalg.norm(_joints(out, crops)[0] - reference, axis=-1) * 1000
+            _quantize(src, out, excluded, calibration, ranges, gptq)
+            error = np.linalg.norm(_joints(out, held_out)[0] - reference, axis=-1) * 1000
             trials.append(Trial(blocks, len(matmuls - set(excluded)), float(error.max()), float(error.mean())))
-            log.info("8-bit candidate, first %d of %d ViT blocks fp32: joints vs fp32 on %d crop(s) max %.3f mm, "
-                     "mean %.3f mm", blocks, depth, len(crops), error.max(), error.mean())
+            log.info("8-bit candidate (%s rounding), first %d of %d ViT blocks fp32: joints vs fp32 on %d held-out "
+                     "crop(s) max %.3f mm, mean %.3f mm", rounding, blocks, depth, len(held_out), error.max(),
+                     error.mean())
             if error.max() <= max_error_mm and error.mean() <= max_mean_error_mm:
                 if kept is not None:
                     shutil.rmtree(kept.parent)
@@ -395,18 +548,19 @@ def quantize_onnx(src: PathLike, dst: PathLike, crops: np.ndarray, max_error_mm:
             best = fp32_blocks if passes(fp32_blocks) else None
         chosen = next(t for t in trials if t.fp32_blocks == best) if best is not None else \
             min(trials, key=lambda t: t.max_mm)
-        report = QuantizationReport(dst, chosen.max_mm, chosen.mean_mm, len(crops), chosen.fp32_blocks, depth,
-                                    chosen.quantized_matmuls, tuple(trials), float(shift.max()),
-                                    float(shift.mean()), time.perf_counter() - start)
+        report = QuantizationReport(dst, chosen.max_mm, chosen.mean_mm, len(crops), len(held_out), rounding,
+                                    chosen.fp32_blocks, depth, chosen.quantized_matmuls, tuple(trials),
+                                    float(shift.max()), float(shift.mean()), time.perf_counter() - start)
         if best is None:
             raise QuantizationError(
                 f"no 8-bit candidate is within {max_error_mm:g} mm max / {max_mean_error_mm:g} mm mean of fp32 on "
-                f"{len(crops)} crop(s) (the closest, with the first {chosen.fp32_blocks} of {depth} ViT blocks fp32: "
-                f"max {chosen.max_mm:.3f} mm, mean {chosen.mean_mm:.3f} mm): {dst} not written", report)
-        log.info("8-bit model: first %d of %d ViT blocks fp32, %d MatMuls 8-bit; joints vs fp32 on %d crop(s): max "
-                 "%.3f mm, mean %.3f mm (a 1-pixel crop shift: max %.3f, mean %.3f mm; %d candidate(s), %.0f s)",
-                 report.fp32_blocks, depth, report.quantized_matmuls, report.crops, report.max_mm, report.mean_mm,
-                 report.shift_max_mm, report.shift_mean_mm, len(trials), report.seconds)
+                f"{len(held_out)} held-out crop(s) (the closest, with the first {chosen.fp32_blocks} of {depth} ViT "
+                f"blocks fp32: max {chosen.max_mm:.3f} mm, mean {chosen.mean_mm:.3f} mm): {dst} not written", report)
+        log.info("8-bit model (%s rounding): first %d of %d ViT blocks fp32, %d MatMuls 8-bit; joints vs fp32 on %d "
+                 "held-out crop(s): max %.3f mm, mean %.3f mm (a 1-pixel crop shift: max %.3f, mean %.3f mm; %d "
+                 "candidate(s), %.0f s)", rounding, report.fp32_blocks, depth, report.quantized_matmuls,
+                 report.measured_crops, report.max_mm, report.mean_mm, report.shift_max_mm, report.shift_mean_mm,
+                 len(trials), report.seconds)
         out = kept
         data = dst.with_name(dst.name + ".data")
         shutil.move(str(out.with_name(out.name + ".data")), data)
