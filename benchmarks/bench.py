@@ -36,12 +36,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # this checkout's hamer, and the synthetic assets
 
-PATHS = ("torch-fp32", "default-cpu", "torch-bf16", "onnx-fp32", "onnx-int8", "onnx-int8-1mm", "reference")
+PATHS = ("torch-fp32", "default-cpu", "torch-bf16", "onnx-fp32", "onnx-int8", "onnx-int8-1mm", "onnx-int8-1mm-nearest",
+         "reference")
 BOXES = {"Right": [100.0, 100.0, 250.0, 300.0], "Left": [350.0, 120.0, 500.0, 320.0]}  # batch 2; Right alone: 1
-ONNX_FILES = {"onnx-fp32": "hamer.onnx", "onnx-int8": "hamer-int8.onnx", "onnx-int8-1mm": "hamer-int8-1mm.onnx"}
-# int8 files: every ViT block 8-bit (no error bound), and the quantizer's default (1 mm max, 0.3 mm mean: it keeps
-# the first ViT blocks fp32, as few as those bounds allow)
-INT8_BOUNDS = {"onnx-int8": {"max_error_mm": float("inf"), "max_mean_error_mm": float("inf")}, "onnx-int8-1mm": {}}
+ONNX_FILES = {"onnx-fp32": "hamer.onnx", "onnx-int8": "hamer-int8.onnx", "onnx-int8-1mm": "hamer-int8-1mm.onnx",
+              "onnx-int8-1mm-nearest": "hamer-int8-1mm-nearest.onnx"}
+# int8 files: every ViT block 8-bit (no error bound), the quantizer's default (1 mm max, 0.3 mm mean: it keeps the
+# first ViT blocks fp32, as few as those bounds allow), and the same with round-to-nearest weights (no GPTQ)
+INT8_BOUNDS = {"onnx-int8": {"max_error_mm": float("inf"), "max_mean_error_mm": float("inf")}, "onnx-int8-1mm": {},
+               "onnx-int8-1mm-nearest": {"rounding": "nearest"}}
 
 
 def bench_image() -> np.ndarray:
@@ -90,23 +93,27 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 3.0) -> floa
     return 2 * n**3 / best / 1e9
 
 
-def int8_matmul_peak(n: int = 2048, seconds: float = 3.0) -> float:
-    """GFLOP/s (multiply-add = 2) of ONNX Runtime's 8-bit matmul: an (n, n) float input quantized to uint8 times
-    a constant per-channel int8 (n, n) weight, the QDQ MatMul that ``hamer.quantize`` writes (fused by ONNX Runtime
-    into its int8 kernel). Best of the runs in ~``seconds``."""
+def onnx_matmul_peak(int8: bool, n: int = 2048, seconds: float = 3.0) -> float:
+    """GFLOP/s (multiply-add = 2) of ONNX Runtime's matmul of an (n, n) float input by a constant (n, n) weight:
+    fp32, or (``int8``) the QDQ MatMul that ``hamer.quantize`` writes, the input quantized to uint8 times a
+    per-channel int8 weight (fused by ONNX Runtime into its int8 kernel). Best of the runs in ~``seconds``."""
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.integers(-127, 128, (n, n), dtype=np.int8), "w_q"),
-             numpy_helper.from_array(np.full(n, 0.01, np.float32), "w_scale"),
-             numpy_helper.from_array(np.zeros(n, np.int8), "w_zero"),
-             numpy_helper.from_array(np.array(0.05, np.float32), "x_scale"),
-             numpy_helper.from_array(np.array(128, np.uint8), "x_zero")]
-    nodes = [helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zero"], ["x_q"]),
-             helper.make_node("DequantizeLinear", ["x_q", "x_scale", "x_zero"], ["x_dq"]),
-             helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zero"], ["w"], axis=1),
-             helper.make_node("MatMul", ["x_dq", "w"], ["y"])]
+    if int8:
+        inits = [numpy_helper.from_array(rng.integers(-127, 128, (n, n), dtype=np.int8), "w_q"),
+                 numpy_helper.from_array(np.full(n, 0.01, np.float32), "w_scale"),
+                 numpy_helper.from_array(np.zeros(n, np.int8), "w_zero"),
+                 numpy_helper.from_array(np.array(0.05, np.float32), "x_scale"),
+                 numpy_helper.from_array(np.array(128, np.uint8), "x_zero")]
+        nodes = [helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zero"], ["x_q"]),
+                 helper.make_node("DequantizeLinear", ["x_q", "x_scale", "x_zero"], ["x_dq"]),
+                 helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zero"], ["w"], axis=1),
+                 helper.make_node("MatMul", ["x_dq", "w"], ["y"])]
+    else:
+        inits = [numpy_helper.from_array(rng.normal(size=(n, n)).astype(np.float32), "w")]
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["y"])]
     graph = helper.make_graph(nodes, "int8_matmul", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, n])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, n])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -124,7 +131,11 @@ def int8_matmul_peak(n: int = 2048, seconds: float = 3.0) -> float:
 
 
 def matmul_peaks() -> dict[str, float]:
-    return {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16), "int8": int8_matmul_peak()}
+    """GFLOP/s of each precision's fastest matmul here: fp32 the better of torch and ONNX Runtime (``fp32_torch``,
+    ``fp32_onnx``: they differ by up to 2x on one CPU), bf16 torch, int8 ONNX Runtime."""
+    fp32 = {"fp32_torch": matmul_peak(torch.float32), "fp32_onnx": onnx_matmul_peak(int8=False)}
+    return {"fp32": max(fp32.values()), **fp32, "bf16": matmul_peak(torch.bfloat16),
+            "int8": onnx_matmul_peak(int8=True)}
 
 
 def network_flops(model: torch.nn.Module) -> float:
@@ -141,13 +152,22 @@ def network_flops(model: torch.nn.Module) -> float:
 
 
 def prepare(work: Path, small: bool) -> dict:
-    """Data folder, ONNX fp32 and int8 files under ``work`` (once), FLOPs and weight bytes (``prep.json``)."""
+    """Data folder, ONNX fp32 and int8 files under ``work`` (once; an int8 file added to ``INT8_BOUNDS`` later is
+    made on the next run), FLOPs and weight bytes (``prep.json``)."""
     info_file = work / "prep.json"
     if info_file.is_file():
         info = json.loads(info_file.read_text())
         if info["small"] != small:
             raise SystemExit(f"{work} holds the {'small' if info['small'] else 'full'} model: use another --work")
-        return info
+    else:
+        info = export_models(work, small)
+    quantize_models(work, info)
+    info_file.write_text(json.dumps(info, indent=1))
+    return info
+
+
+def export_models(work: Path, small: bool) -> dict:
+    """The random-weight data folder, its fp32 ONNX export and the default path's cache under ``work``; FLOPs."""
     from synthetic import make_data_dir, training_config
 
     import hamer.configs
@@ -155,7 +175,6 @@ def prepare(work: Path, small: bool) -> dict:
     from hamer.export import export_onnx
     from hamer.onnx_cache import default_runtime
     from hamer.pipeline import make_inputs
-    from hamer.quantize import QuantizationError, calibration_sets, image_files, quantize_onnx
 
     work.mkdir(parents=True, exist_ok=True)
     print(f"writing random-weight {'small' if small else 'ViT-H'} model files to {work} ...", flush=True)
@@ -178,10 +197,22 @@ def prepare(work: Path, small: bool) -> dict:
     info["default_cache_s"] = time.perf_counter() - start
     del model
     gc.collect()
-    images = image_files(ROOT.parent / "shared" / "images")
-    fit, held_out = calibration_sets(images, cfg)
     info["quantize"] = {}
-    for name, bounds in INT8_BOUNDS.items():
+    return info
+
+
+def quantize_models(work: Path, info: dict) -> None:
+    """The int8 files of ``INT8_BOUNDS`` not yet in ``info``, calibrated and measured on the photographs' hands."""
+    from hamer.quantize import QuantizationError, calibration_sets, image_files, quantize_onnx
+    from hamer.runtime import OnnxRuntime
+
+    missing = [name for name in INT8_BOUNDS if name not in info["quantize"]]
+    if not missing:
+        return
+    cfg = OnnxRuntime(work / ONNX_FILES["onnx-fp32"], torch.device("cpu")).cfg
+    fit, held_out = calibration_sets(image_files(ROOT.parent / "shared" / "images"), cfg)
+    for name in missing:
+        bounds = INT8_BOUNDS[name]
         start = time.perf_counter()
         try:
             report = quantize_onnx(work / ONNX_FILES["onnx-fp32"], work / ONNX_FILES[name], fit, held_out,
@@ -197,8 +228,6 @@ def prepare(work: Path, small: bool) -> dict:
             "candidates": [[t.fp32_blocks, t.max_mm, t.mean_mm] for t in report.trials]}
     for name, file in ONNX_FILES.items():
         info[f"{name}_weight_bytes"] = sum(p.stat().st_size for p in work.glob(file + "*"))  # 0: not written
-    info_file.write_text(json.dumps(info, indent=1))
-    return info
 
 
 # ---------------------------------------------------------------------------------------------------- reference
@@ -394,7 +423,8 @@ def markdown(report: dict) -> str:
         (f"Machine: {m['cpu']} (family/model {m['cpu_family_model']}), {m['cores']} cores ({m['logical_cpus']} "
          f"logical CPUs), ISA: {' '.join(m['isa'])}; torch {m['torch']} ({m['torch_threads']} threads), "
          f"onnxruntime {m['onnxruntime']}."),
-        (f"Matmul peaks (2048x2048, best of start and end): fp32 {peaks['fp32']:.0f} GFLOP/s and bf16 "
+        (f"Matmul peaks (2048x2048, best of start and end): fp32 {peaks['fp32']:.0f} GFLOP/s (torch F.linear "
+         f"{peaks['fp32_torch']:.0f}, ONNX Runtime MatMul {peaks['fp32_onnx']:.0f}), bf16 "
          f"{peaks['bf16']:.0f} GFLOP/s (torch F.linear), int8 {peaks['int8']:.0f} GFLOP/s (ONNX Runtime QDQ MatMul, "
          f"uint8 x int8 per channel). Network: {info['flops_per_hand'] / 1e9:.1f} GFLOP per hand ({model}, "
          f"random weights). Export {info['export_s']:.0f} s; the default path's first load (export into its "

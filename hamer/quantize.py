@@ -134,7 +134,8 @@ def calibration_crops(images: Iterable[PathLike], cfg, rescale_factor: float = 2
                 rights = np.full(len(boxes), d.label == "Right")
                 batches.append(make_inputs(img, boxes, rights, cfg, rescale_factor)[0])
     if not batches:
-        raise ValueError(f"MediaPipe found no hand in the calibration images ({', '.join(map(str, images))})")
+        shown = ", ".join(map(str, images[:4])) + (", ..." if len(images) > 4 else "")
+        raise ValueError(f"MediaPipe found no hand in any of the {len(images)} image(s) {shown}")
     return np.concatenate(batches)
 
 
