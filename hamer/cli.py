@@ -396,8 +396,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         return 1
     print(f"wrote {out} (8-bit, {report.rounding} rounding, the first {report.fp32_blocks} of {report.blocks} ViT "
           f"blocks fp32, {report.quantized_matmuls} MatMuls 8-bit): joints vs fp32 on {report.measured_crops} "
-          f"held-out hand crop(s) from {args.images} (calibrated on {report.fit_crops} other crops): max {report.max_mm:.3f} mm, mean {report.mean_mm:.3f} mm (for scale, a 1-pixel shift of "
-          f"the crops moves the fp32 joints by max {report.shift_max_mm:.3f}, mean {report.shift_mean_mm:.3f} mm); "
+          f"held-out hand crop(s) from {args.images} (calibrated on {report.fit_crops} other crops): max "
+          f"{report.max_mm:.3f} mm, mean {report.mean_mm:.3f} mm (for scale, a 1-pixel shift of those crops moves "
+          f"the fp32 joints by max {report.shift_max_mm:.3f}, mean {report.shift_mean_mm:.3f} mm); "
           f"use it with `hamer run --backend onnx --onnx {out}`")
     return 0
 

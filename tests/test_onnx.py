@@ -179,6 +179,19 @@ def _matmul_inputs(graph, node_name: str) -> list[str]:
     return next(list(n.input) for n in graph.graph.node if n.name == node_name)
 
 
+def _layer_inputs(model: torch.nn.Module, modules: dict[str, torch.nn.Linear], crops: np.ndarray) -> dict:
+    """The rows (M, K) float64 each Linear of ``modules`` takes over ``crops`` (one crop at a time), by torch hooks."""
+    inputs: dict[str, list] = {}
+    hooks = [m.register_forward_hook(lambda _m, args, _out, k=k: inputs.setdefault(k, []).append(args[0]))
+             for k, m in modules.items()]
+    with torch.inference_mode():
+        for crop in crops:
+            model(torch.from_numpy(crop[None]))
+    for hook in hooks:
+        hook.remove()
+    return {k: torch.cat(v).reshape(-1, modules[k].in_features).double().numpy() for k, v in inputs.items()}
+
+
 def test_first_blocks_kept_fp32_and_biases_corrected_for_weight_rounding(exported, calibration: np.ndarray,
                                                                           tmp_path: Path) -> None:
     """With one leading block fp32, block 0's MatMuls read fp32 weights and block 1's 8-bit ones; each 8-bit
@@ -200,17 +213,10 @@ def test_first_blocks_kept_fp32_and_biases_corrected_for_weight_rounding(exporte
             "DequantizeLinear"
 
     model = torch_hamer.reconstructor.network.runtime.model
-    inputs = {}
     modules = {"attn/qkv": model.backbone.blocks[1].attn.qkv, "mlp/fc2": model.backbone.blocks[1].mlp.fc2}
-    hooks = [m.register_forward_hook(lambda _m, args, _out, k=k: inputs.setdefault(k, []).append(args[0]))
-             for k, m in modules.items()]
-    with torch.inference_mode():
-        for crop in crops:
-            model(torch.from_numpy(crop[None]))
-    for hook in hooks:
-        hook.remove()
-    for layer, module in modules.items():
-        x = torch.cat(inputs[layer]).reshape(-1, module.in_features).double().mean(0).numpy()
+    inputs = _layer_inputs(model, modules, crops)
+    for layer in modules:
+        x = inputs[layer].mean(0)
         weight_name = _matmul_inputs(fp32, f"/net/backbone/blocks.1/{layer}/MatMul")[1]
         dequantize = producers[_matmul_inputs(quantized, f"/net/backbone/blocks.1/{layer}/MatMul")[1]]
         q, scale, zero = (initializers[i].astype(np.float64) for i in dequantize.input)
@@ -246,15 +252,8 @@ def test_gptq_rounding_keeps_onnxruntimes_grid_and_cuts_the_layer_output_error(e
     models = {rounding: onnx.load(str(file)) for rounding, file in files.items()}
     fp32 = onnx.load(str(path))
     model = torch_hamer.reconstructor.network.runtime.model
-    modules = {"attn/qkv": model.backbone.blocks[1].attn.qkv, "mlp/fc2": model.backbone.blocks[0].mlp.fc2}
-    inputs: dict[str, list] = {}
-    hooks = [m.register_forward_hook(lambda _m, args, _out, k=k: inputs.setdefault(k, []).append(args[0]))
-             for k, m in modules.items()]
-    with torch.inference_mode():
-        for crop in crops:
-            model(torch.from_numpy(crop[None]))
-    for hook in hooks:
-        hook.remove()
+    inputs = _layer_inputs(model, {"attn/qkv": model.backbone.blocks[1].attn.qkv,
+                                   "mlp/fc2": model.backbone.blocks[0].mlp.fc2}, crops)
     for layer, block in (("attn/qkv", 1), ("mlp/fc2", 0)):
         node = f"/net/backbone/blocks.{block}/{layer}/MatMul"
         weight = numpy_helper.to_array(next(t for t in fp32.graph.initializer
@@ -266,7 +265,7 @@ def test_gptq_rounding_keeps_onnxruntimes_grid_and_cuts_the_layer_output_error(e
         assert q_gptq.dtype == np.int8 and np.abs(q_gptq.astype(int)).max() <= 127 and not np.any(zero)
         np.testing.assert_array_equal(q_near, np.clip(np.rint(weight / scale), -127, 127))
         assert np.mean(q_gptq != q_near) > 0.05
-        x = torch.cat(inputs[layer]).reshape(-1, weight.shape[0]).double().numpy()
+        x = inputs[layer]
         errors = {r: np.linalg.norm(x @ (q.astype(np.float64) * scale - weight))
                   for r, q in (("nearest", q_near), ("gptq", q_gptq))}
         assert errors["gptq"] < 0.8 * errors["nearest"], errors
