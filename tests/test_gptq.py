@@ -87,3 +87,63 @@ def test_inputs_never_active_are_rounded_to_nearest() -> None:
 def test_shape_mismatch() -> None:
     with pytest.raises(ValueError, match=r"shapes: weight \(4, 3\), hessian \(3, 3\)"):
         gptq_round(np.zeros((4, 3)), np.eye(3), np.ones(3), np.zeros(3), -127, 127)
+
+
+def _obq_reference(weight, hessian, scale, zero, qmin, qmax, damping=DAMPING):
+    """GPTQ written the textbook way (Optimal Brain Quantization's update, no Cholesky, no lazy blocks): round the
+    remaining input with the largest H diagonal first (ties: lowest index), move the others by
+    -error * Hinv[i, j] / Hinv[i, i], then remove input i from the inverse Hessian."""
+    h = hessian.astype(np.float64).copy()
+    h[np.diag_indices(len(h))] += damping * np.diagonal(h).mean()
+    order = sorted(range(len(h)), key=lambda i: (-hessian[i, i], i))
+    hinv = np.linalg.inv(h)
+    w = weight.astype(np.float64).copy()
+    q = np.zeros(weight.shape)
+    remaining = list(order)
+    for i in order:
+        q[i] = np.clip(np.rint(w[i] / scale) + zero, qmin, qmax)
+        error = w[i] - (q[i] - zero) * scale
+        remaining.remove(i)
+        for j in remaining:
+            w[j] -= error * hinv[i, j] / hinv[i, i]
+        hinv = hinv - np.outer(hinv[:, i], hinv[i, :]) / hinv[i, i]
+    return q
+
+
+@pytest.mark.parametrize("block_rows", [1, 7, 16, 128])
+def test_equals_the_textbook_algorithm(block_rows: int) -> None:
+    """Same integers as the un-blocked OBQ form, whatever the lazy block size; an asymmetric grid; Hessian
+    diagonals with ties (equal inputs: the lower index first) and far from 1 (the damping scales with them)."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(80, 6)) @ rng.normal(size=(6, 40)) * 30 + rng.normal(size=(80, 40))
+    x[:, 20:25] = x[:, 15:20]  # five pairs of equal inputs: equal diagonals
+    weight = rng.normal(size=(40, 12))
+    scale = (weight.max(0) - weight.min(0)) / 255
+    zero = np.rint(-weight.min(0) / scale)
+    hessian = x.T @ x
+    q = gptq_round(weight, hessian, scale, zero, 0, 255, block_rows=block_rows)
+    np.testing.assert_array_equal(q, _obq_reference(weight, hessian, scale, zero, 0, 255))
+    assert q.dtype == np.int64
+
+
+def test_integer_inputs_are_taken_as_float64() -> None:
+    rng = np.random.default_rng(5)
+    x = rng.integers(-3, 4, size=(30, 8))
+    weight = rng.integers(-50, 50, size=(8, 5))
+    scale, zero = np.full(5, 3.0), np.zeros(5)
+    expected = gptq_round(weight.astype(np.float64), (x.T @ x).astype(np.float64), scale, zero, -127, 127)
+    np.testing.assert_array_equal(gptq_round(weight, x.T @ x, scale, zero, -127, 127), expected)
+
+
+def test_no_active_input_at_all_is_round_to_nearest() -> None:
+    weight = np.random.default_rng(6).normal(size=(5, 3))
+    scale, zero = _grid(weight)
+    np.testing.assert_array_equal(gptq_round(weight, np.zeros((5, 5)), scale, zero, -127, 127),
+                                  np.rint(weight / scale))
+
+
+@pytest.mark.parametrize("shapes", [((4, 4), (3,), (3,)), ((3, 3), (2,), (3,)), ((3, 3), (3,), (1,))])
+def test_each_shape_is_checked(shapes) -> None:
+    hessian, scale, zero = (np.ones(s) for s in shapes)
+    with pytest.raises(ValueError, match=r"shapes: weight \(3, 3\)"):
+        gptq_round(np.zeros((3, 3)), hessian, scale, zero, -127, 127)

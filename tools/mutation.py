@@ -54,6 +54,7 @@ GROUPS: dict[str, tuple[str, list[str] | None, list[str]]] = {
                  ["tests/test_pipeline_cases.py", "tests/test_references.py", "tests/test_properties.py",
                   "tests/test_process.py", "tests/test_frame_result.py", "tests/test_formats.py"]),
     "outputs": ("hamer/outputs.py", None, ["tests/test_outputs.py", "tests/test_formats.py", "tests/test_cli.py"]),
+    "gptq": ("hamer/gptq.py", None, ["tests/test_gptq.py"]),
 }
 STATUS = re.compile(r"^\s*(\S+): (\w[\w ]*)$")
 
