@@ -372,13 +372,17 @@ def _round_weights(src: Path, graph, path: Path, crops: np.ndarray, rounded: dic
                     > HESSIAN_BYTES:
                 break
             group[activation] = width
+        start = time.perf_counter()
         hessians = _hessians(src, graph, crops, list(group))
-        for activation, weight in [p for p in pending if p[0] in group]:
+        todo = [p for p in pending if p[0] in group]
+        for activation, weight in todo:
             _, scale, zero = (_tensor(initializers[name], path.parent) for name in grids[weight])
             rounded[weight] = gptq_round(_tensor(float_weights[weight], src.parent), hessians[activation],
                                          scale, zero, qmin, qmax).astype(np.int8)
         pending = [p for p in pending if p[0] not in group]
         del hessians
+        log.info("GPTQ: %d weight(s) rounded on the Hessians of %d input(s) over %d crop(s) in %.0f s; %d left",
+                 len(todo), len(group), len(crops), time.perf_counter() - start, len(pending))
     for w in weights:
         _write_tensor(initializers[w.grid[0]], path.parent, rounded[w.weight])
     onnx.save_model(model, str(path))
