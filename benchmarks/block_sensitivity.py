@@ -1,0 +1,99 @@
+"""Which ViT blocks carry the 8-bit error: each block alone 8-bit, then the most sensitive blocks kept fp32.
+
+The quantizer's own steps (``hamer.quantize``: the same calibration / held-out split of ``../shared/images``, GPTQ
+rounding, bias correction, ONNX Runtime) on an exported model: first every block 8-bit (which also rounds every
+weight once, reused after), then each ViT block alone 8-bit (the other blocks fp32), then the ``--keep`` most
+sensitive blocks (largest mean error alone) kept fp32 and the rest 8-bit, beside the same count of leading blocks
+kept fp32 (the quantizer's search). Error: 3D joints against the fp32 model on the held-out hands, mm. Uses the
+quantizer's private steps: an experiment, not an interface.
+
+Run: ``python benchmarks/block_sensitivity.py /tmp/hamer_bench/hamer.onnx`` (the ViT-H file ``bench.py`` writes;
+2 cores: ~12 minutes of GPTQ, then ~17 s per candidate). Results: ``results/block_sensitivity.{md,json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from onnxruntime.quantization.calibrate import save_tensors_data
+
+from bench import machine  # also puts this checkout first on sys.path
+from hamer import quantize as q
+from hamer.runtime import OnnxRuntime
+
+IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", type=Path, help="an fp32 model exported by hamer (e.g. bench.py's hamer.onnx)")
+    parser.add_argument("--keep", type=int, nargs="+", default=[4, 8, 12, 17], help="fp32 block counts to compare")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    cfg = OnnxRuntime(args.model, torch.device("cpu")).cfg
+    fit, held_out = q.calibration_sets(q.image_files(IMAGES), cfg)
+    graph = q._graph(args.model)
+    depth = q._depth(graph)
+    heads = [re.compile(p) for p in q.FP32_NODES]
+    reference = q._joints(args.model, held_out)[0]
+    rounded: dict[str, np.ndarray] = {}
+
+    with tempfile.TemporaryDirectory(dir=args.model.parent, prefix=".sensitivity-") as tmp:
+        calibration = q._calibrate(args.model, graph, fit)
+        ranges = Path(tmp) / "ranges.json"
+        save_tensors_data(calibration.ranges, ranges)
+
+        def error(fp32: set[int]) -> list[float]:
+            """Max and mean joint error (mm) with the blocks ``fp32`` (and the MANO head and layer) kept fp32."""
+            excluded = [n.name for n in graph.graph.node if any(p.search(n.name) for p in heads)
+                        or ((m := q.BLOCK_NODES.match(n.name)) is not None and int(m.group(1)) in fp32)]
+            out = Path(tmp) / "candidate" / "m.onnx"  # a fresh folder: onnx appends to an existing data file
+            out.parent.mkdir()
+            q._quantize(args.model, out, excluded, calibration, ranges,
+                        lambda path: q._round_weights(args.model, graph, path, fit, rounded))
+            e = np.linalg.norm(q._joints(out, held_out)[0] - reference, axis=-1) * 1000
+            shutil.rmtree(out.parent)
+            logging.info("fp32 blocks %s: max %.3f mm, mean %.3f mm", sorted(fp32), e.max(), e.mean())
+            return [float(e.max()), float(e.mean())]
+
+        start = time.perf_counter()
+        every = error(set())
+        alone = [error(set(range(depth)) - {b}) for b in range(depth)]
+        order = sorted(range(depth), key=lambda b: -alone[b][1])
+        kept = {k: {"most_sensitive": error(set(order[:k])), "leading": error(set(range(k)))} for k in args.keep}
+    report = {"machine": machine(), "model": str(args.model),
+              "fit_crops": len(fit), "held_out_crops": len(held_out), "every_block": every, "alone": alone,
+              "order": order, "kept": kept, "seconds": time.perf_counter() - start,
+              # the per-block mean errors combined as independent errors (root of the sum of squares)
+              "quadrature_every_block": float(np.sqrt(sum(a[1] ** 2 for a in alone)))}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "block_sensitivity.json").write_text(json.dumps(report, indent=1))
+    cpu = report["machine"]
+    lines = [f"Machine: {cpu['cpu']} (family/model {cpu['cpu_family_model']}), {cpu['logical_cpus']} logical CPUs. "
+             f"Joint error against fp32 (max / mean mm) on {len(held_out)} held-out hand crops, GPTQ calibrated on "
+             f"{len(fit)} crops, {args.model}.", "",
+             f"Every block 8-bit: {every[0]:.3f} / {every[1]:.3f} (the blocks' errors alone, combined as "
+             f"independent: mean {report['quadrature_every_block']:.3f}).", "",
+             "| block alone 8-bit | " + " | ".join(map(str, range(depth))) + " |",
+             "|---" * (depth + 1) + "|",
+             "| max | " + " | ".join(f"{a[0]:.3f}" for a in alone) + " |",
+             "| mean | " + " | ".join(f"{a[1]:.3f}" for a in alone) + " |", "",
+             "| blocks kept fp32 | the most sensitive | the leading (the quantizer's choice) |", "|---|---|---|",
+             *(f"| {k} | {v['most_sensitive'][0]:.3f} / {v['most_sensitive'][1]:.3f} | "
+               f"{v['leading'][0]:.3f} / {v['leading'][1]:.3f} |" for k, v in kept.items())]
+    (args.out / "block_sensitivity.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
