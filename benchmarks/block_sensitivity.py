@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import shutil
 import tempfile
 import time
@@ -44,7 +43,6 @@ def main() -> None:
     fit, held_out = q.calibration_sets(q.image_files(IMAGES), cfg)
     graph = q._graph(args.model)
     depth = q._depth(graph)
-    heads = [re.compile(p) for p in q.FP32_NODES]
     reference = q._joints(args.model, held_out)[0]
     rounded: dict[str, np.ndarray] = {}
 
@@ -55,8 +53,8 @@ def main() -> None:
 
         def error(fp32: set[int]) -> list[float]:
             """Max and mean joint error (mm) with the blocks ``fp32`` (and the MANO head and layer) kept fp32."""
-            excluded = [n.name for n in graph.graph.node if any(p.search(n.name) for p in heads)
-                        or ((m := q.BLOCK_NODES.match(n.name)) is not None and int(m.group(1)) in fp32)]
+            blocks = tuple(rf"^/net/backbone/blocks\.{b}/" for b in sorted(fp32))
+            excluded = q._fp32_nodes(graph, (*q.FP32_NODES, *blocks), 0)
             out = Path(tmp) / "candidate" / "m.onnx"  # a fresh folder: onnx appends to an existing data file
             out.parent.mkdir()
             q._quantize(args.model, out, excluded, calibration, ranges,
