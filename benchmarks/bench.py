@@ -222,10 +222,11 @@ def quantize_models(work: Path, info: dict) -> None:
         info["quantize"][name] = {
             "s": time.perf_counter() - start, "max_mm": report.max_mm, "mean_mm": report.mean_mm,
             "fit_crops": report.fit_crops, "measured_crops": report.measured_crops, "rounding": report.rounding,
-            "fp32_blocks": report.fp32_blocks, "blocks": report.blocks,
+            "fp32_blocks": report.fp32_blocks, "fp32_layers": list(report.fp32_layers),
+            "fp32_share": report.fp32_share, "blocks": report.blocks,
             "written": (work / ONNX_FILES[name]).is_file(), "shift_max_mm": report.shift_max_mm,
             "shift_mean_mm": report.shift_mean_mm,
-            "candidates": [[t.fp32_blocks, t.max_mm, t.mean_mm] for t in report.trials]}
+            "candidates": [[t.fp32_blocks, list(t.fp32_layers), t.max_mm, t.mean_mm] for t in report.trials]}
     for name, file in ONNX_FILES.items():
         info[f"{name}_weight_bytes"] = sum(p.stat().st_size for p in work.glob(file + "*"))  # 0: not written
 
@@ -431,7 +432,9 @@ def markdown(report: dict) -> str:
          f"cache, checks) "
          f"{info['default_cache_s']:.0f} s. "
          + " ".join(f"{name}: quantized in {q['s']:.0f} s, first {q['fp32_blocks']} of {q['blocks']} ViT blocks "
-                    f"fp32, {q['rounding']} rounding, its own measure on {q['measured_crops']} held-out crops of the "
+                    f"and block layers {', '.join(q['fp32_layers']) or 'none'} fp32 "
+                    f"({100 * q['fp32_share']:.0f}% of the ViT's multiply-adds), "
+                    f"{q['rounding']} rounding, its own measure on {q['measured_crops']} held-out crops of the "
                     f"photographs' hands (calibrated on {q['fit_crops']} others) max "
                     f"{q['max_mm']:.3f} / mean {q['mean_mm']:.3f} mm{'' if q['written'] else ' (refused)'}."
                     for name, q in info["quantize"].items())

@@ -5,10 +5,11 @@ weights per output channel, uint8 activations with ranges calibrated (min/max) o
 are then re-rounded on onnxruntime's grid by GPTQ (``hamer.gptq``), which minimizes each layer's output error on the
 calibration crops' activations instead of each weight's own error, and each quantized MatMul's bias is corrected
 for the mean shift its weight rounding leaves (empirical bias correction). The layers that carry the error stay
-fp32, found by measurement (docs/QUANTIZATION.md): always the MANO head and the MANO layer (``FP32_NODES``), and the
-first ViT blocks, as many as the error bounds need. The error is measured on the user's weights on held-out crops
-(not used to calibrate) for each candidate (a binary search over the number of leading fp32 blocks), and no file is
-written when no candidate with an 8-bit layer meets the bounds.
+fp32, found by measurement (docs/QUANTIZATION.md): always the MANO head and the MANO layer (``FP32_NODES``); then,
+as few as the error bounds need, the first ViT blocks and the block layers (e.g. ``attn.proj`` of every block) whose
+error per multiply-add is largest. The error is measured on the user's weights on held-out crops (not used to
+calibrate) for each candidate, and of the candidates within the bounds the one with the fewest fp32 multiply-adds
+is written; nothing is written when no candidate with an 8-bit layer meets the bounds.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import shutil
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,9 +66,12 @@ class QuantizationError(RuntimeError):
 
 @dataclass(frozen=True)
 class Trial:
-    """One candidate: the first ``fp32_blocks`` ViT blocks kept fp32, its 3D joint error against fp32 (mm)."""
+    """One candidate: the first ``fp32_blocks`` ViT blocks and the ``fp32_layers`` of every block kept fp32, the
+    share of the ViT's multiply-adds left fp32, its 3D joint error against fp32 (mm)."""
 
     fp32_blocks: int
+    fp32_layers: tuple[str, ...]
+    fp32_share: float
     quantized_matmuls: int
     max_mm: float
     mean_mm: float
@@ -90,6 +94,8 @@ class QuantizationReport:
     measured_crops: int
     rounding: str
     fp32_blocks: int
+    fp32_layers: tuple[str, ...]
+    fp32_share: float
     blocks: int
     quantized_matmuls: int
     trials: tuple[Trial, ...]
@@ -194,13 +200,17 @@ def _graph(src: Path):
     return graph
 
 
-def _fp32_nodes(graph, patterns: Iterable[str], blocks: int) -> list[str]:
-    """Names of the nodes matching ``patterns`` or inside the first ``blocks`` ViT blocks."""
+def _fp32_nodes(graph, patterns: Iterable[str], blocks: int, layers: Iterable[str] = ()) -> list[str]:
+    """Names of the nodes matching ``patterns``, inside the first ``blocks`` ViT blocks, or inside one of the block
+    layers ``layers`` (module paths within a block, e.g. "attn.proj") of any block."""
     compiled = [re.compile(p) for p in patterns]
+    prefixes = tuple(layer.replace(".", "/") + "/" for layer in layers)
 
     def kept(name: str) -> bool:
         block = BLOCK_NODES.match(name)
-        return any(p.search(name) for p in compiled) or (block is not None and int(block.group(1)) < blocks)
+        if block is not None and (int(block.group(1)) < blocks or name[block.end():].startswith(prefixes)):
+            return True
+        return any(p.search(name) for p in compiled)
 
     return [n.name for n in graph.graph.node if kept(n.name)]
 
@@ -209,6 +219,18 @@ def _depth(graph) -> int:
     """The number of ViT blocks in the exported graph."""
     found = {int(m.group(1)) for n in graph.graph.node if (m := BLOCK_NODES.match(n.name))}
     return max(found) + 1 if found else 0
+
+
+def _block_matmuls(graph) -> dict[str, tuple[str, int]]:
+    """The weight MatMuls of the ViT blocks by node name: their block layer (module path within the block, e.g.
+    "attn.proj") and multiply-adds per token (K x N of the weight)."""
+    dims = {t.name: t.dims for t in graph.graph.initializer}
+    found = {}
+    for node in _weight_matmuls(graph):
+        if block := BLOCK_NODES.match(node.name):
+            k, n = dims[node.input[1]]
+            found[node.name] = (node.name[block.end():].rsplit("/", 1)[0].replace("/", "."), int(k) * int(n))
+    return found
 
 
 def _weight_matmuls(graph) -> list:
@@ -457,26 +479,50 @@ def _quantize(src: Path, out: Path, excluded: list[str], calibration: Calibratio
     _correct_biases(src, out, calibration.input_means)
 
 
-def _fewest_fp32_blocks(depth: int, passes: Callable[[int], bool]) -> int | None:
-    """The fewest leading fp32 blocks (0..depth-1) for which ``passes`` holds: all blocks quantized first, then a
-    binary search, taking the error as falling with each block kept fp32 (as measured, within noise); None when no
-    count below ``depth`` passes (``depth`` fp32 blocks would leave no ViT layer quantized)."""
-    if passes(0):
-        return 0
-    low, high = 0, depth  # low fails
+def _fewest(counts: Sequence[int], passes: Callable[[int], bool]) -> int | None:
+    """The first of ``counts`` (leading fp32 blocks, ascending) for which ``passes`` holds: the first count tried
+    first, then a binary search, taking the error as falling with each block kept fp32 (as measured, within noise);
+    None when none passes."""
+    if not counts:
+        return None
+    if passes(counts[0]):
+        return counts[0]
+    low, high = 0, len(counts)  # counts[low] fails; counts[high] is taken to pass
     while high - low > 1:
         middle = (low + high) // 2
-        if passes(middle):
+        if passes(counts[middle]):
             high = middle
         else:
             low = middle
-    return high if high < depth else None
+    return counts[high] if high < len(counts) else None
+
+
+Candidate = tuple[int, tuple[str, ...]]  # leading fp32 ViT blocks, fp32 block layers
+
+
+def _cheapest(counts: Sequence[int], families: Iterable[tuple[str, ...]],
+              share: Callable[[int, tuple[str, ...]], float],
+              passes: Callable[[int, tuple[str, ...]], bool]) -> Candidate | None:
+    """The candidate with the smallest fp32 ``share`` for which ``passes`` holds, family by family: for each tuple
+    of fp32 block layers of ``families`` (each family costlier than the one before at the same block count), the
+    fewest leading fp32 blocks of ``counts`` among those cheaper than the best found (``_fewest``). Stops when a
+    family passes at the first count (no later one can be cheaper) or none of its candidates is cheaper; None when
+    nothing passes. ``families`` is drawn lazily: it may measure before giving the next family."""
+    best: Candidate | None = None
+    for layers in families:
+        cheaper = [k for k in counts if best is None or share(k, layers) < share(*best)]
+        found = _fewest(cheaper, lambda k, layers=layers: passes(k, layers))
+        if found is not None:
+            best = (found, layers)
+        if not cheaper or found == counts[0]:
+            break
+    return best
 
 
 def quantize_onnx(src: PathLike, dst: PathLike, crops: np.ndarray, held_out: np.ndarray,
                   max_error_mm: float = DEFAULT_MAX_ERROR_MM, max_mean_error_mm: float = DEFAULT_MAX_MEAN_ERROR_MM,
                   fp32_nodes: Iterable[str] = FP32_NODES, fp32_blocks: int | None = None,
-                  rounding: str = "gptq") -> QuantizationReport:
+                  fp32_layers: Iterable[str] | None = None, rounding: str = "gptq") -> QuantizationReport:
     """Write an 8-bit copy of the exported model ``src`` to ``dst`` (weights in ``<dst>.data``), calibrated on
     ``crops`` and within ``max_error_mm`` (largest 3D joint error against ``src``) and ``max_mean_error_mm`` (its
     mean) on ``held_out``.
@@ -485,13 +531,18 @@ def quantize_onnx(src: PathLike, dst: PathLike, crops: np.ndarray, held_out: np.
     to calibrate (activation ranges, GPTQ Hessians, bias correction), the second to measure the error: hands not
     among ``crops``, or the error fits the calibration. ``rounding``: "gptq" (default) or "nearest"
     (onnxruntime's round-to-nearest int8 weights). ``fp32_nodes``: node-name patterns kept in fp32 (the MANO layer
-    must be among them). ``fp32_blocks``: how many leading ViT blocks stay fp32; None (default) measures candidates
-    and keeps the fewest that meet both bounds (all blocks quantized first, then a binary search). The metadata
-    (config) is kept, so ``dst`` runs with ``HAMER(backend="onnx", onnx_path=dst)``.
+    must be among them). ``fp32_blocks``: how many leading ViT blocks stay fp32; ``fp32_layers``: which block
+    layers (module paths within a ViT block, e.g. "attn.proj") stay fp32 in every block. None (the default) for
+    either searches it: of the candidates measured, the one within both bounds with the fewest fp32 multiply-adds
+    is written. The search: every layer 8-bit first; then the fewest leading fp32 blocks (binary search); then,
+    with each block layer alone 8-bit measured, the block layers kept fp32 one more at a time in order of error
+    per multiply-add, each time with the fewest leading blocks that are still cheaper than the best found. The
+    metadata (config) is kept, so ``dst`` runs with ``HAMER(backend="onnx", onnx_path=dst)``.
 
     Raises:
         QuantizationError: no candidate with a quantized layer meets the bounds; nothing is written.
-        FileNotFoundError / ValueError: ``src`` missing or not from ``hamer.export``; crops empty; bad bounds.
+        FileNotFoundError / ValueError: ``src`` missing or not from ``hamer.export``; crops empty; bad bounds;
+        an unknown block layer.
     """
     from onnxruntime.quantization.calibrate import save_tensors_data
 
@@ -510,10 +561,26 @@ def quantize_onnx(src: PathLike, dst: PathLike, crops: np.ndarray, held_out: np.
     depth = _depth(graph)
     if fp32_blocks is not None and not 0 <= fp32_blocks < max(depth, 1):
         raise ValueError(f"fp32_blocks must be 0..{depth - 1} (the ViT has {depth} blocks), got {fp32_blocks}")
+    block_matmuls = _block_matmuls(graph)
+    layers = list(dict.fromkeys(layer for layer, _ in block_matmuls.values()))
+    if fp32_layers is not None:
+        fp32_layers = tuple(fp32_layers)
+        if unknown := [layer for layer in fp32_layers if layer not in layers]:
+            raise ValueError(f"unknown ViT block layer(s) {', '.join(unknown)}: the blocks have {', '.join(layers)}")
+        if set(fp32_layers) == set(layers):
+            raise ValueError(f"fp32_layers {', '.join(fp32_layers)} would leave no ViT layer 8-bit")
     fp32_nodes = tuple(fp32_nodes)
     if not any(n.startswith("/net/mano/") for n in _fp32_nodes(graph, fp32_nodes, 0)):
         raise ValueError(f"{src}: the MANO layer (/net/mano/*) must stay fp32; fp32_nodes={fp32_nodes}")
     matmuls = {n.name for n in _weight_matmuls(graph)}
+    macs = {layer: sum(m for kind, m in block_matmuls.values() if kind == layer) for layer in layers}
+    vit_macs = sum(m for _, m in block_matmuls.values())
+
+    def share(blocks: int, fp32: tuple[str, ...]) -> float:
+        """The fraction of the ViT's weight multiply-adds left fp32."""
+        kept = set(_fp32_nodes(graph, (), blocks, fp32))
+        return sum(m for name, (_, m) in block_matmuls.items() if name in kept) / max(vit_macs, 1)
+
     start = time.perf_counter()
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".quantize-") as tmp:
@@ -526,44 +593,66 @@ def quantize_onnx(src: PathLike, dst: PathLike, crops: np.ndarray, held_out: np.
         rounded: dict[str, np.ndarray] = {}
         gptq = (lambda path: _round_weights(src, graph, path, crops, rounded)) if rounding == "gptq" else None
         trials: list[Trial] = []
-        kept: Path | None = None  # the last candidate that passed: the search only goes on below it
+        kept: Path | None = None  # the best candidate that passed: the search only tries cheaper ones after it
 
-        def passes(blocks: int) -> bool:
+        def measure(blocks: int, fp32: tuple[str, ...], keep: bool = True) -> Trial:
+            """Quantize and measure one candidate; its file is kept when ``keep`` and it is within the bounds."""
             nonlocal kept
-            excluded = _fp32_nodes(graph, fp32_nodes, blocks)
-            out = Path(tmp) / str(blocks) / dst.name  # the data file's name is stored in the graph: the final name
+            excluded = _fp32_nodes(graph, fp32_nodes, blocks, fp32)
+            out = Path(tmp) / str(len(trials)) / dst.name  # the data file's name is stored in the graph
             out.parent.mkdir()
             _quantize(src, out, excluded, calibration, ranges, gptq)
             error = np.linalg.norm(_joints(out, held_out)[0] - reference, axis=-1) * 1000
-            trials.append(Trial(blocks, len(matmuls - set(excluded)), float(error.max()), float(error.mean())))
-            log.info("8-bit candidate (%s rounding), first %d of %d ViT blocks fp32: joints vs fp32 on %d held-out "
-                     "crop(s) max %.3f mm, mean %.3f mm", rounding, blocks, depth, len(held_out), error.max(),
-                     error.mean())
-            if error.max() <= max_error_mm and error.mean() <= max_mean_error_mm:
+            trial = Trial(blocks, fp32, share(blocks, fp32), len(matmuls - set(excluded)), float(error.max()),
+                          float(error.mean()))
+            trials.append(trial)
+            log.info("8-bit candidate (%s rounding), first %d of %d ViT blocks fp32, block layers fp32: %s (%.0f%% "
+                     "of the ViT's multiply-adds fp32): joints vs fp32 on %d held-out crop(s) max %.3f mm, mean "
+                     "%.3f mm", rounding, blocks, depth, ", ".join(fp32) or "none", 100 * trial.fp32_share,
+                     len(held_out), error.max(), error.mean())
+            if keep and error.max() <= max_error_mm and error.mean() <= max_mean_error_mm:
                 if kept is not None:
                     shutil.rmtree(kept.parent)
                 kept = out
-                return True
-            shutil.rmtree(out.parent)
-            return False
+            else:
+                shutil.rmtree(out.parent)
+            return trial
 
-        if fp32_blocks is None:
-            best = _fewest_fp32_blocks(depth, passes)
-        else:
-            best = fp32_blocks if passes(fp32_blocks) else None
-        chosen = next(t for t in trials if t.fp32_blocks == best) if best is not None else \
-            min(trials, key=lambda t: t.max_mm)
+        def passes(blocks: int, fp32: tuple[str, ...]) -> bool:
+            trial = measure(blocks, fp32)
+            return trial.max_mm <= max_error_mm and trial.mean_mm <= max_mean_error_mm
+
+        def families() -> Iterator[tuple[str, ...]]:
+            """The fp32 block layers to try: the given ones, or none and then, by measured error per multiply-add
+            of each layer alone 8-bit (the others fp32), the worst one, two, ... (never all)."""
+            if fp32_layers is not None:
+                yield fp32_layers
+                return
+            yield ()
+            alone = {layer: measure(fp32_blocks or 0, tuple(other for other in layers if other != layer),
+                                    keep=False) for layer in layers}
+            order = sorted(layers, key=lambda layer: -alone[layer].mean_mm ** 2 / macs[layer])
+            for count in range(1, len(order)):
+                yield tuple(order[:count])
+
+        counts = range(depth) if fp32_blocks is None else [fp32_blocks]
+        best = _cheapest(counts, families(), share, passes)
+        chosen = next(t for t in reversed(trials) if (t.fp32_blocks, t.fp32_layers) == best) \
+            if best is not None else min(trials, key=lambda t: t.max_mm)
         report = QuantizationReport(dst, chosen.max_mm, chosen.mean_mm, len(crops), len(held_out), rounding,
-                                    chosen.fp32_blocks, depth, chosen.quantized_matmuls, tuple(trials),
-                                    float(shift.max()), float(shift.mean()), time.perf_counter() - start)
+                                    chosen.fp32_blocks, chosen.fp32_layers, chosen.fp32_share, depth,
+                                    chosen.quantized_matmuls, tuple(trials), float(shift.max()), float(shift.mean()),
+                                    time.perf_counter() - start)
+        fp32 = (f"the first {chosen.fp32_blocks} of {depth} ViT blocks and block layers "
+                f"{', '.join(chosen.fp32_layers) or 'none'} fp32")
         if best is None:
             raise QuantizationError(
                 f"no 8-bit candidate is within {max_error_mm:g} mm max / {max_mean_error_mm:g} mm mean of fp32 on "
-                f"{len(held_out)} held-out crop(s) (the closest, with the first {chosen.fp32_blocks} of {depth} ViT "
-                f"blocks fp32: max {chosen.max_mm:.3f} mm, mean {chosen.mean_mm:.3f} mm): {dst} not written", report)
-        log.info("8-bit model (%s rounding): first %d of %d ViT blocks fp32, %d MatMuls 8-bit; joints vs fp32 on %d "
-                 "held-out crop(s): max %.3f mm, mean %.3f mm (a 1-pixel crop shift: max %.3f, mean %.3f mm; %d "
-                 "candidate(s), %.0f s)", rounding, report.fp32_blocks, depth, report.quantized_matmuls,
+                f"{len(held_out)} held-out crop(s) (the closest, with {fp32}: max {chosen.max_mm:.3f} mm, mean "
+                f"{chosen.mean_mm:.3f} mm): {dst} not written", report)
+        log.info("8-bit model (%s rounding): %s (%.0f%% of the ViT's multiply-adds), %d MatMuls 8-bit; joints vs "
+                 "fp32 on %d held-out crop(s): max %.3f mm, mean %.3f mm (a 1-pixel crop shift: max %.3f, mean %.3f "
+                 "mm; %d candidate(s), %.0f s)", rounding, fp32, 100 * report.fp32_share, report.quantized_matmuls,
                  report.measured_crops, report.max_mm, report.mean_mm, report.shift_max_mm, report.shift_mean_mm,
                  len(trials), report.seconds)
         out = kept

@@ -155,20 +155,36 @@ def test_int8_static_quantization_reports_its_error(exported, calibration: np.nd
     assert any(n.op_type == "QuantizeLinear" for n in nodes)
     assert (report.fit_crops, report.measured_crops, report.rounding) == (len(crops), len(held_out), "gptq")
     assert not any(n.op_type == "DequantizeLinear" and n.name.startswith("/net/mano/") for n in nodes)
-    # within the default bounds at once: every ViT block 8-bit, one candidate measured
-    assert (report.fp32_blocks, report.blocks, report.quantized_matmuls) == (0, 2, 8)
-    assert [t.fp32_blocks for t in report.trials] == [0]
+    # within the default bounds at once: every ViT layer 8-bit, one candidate measured
+    assert (report.fp32_blocks, report.fp32_layers, report.fp32_share) == (0, (), 0)
+    assert (report.blocks, report.quantized_matmuls) == (2, 8)
+    assert [(t.fp32_blocks, t.fp32_layers) for t in report.trials] == [(0, ())]
     assert report.shift_max_mm > report.shift_mean_mm > 0  # the fp32 joints' response to a 1-pixel crop shift
     int8 = HAMER(backend="onnx", onnx_path=report.path, task_paths={})
     error = np.linalg.norm(_joints(int8, image) - _joints(torch_hamer, image), axis=-1)
     assert 0 < report.max_mm < 1.0 and 0 < error.max() < 1e-3  # the small model: measured ~0.05 mm
     with pytest.raises(QuantizationError, match="no 8-bit candidate is within 1e-09 mm") as refused:
         quantize_onnx(path, tmp_path / "refused.onnx", crops, held_out, max_error_mm=1e-9)
-    # every count of leading fp32 blocks that leaves a quantized layer was tried, the closest reported
-    assert [t.fp32_blocks for t in refused.value.report.trials] == [0, 1]
-    assert refused.value.report.max_mm > 1e-9 and not list(tmp_path.glob("refused*"))
+    # every count of leading fp32 blocks that leaves a quantized layer was tried; then each block layer alone
+    # 8-bit; then the layers kept fp32 one more at a time, by error per multiply-add, each with both counts
+    trials = refused.value.report.trials
+    layers = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+    assert [(t.fp32_blocks, t.fp32_layers) for t in trials[:6]] == \
+        [(0, ()), (1, ())] + [(0, tuple(other for other in layers if other != layer)) for layer in layers]
+    macs = _layer_macs(path)
+    assert [t.fp32_share for t in trials[2:6]] == pytest.approx([1 - macs[layer] / sum(macs.values())
+                                                                  for layer in layers])
+    order = sorted(layers, key=lambda layer: -trials[2 + layers.index(layer)].mean_mm ** 2 / macs[layer])
+    assert [(t.fp32_blocks, t.fp32_layers) for t in trials[6:]] == \
+        [(blocks, tuple(order[:count])) for count in (1, 2, 3) for blocks in (0, 1)]
+    assert refused.value.report.max_mm == min(t.max_mm for t in trials) > 1e-9
+    assert not list(tmp_path.glob("refused*"))
     with pytest.raises(ValueError, match="fp32_blocks must be 0..1"):
         quantize_onnx(path, tmp_path / "bad.onnx", crops, held_out, fp32_blocks=2)
+    with pytest.raises(ValueError, match="unknown ViT block layer.s. attn.out: the blocks have attn.qkv, attn.proj"):
+        quantize_onnx(path, tmp_path / "bad.onnx", crops, held_out, fp32_layers=["attn.out"])
+    with pytest.raises(ValueError, match="would leave no ViT layer 8-bit"):
+        quantize_onnx(path, tmp_path / "bad.onnx", crops, held_out, fp32_layers=layers)
     with pytest.raises(ValueError, match="rounding must be one of gptq, nearest, got 'up'"):
         quantize_onnx(path, tmp_path / "bad.onnx", crops, held_out, rounding="up")
     with pytest.raises(ValueError, match=r"held-out crops must be \(N, 3, H, W\) with N >= 1"):
@@ -177,6 +193,15 @@ def test_int8_static_quantization_reports_its_error(exported, calibration: np.nd
 
 def _matmul_inputs(graph, node_name: str) -> list[str]:
     return next(list(n.input) for n in graph.graph.node if n.name == node_name)
+
+
+def _layer_macs(path: Path) -> dict[str, int]:
+    """Multiply-adds per token (K x N of the weight) of each layer of ViT block 0 of the exported model."""
+    graph = onnx.load(str(path), load_external_data=False)
+    dims = {t.name: t.dims for t in graph.graph.initializer}
+    weights = {layer: _matmul_inputs(graph, f"/net/backbone/blocks.0/{layer}/MatMul")[1]
+               for layer in ("attn/qkv", "attn/proj", "mlp/fc1", "mlp/fc2")}
+    return {layer.replace("/", "."): int(np.prod(dims[weight])) for layer, weight in weights.items()}
 
 
 def _layer_inputs(model: torch.nn.Module, modules: dict[str, torch.nn.Linear], crops: np.ndarray) -> dict:
@@ -273,16 +298,79 @@ def test_gptq_rounding_keeps_onnxruntimes_grid_and_cuts_the_layer_output_error(e
 
 def test_leading_fp32_blocks_search_finds_the_fewest_that_pass() -> None:
     """The search over measured candidates: all blocks 8-bit first, then halving the interval."""
-    from hamer.quantize import _fewest_fp32_blocks
+    from hamer.quantize import _fewest
 
     for threshold in (0, 1, 5, 16, 31):
         tried: list[int] = []
-        found = _fewest_fp32_blocks(32, lambda b, t=threshold, seen=tried: seen.append(b) or b >= t)
+        found = _fewest(range(32), lambda b, t=threshold, seen=tried: seen.append(b) or b >= t)
         assert found == threshold and tried[0] == 0 and len(tried) <= 6
     tried = []
-    assert _fewest_fp32_blocks(32, lambda b: tried.append(b) or False) is None
+    assert _fewest(range(32), lambda b: tried.append(b) or False) is None
     assert tried == [0, 16, 24, 28, 30, 31]
-    assert _fewest_fp32_blocks(1, lambda b: False) is None
+    assert _fewest(range(1), lambda b: False) is None and _fewest([], lambda b: True) is None
+    assert _fewest([3], lambda b: True) == 3
+
+
+def test_cheapest_candidate_over_fp32_layer_families() -> None:
+    """Each family of fp32 block layers gets the fewest leading fp32 blocks among those cheaper than the best
+    found; the search stops once nothing cheaper is left, without drawing (measuring) the next family."""
+    from hamer.quantize import _cheapest
+
+    weight = {(): 0.0, ("a",): 0.1, ("a", "b"): 0.3, ("a", "b", "c"): 0.9}
+    first = {(): 5, ("a",): 2, ("a", "b"): 0, ("a", "b", "c"): 0}  # the fewest blocks at which each passes
+
+    def share(blocks: int, layers: tuple) -> float:
+        return blocks / 8 + (1 - blocks / 8) * weight[layers]
+
+    def search(first: dict) -> tuple:
+        tried, drawn = [], []
+
+        def families():
+            for layers in weight:
+                drawn.append(layers)
+                yield layers
+
+        best = _cheapest(range(8), families(), share,
+                         lambda blocks, layers: tried.append((blocks, layers)) or blocks >= first[layers])
+        return best, tried, drawn
+
+    best, tried, drawn = search(first)
+    # (): 5 blocks (share 0.625); ("a",): 2 (0.325); ("a", "b") at 0 blocks (0.3) is cheaper still and passes
+    assert best == (0, ("a", "b")) and drawn == list(weight)[:3]
+    assert tried[0] == (0, ()) and (5, ()) in tried and (2, ("a",)) in tried and tried[-1] == (0, ("a", "b"))
+    # ("a",) only tries counts cheaper than 5 blocks of (): share(k, a) < 0.625 for k <= 4
+    assert max(b for b, layers in tried if layers == ("a",)) <= 4
+    best, tried, drawn = search({**first, ("a", "b"): 3})
+    # ("a", "b") at 0 blocks (0.3) is the only count cheaper than ("a",) at 2 (0.325): it fails, ("a", "b", "c")
+    # has nothing cheaper: stop
+    assert best == (2, ("a",)) and [t for t in tried if t[1] == ("a", "b")] == [(0, ("a", "b"))]
+    assert drawn == list(weight)
+    best, tried, drawn = search({(): 0})
+    assert best == (0, ()) and tried == [(0, ())] and drawn == [()]  # the cheapest candidate: nothing drawn after it
+    assert _cheapest(range(2), iter([(), ("a",)]), share, lambda b, layers: False) is None
+
+
+def test_fp32_layers_kept_in_every_block(exported, calibration, tmp_path: Path) -> None:
+    """Given block layers stay fp32 in every block (their weights fp32 initializers), the others read int8 weights;
+    one candidate at a fixed block count."""
+    path, _ = exported
+    crops, held_out = calibration
+    report = quantize_onnx(path, tmp_path / "int8.onnx", crops, held_out, max_error_mm=10, fp32_blocks=0,
+                           fp32_layers=["attn.proj"])
+    assert (report.fp32_blocks, report.fp32_layers, report.quantized_matmuls) == (0, ("attn.proj",), 6)
+    macs = _layer_macs(path)
+    assert report.fp32_share == pytest.approx(macs["attn.proj"] / sum(macs.values()))
+    assert [(t.fp32_blocks, t.fp32_layers) for t in report.trials] == [(0, ("attn.proj",))]
+    quantized = onnx.load(str(report.path), load_external_data=False)
+    producers = {o: n for n in quantized.graph.node for o in n.output}
+    constants = {t.name for t in quantized.graph.initializer}
+    for block in (0, 1):
+        for layer in ("attn/qkv", "attn/proj", "mlp/fc1", "mlp/fc2"):
+            weight = _matmul_inputs(quantized, f"/net/backbone/blocks.{block}/{layer}/MatMul")[1]
+            if layer == "attn/proj":
+                assert weight in constants, block
+            else:
+                assert weight not in constants and producers[weight].op_type == "DequantizeLinear", (block, layer)
 
 
 def test_quantize_command(exported, calibration, tmp_path: Path, capsys) -> None:
@@ -295,10 +383,20 @@ def test_quantize_command(exported, calibration, tmp_path: Path, capsys) -> None
     assert main(["quantize", str(path), str(out), "--images", str(images), "--max-error-mm", "1e-6"]) == 1
     assert "no 8-bit candidate is within 1e-06 mm" in capsys.readouterr().err and not out.exists()
     assert main(["quantize", str(path), str(out), "--images", str(images), "--rounding", "nearest"]) == 0
-    assert "nearest rounding, the first 0 of 2 ViT blocks fp32" in capsys.readouterr().out
+    assert "nearest rounding, the first 0 of 2 ViT blocks and block layers none fp32 (0% of" in \
+        capsys.readouterr().out
+    assert main(["quantize", str(path), str(out), "--images", str(images), "--fp32-layers", "attn.proj",
+                 "mlp.fc2"]) == 0
+    macs = _layer_macs(path)
+    share = 100 * (macs["attn.proj"] + macs["mlp.fc2"]) / sum(macs.values())
+    assert f"the first 0 of 2 ViT blocks and block layers attn.proj, mlp.fc2 fp32 ({share:.0f}% of the ViT's " \
+        "multiply-adds), 4 MatMuls 8-bit" in capsys.readouterr().out
+    assert main(["quantize", str(path), str(out), "--images", str(images), "--fp32-layers", "mlp.fc3"]) == 1
+    assert "error: unknown ViT block layer(s) mlp.fc3: the blocks have attn.qkv, attn.proj, mlp.fc1, mlp.fc2" in \
+        capsys.readouterr().err
     assert main(["quantize", str(path), str(out), "--images", str(images)]) == 0
     printed = capsys.readouterr().out
-    assert "gptq rounding, the first 0 of 2 ViT blocks fp32" in printed and out.is_file()
+    assert "gptq rounding, the first 0 of 2 ViT blocks and block layers none fp32" in printed and out.is_file()
     # test1 and test3 calibrate (each hand and 7 jittered copies), test2's two hands measure
     fit = re.search(r"on 2 held-out hand crop\(s\) from \S+ \(calibrated on (\d+) other crops\)", printed)
     assert fit and int(fit.group(1)) > 0 and int(fit.group(1)) % 8 == 0, printed
