@@ -455,10 +455,12 @@ def _joints(path: Path, *crop_sets: np.ndarray) -> list[np.ndarray]:
             for crops in crop_sets]
 
 
-def _quantize(src: Path, out: Path, excluded: list[str], calibration: Calibration, ranges: Path,
+def _quantize(src: Path, out: Path, quantized: list[str], calibration: Calibration, ranges: Path,
               gptq: Callable[[Path], object] | None) -> None:
-    """``quantize_static`` of ``src`` into ``out`` (weights in ``<out>.data``), ``excluded`` kept fp32, its int8
-    weights re-rounded by ``gptq`` (None: onnxruntime's round-to-nearest kept), biases corrected."""
+    """``quantize_static`` of ``src`` into ``out`` (weights in ``<out>.data``): only the weight MatMuls named in
+    ``quantized`` 8-bit, their int8 weights re-rounded by ``gptq`` (None: onnxruntime's round-to-nearest kept),
+    biases corrected. (The nodes are named: in the QDQ format onnxruntime would also quantize the MatMuls of two
+    activations, the attention products, whatever its ``MatMulConstBOnly`` option says.)"""
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -469,11 +471,10 @@ def _quantize(src: Path, out: Path, excluded: list[str], calibration: Calibratio
     with _ort_logging_to(log):
         quantize_static(src, out, None, quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        nodes_to_exclude=excluded, calibrate_method=CalibrationMethod.MinMax,
+                        nodes_to_quantize=quantized, calibrate_method=CalibrationMethod.MinMax,
                         use_external_data_format=True, calibration_cache_path=ranges,
-                        extra_options={"MatMulConstBOnly": True,
-                                       # the MatMul's output stays float: no rounding before the bias is added
-                                       "OpTypesToExcludeOutputQuantization": ["MatMul"]})
+                        # the MatMul's output stays float: no rounding before the bias is added
+                        extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul"]})
     if gptq is not None:
         gptq(out)
     _correct_biases(src, out, calibration.input_means)
@@ -598,13 +599,12 @@ def quantize_onnx(src: PathLike, dst: PathLike, crops: np.ndarray, held_out: np.
         def measure(blocks: int, fp32: tuple[str, ...], keep: bool = True) -> Trial:
             """Quantize and measure one candidate; its file is kept when ``keep`` and it is within the bounds."""
             nonlocal kept
-            excluded = _fp32_nodes(graph, fp32_nodes, blocks, fp32)
+            quantized = sorted(matmuls - set(_fp32_nodes(graph, fp32_nodes, blocks, fp32)))
             out = Path(tmp) / str(len(trials)) / dst.name  # the data file's name is stored in the graph
             out.parent.mkdir()
-            _quantize(src, out, excluded, calibration, ranges, gptq)
+            _quantize(src, out, quantized, calibration, ranges, gptq)
             error = np.linalg.norm(_joints(out, held_out)[0] - reference, axis=-1) * 1000
-            trial = Trial(blocks, fp32, share(blocks, fp32), len(matmuls - set(excluded)), float(error.max()),
-                          float(error.mean()))
+            trial = Trial(blocks, fp32, share(blocks, fp32), len(quantized), float(error.max()), float(error.mean()))
             trials.append(trial)
             log.info("8-bit candidate (%s rounding), first %d of %d ViT blocks fp32, block layers fp32: %s (%.0f%% "
                      "of the ViT's multiply-adds fp32): joints vs fp32 on %d held-out crop(s) max %.3f mm, mean "

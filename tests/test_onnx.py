@@ -155,6 +155,15 @@ def test_int8_static_quantization_reports_its_error(exported, calibration: np.nd
     assert any(n.op_type == "QuantizeLinear" for n in nodes)
     assert (report.fit_crops, report.measured_crops, report.rounding) == (len(crops), len(held_out), "gptq")
     assert not any(n.op_type == "DequantizeLinear" and n.name.startswith("/net/mano/") for n in nodes)
+    # the products of two activations (attention) stay fp32: no input of theirs comes through a DequantizeLinear
+    producers = {o: n for n in nodes for o in n.output}
+    constants = {t.name for t in onnx.load(str(report.path), load_external_data=False).graph.initializer}
+    products = [n for n in nodes if n.op_type == "MatMul" and n.input[1] not in constants
+                and not (n.input[1] in producers and producers[n.input[1]].input[0] in constants)]
+    attention = {f"/net/backbone/blocks.{b}/attn/MatMul{suffix}" for b in (0, 1) for suffix in ("", "_1")}
+    assert {n.name for n in products} >= attention
+    assert not [n.name for n in products if any(i in producers and producers[i].op_type == "DequantizeLinear"
+                                                for i in n.input)]
     # within the default bounds at once: every ViT layer 8-bit, one candidate measured
     assert (report.fp32_blocks, report.fp32_layers, report.fp32_share) == (0, (), 0)
     assert (report.blocks, report.quantized_matmuls) == (2, 8)
