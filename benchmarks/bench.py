@@ -151,9 +151,9 @@ def network_flops(model: torch.nn.Module) -> float:
 # ---------------------------------------------------------------------------------------------------- assets
 
 
-def prepare(work: Path, small: bool) -> dict:
-    """Data folder, ONNX fp32 and int8 files under ``work`` (once; an int8 file added to ``INT8_BOUNDS`` later is
-    made on the next run), FLOPs and weight bytes (``prep.json``)."""
+def prepare(work: Path, small: bool, paths: list[str]) -> dict:
+    """Data folder, ONNX fp32 and int8 files under ``work`` (once; an int8 file of ``INT8_BOUNDS`` among ``paths``
+    not made yet is made on this run), FLOPs and weight bytes (``prep.json``)."""
     info_file = work / "prep.json"
     if info_file.is_file():
         info = json.loads(info_file.read_text())
@@ -161,7 +161,7 @@ def prepare(work: Path, small: bool) -> dict:
             raise SystemExit(f"{work} holds the {'small' if info['small'] else 'full'} model: use another --work")
     else:
         info = export_models(work, small)
-    quantize_models(work, info)
+    quantize_models(work, info, paths)
     info_file.write_text(json.dumps(info, indent=1))
     return info
 
@@ -201,12 +201,13 @@ def export_models(work: Path, small: bool) -> dict:
     return info
 
 
-def quantize_models(work: Path, info: dict) -> None:
-    """The int8 files of ``INT8_BOUNDS`` not yet in ``info``, calibrated and measured on the photographs' hands."""
+def quantize_models(work: Path, info: dict, paths: list[str]) -> None:
+    """The int8 files of ``INT8_BOUNDS`` among ``paths`` not yet in ``info``, calibrated and measured on the
+    photographs' hands."""
     from hamer.quantize import QuantizationError, calibration_sets, image_files, quantize_onnx
     from hamer.runtime import OnnxRuntime
 
-    missing = [name for name in INT8_BOUNDS if name not in info["quantize"]]
+    missing = [name for name in INT8_BOUNDS if name in paths and name not in info["quantize"]]
     if not missing:
         return
     cfg = OnnxRuntime(work / ONNX_FILES["onnx-fp32"], torch.device("cpu")).cfg
@@ -419,7 +420,7 @@ def _row(path: str, r: dict) -> str:
 def markdown(report: dict) -> str:
     m, info, peaks, settings = report["machine"], report["prep"], report["peaks"], report["settings"]
     model = "small test model" if info["small"] else "ViT-H"
-    shift = next(iter(info["quantize"].values()))  # the fp32 joints' 1-pixel shift: the same for every int8 file
+    shift = next(iter(info["quantize"].values()), None)  # the fp32 joints' 1-pixel shift: the same for every file
     lines = [
         (f"Machine: {m['cpu']} (family/model {m['cpu_family_model']}), {m['cores']} cores ({m['logical_cpus']} "
          f"logical CPUs), ISA: {' '.join(m['isa'])}; torch {m['torch']} ({m['torch_threads']} threads), "
@@ -439,7 +440,7 @@ def markdown(report: dict) -> str:
                     f"{q['max_mm']:.3f} / mean {q['mean_mm']:.3f} mm{'' if q['written'] else ' (refused)'}."
                     for name, q in info["quantize"].items())
          + (f" For scale, a 1-pixel shift of those crops moves the fp32 joints by max {shift['shift_max_mm']:.3f} / "
-            f"mean {shift['shift_mean_mm']:.3f} mm.")),
+            f"mean {shift['shift_mean_mm']:.3f} mm." if shift else "")),
         (f"Warm-up {settings['warmup']} call per batch size, median of {settings['runs']} runs per round, "
          f"{settings['rounds']} round(s) of all paths in alternating order, median over rounds. Load average "
          f"(1 min) before / after: {report['loadavg'][0]:.2f} / {report['loadavg'][1]:.2f}; the machine is shared, "
@@ -481,7 +482,7 @@ def main() -> None:
               "settings": {k: v for k, v in vars(args).items() if k in ("warmup", "runs", "rounds")}}
     report["peaks"] = matmul_peaks()
     print(f"{report['machine']}\nmatmul peak GFLOP/s: {report['peaks']}", flush=True)
-    report["prep"] = prepare(args.work, args.small)
+    report["prep"] = prepare(args.work, args.small, args.paths)
     for name, q in report["prep"]["quantize"].items():
         if not q["written"] and name in args.paths:
             args.paths.remove(name)
