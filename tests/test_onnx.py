@@ -328,11 +328,11 @@ def test_cheapest_candidate_over_fp32_layer_families() -> None:
     weight = {(): 0.0, ("a",): 0.1, ("a", "b"): 0.3, ("a", "b", "c"): 0.9}
     first = {(): 5, ("a",): 2, ("a", "b"): 0, ("a", "b", "c"): 0}  # the fewest blocks at which each passes
 
-    def share(blocks: int, layers: tuple) -> float:
-        return blocks / 8 + (1 - blocks / 8) * weight[layers]
-
-    def search(first: dict) -> tuple:
+    def search(first: dict, weight: dict = weight) -> tuple:
         tried, drawn = [], []
+
+        def share(blocks: int, layers: tuple) -> float:
+            return blocks / 8 + (1 - blocks / 8) * weight[layers]
 
         def families():
             for layers in weight:
@@ -356,7 +356,10 @@ def test_cheapest_candidate_over_fp32_layer_families() -> None:
     assert drawn == list(weight)
     best, tried, drawn = search({(): 0})
     assert best == (0, ()) and tried == [(0, ())] and drawn == [()]  # the cheapest candidate: nothing drawn after it
-    assert _cheapest(range(2), iter([(), ("a",)]), share, lambda b, layers: False) is None
+    # a candidate only as cheap as the best (0.25 + 0.75 * 0.125 = 0.34375, exact in binary) is not tried
+    best, tried, drawn = search(first, {**weight, ("a",): 0.125, ("a", "b"): 0.34375})
+    assert best == (2, ("a",)) and not [t for t in tried if t[1] == ("a", "b")]
+    assert _cheapest(range(2), iter([(), ("a",)]), lambda b, layers: b, lambda b, layers: False) is None
 
 
 def test_fp32_layers_kept_in_every_block(exported, calibration, tmp_path: Path) -> None:

@@ -55,6 +55,9 @@ GROUPS: dict[str, tuple[str, list[str] | None, list[str]]] = {
                   "tests/test_process.py", "tests/test_frame_result.py", "tests/test_formats.py"]),
     "outputs": ("hamer/outputs.py", None, ["tests/test_outputs.py", "tests/test_formats.py", "tests/test_cli.py"]),
     "gptq": ("hamer/gptq.py", None, ["tests/test_gptq.py"]),
+    "quantize-search": ("hamer/quantize.py", ["hamer.quantize.x__cheapest*", "hamer.quantize.x__fewest*"],
+                        ["tests/test_onnx.py::test_leading_fp32_blocks_search_finds_the_fewest_that_pass",
+                         "tests/test_onnx.py::test_cheapest_candidate_over_fp32_layer_families"]),
 }
 STATUS = re.compile(r"^\s*(\S+): (\w[\w ]*)$")
 
