@@ -54,11 +54,10 @@ def main() -> None:
         def error(fp32: set[int]) -> list[float]:
             """Max and mean joint error (mm) with the blocks ``fp32`` (and the MANO head and layer) kept fp32."""
             blocks = tuple(rf"^/net/backbone/blocks\.{b}/" for b in sorted(fp32))
-            excluded = set(q._fp32_nodes(graph, (*q.FP32_NODES, *blocks), 0))
+            quantized = q._quantized_matmuls(graph, q._fp32_nodes(graph, (*q.FP32_NODES, *blocks), 0))
             out = Path(tmp) / "candidate" / "m.onnx"  # a fresh folder: onnx appends to an existing data file
             out.parent.mkdir()
-            q._quantize(args.model, out, [n.name for n in q._weight_matmuls(graph) if n.name not in excluded],
-                        calibration, ranges,
+            q._quantize(args.model, out, quantized, calibration, ranges,
                         lambda path: q._round_weights(args.model, graph, path, fit, rounded))
             e = np.linalg.norm(q._joints(out, held_out)[0] - reference, axis=-1) * 1000
             shutil.rmtree(out.parent)

@@ -239,6 +239,12 @@ def _weight_matmuls(graph) -> list:
     return [n for n in graph.graph.node if n.op_type == "MatMul" and n.input[1] in constants]
 
 
+def _quantized_matmuls(graph, fp32: Iterable[str]) -> list[str]:
+    """Names of the weight MatMuls not among the node names ``fp32``: the ones a candidate makes 8-bit."""
+    kept = set(fp32)
+    return [n.name for n in _weight_matmuls(graph) if n.name not in kept]
+
+
 @dataclass(frozen=True)
 class Calibration:
     """What the calibration crops gave: each MatMul activation's range, and each weight MatMul's mean input row
@@ -511,7 +517,8 @@ def _cheapest(counts: Sequence[int], families: Iterable[tuple[str, ...]],
     nothing passes. ``families`` is drawn lazily: it may measure before giving the next family."""
     best: Candidate | None = None
     for layers in families:
-        cheaper = [k for k in counts if best is None or share(k, layers) < share(*best)]
+        limit = share(*best) if best is not None else float("inf")
+        cheaper = [k for k in counts if share(k, layers) < limit]
         found = _fewest(cheaper, lambda k, layers=layers: passes(k, layers))
         if found is not None:
             best = (found, layers)
@@ -573,7 +580,6 @@ def quantize_onnx(src: PathLike, dst: PathLike, crops: np.ndarray, held_out: np.
     fp32_nodes = tuple(fp32_nodes)
     if not any(n.startswith("/net/mano/") for n in _fp32_nodes(graph, fp32_nodes, 0)):
         raise ValueError(f"{src}: the MANO layer (/net/mano/*) must stay fp32; fp32_nodes={fp32_nodes}")
-    matmuls = {n.name for n in _weight_matmuls(graph)}
     macs = {layer: sum(m for kind, m in block_matmuls.values() if kind == layer) for layer in layers}
     vit_macs = sum(m for _, m in block_matmuls.values())
 
@@ -599,7 +605,7 @@ def quantize_onnx(src: PathLike, dst: PathLike, crops: np.ndarray, held_out: np.
         def measure(blocks: int, fp32: tuple[str, ...], keep: bool = True) -> Trial:
             """Quantize and measure one candidate; its file is kept when ``keep`` and it is within the bounds."""
             nonlocal kept
-            quantized = sorted(matmuls - set(_fp32_nodes(graph, fp32_nodes, blocks, fp32)))
+            quantized = _quantized_matmuls(graph, _fp32_nodes(graph, fp32_nodes, blocks, fp32))
             out = Path(tmp) / str(len(trials)) / dst.name  # the data file's name is stored in the graph
             out.parent.mkdir()
             _quantize(src, out, quantized, calibration, ranges, gptq)
