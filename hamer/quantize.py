@@ -15,6 +15,7 @@ is written; nothing is written when no candidate with an 8-bit layer meets the b
 from __future__ import annotations
 
 import logging
+import math
 import re
 import shutil
 import tempfile
@@ -517,7 +518,7 @@ def _cheapest(counts: Sequence[int], families: Iterable[tuple[str, ...]],
     nothing passes. ``families`` is drawn lazily: it may measure before giving the next family."""
     best: Candidate | None = None
     for layers in families:
-        limit = share(*best) if best is not None else float("inf")
+        limit = share(*best) if best is not None else math.inf
         cheaper = [k for k in counts if share(k, layers) < limit]
         found = _fewest(cheaper, lambda k, layers=layers: passes(k, layers))
         if found is not None:
