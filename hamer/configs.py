@@ -41,8 +41,11 @@ SAFETENSORS_FILE = "hamer_ckpts/checkpoints/hamer.safetensors"  # `hamer downloa
 CONFIG_FILE = "hamer_ckpts/model_config.yaml"
 MANO_FILE = "data/mano/MANO_RIGHT.pkl"
 MEAN_PARAMS_FILE = "data/mano_mean_params.npz"
-CONFIG_METADATA_KEY = "hamer_config"
-FACES_METADATA_KEY = "hamer_mano_faces"  # MANO's (1538, 3) triangles as JSON in ONNX files' metadata, for meshes  # the model config as JSON in safetensors and ONNX files' metadata
+CONFIG_METADATA_KEY = "hamer_config"  # the model config as JSON in safetensors and ONNX files' metadata
+FACES_METADATA_KEY = "hamer_mano_faces"  # MANO's (1538, 3) triangles as JSON in ONNX files' metadata, for meshes
+
+MAX_CONFIG_BYTES = 1_000_000  # a model config's limit, file or JSON text (HaMeR's model_config.yaml: about 3 kB)
+MAX_YAML_DEPTH = 64  # nesting levels in a model config (HaMeR's has 5)
 
 PathLike = str | os.PathLike
 
@@ -163,25 +166,63 @@ def merge_config(overrides: dict | CfgNode | None, source: str = "the model conf
 
 def config_from_json(text: str, source: str) -> CfgNode:
     """A config stored as JSON (safetensors and ONNX metadata); ValueError naming ``source`` when it is not one."""
+    if isinstance(text, (str, bytes)) and len(text) > MAX_CONFIG_BYTES:
+        raise ValueError(f"{source}: the config is {len(text):,} characters, more than a model config may have "
+                         f"({MAX_CONFIG_BYTES:,})")
     try:
         raw = json.loads(text)
     except (json.JSONDecodeError, TypeError) as exc:
         raise ValueError(f"{source} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"{source}: the config is nested too deeply") from None
     return merge_config(raw, source)
 
 
+class BoundedYamlLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader that refuses aliases (``*name``: a few bytes may expand to gigabytes, the "billion
+    laughs") and nesting deeper than :data:`MAX_YAML_DEPTH`, when it meets them, before anything is expanded.
+    Without aliases a document of n bytes makes at most about n nodes: the size cap bounds time and memory."""
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"alias *{event.anchor} refused (aliases are not allowed "
+                                              "in a model config)", event.start_mark)
+        self.depth = getattr(self, "depth", 0) + 1
+        try:
+            if self.depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def read_yaml(path: PathLike, what: str = "model config") -> object:
+    """The YAML document in ``path``, parsed by :class:`BoundedYamlLoader` (no tags, no aliases); ValueError naming
+    the file when it is larger than :data:`MAX_CONFIG_BYTES` (refused unread), not UTF-8 or not such YAML."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        data = f.read(MAX_CONFIG_BYTES + 1)  # a file that grows while read is bounded too
+    if max(size, len(data)) > MAX_CONFIG_BYTES:
+        raise ValueError(f"{what} {path} is {max(size, len(data)):,} bytes: larger than the {MAX_CONFIG_BYTES:,} "
+                         "bytes a model config may have; refused unread")
+    try:
+        return yaml.load(data.decode("utf-8"), Loader=BoundedYamlLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as exc:  # syntax errors, aliases, and tags such as !!python/object that SafeLoader refuses
+        raise ValueError(f"{what} {path} is not plain YAML: {' '.join(str(exc).split())}") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{what} {path} is not UTF-8 text: {exc}") from None
+
+
 def load_config(path: PathLike) -> CfgNode:
-    """Read a HaMeR ``model_config.yaml`` (YAML, safely parsed) merged into :func:`default_config`."""
+    """Read a HaMeR ``model_config.yaml`` (:func:`read_yaml`: bounded, plain YAML) merged into
+    :func:`default_config`; FileNotFoundError without it, ValueError naming the file when it is not usable."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model config not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
-    except yaml.YAMLError as exc:  # syntax errors, and tags such as !!python/object that safe_load refuses
-        raise ValueError(f"model config {path} is not plain YAML: {' '.join(str(exc).split())}") from None
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"model config {path} is not UTF-8 text: {exc}") from None
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ValueError(f"model config {path} is not a YAML mapping")
     return merge_config(raw, f"model config {path}")
