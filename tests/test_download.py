@@ -11,6 +11,7 @@ import io
 import json
 import os
 import re
+import shutil
 import tarfile
 import threading
 from pathlib import Path
@@ -129,7 +130,7 @@ def expected_files(data_dir: Path) -> dict[str, bytes]:
 
 def test_download_installs_what_inference_needs_then_check(server, data_dir, tmp_path, capsys):
     root = tmp_path / "data"
-    assert main(["download", "--url", url(server), "--data", str(root)]) == 0
+    assert main(["download", "--accept-mano-license", "--url", url(server), "--data", str(root)]) == 0
     out = capsys.readouterr().out
     files = installed(root)
     manifest = json.loads(files.pop(dl.MANIFEST_FILE))
@@ -147,9 +148,9 @@ def test_download_installs_what_inference_needs_then_check(server, data_dir, tmp
     assert main(["check", "--data", str(root)]) == 1
     assert "DAMAGED" in capsys.readouterr().out
     # an installed checkpoint is not downloaded again unless --force
-    assert main(["download", "--url", url(server), "--data", str(root)]) == 1
+    assert main(["download", "--accept-mano-license", "--url", url(server), "--data", str(root)]) == 1
     assert server.ranges == [None]
-    assert main(["download", "--url", url(server), "--data", str(root), "--force", "--quiet"]) == 0
+    assert main(["download", "--accept-mano-license", "--url", url(server), "--data", str(root), "--force", "--quiet"]) == 0
     assert installed(root)[hcfg.CHECKPOINT_FILE] == expected_files(data_dir)[hcfg.CHECKPOINT_FILE]
 
 
@@ -181,7 +182,7 @@ def test_corrupt_or_truncated_archive_installs_nothing(server, tmp_path, capsys)
     blob = bytearray(server.blob)
     blob[len(blob) // 2: len(blob) // 2 + 64] = bytes(64)  # zeroed inside the compressed checkpoint
     server.blob = bytes(blob)
-    assert main(["download", "--url", url(server), "--data", str(root), "--quiet"]) == 1
+    assert main(["download", "--accept-mano-license", "--url", url(server), "--data", str(root), "--quiet"]) == 1
     assert "corrupt or truncated" in capsys.readouterr().err
     assert installed(root) == {}  # not even the files before the damage; the bad download deleted
     truncated = tmp_path / "truncated.tar.gz"
@@ -213,7 +214,7 @@ def test_from_a_local_file(archive, data_dir, tmp_path, capsys):
     tarball = tmp_path / "hamer_demo_data.tar.gz"
     tarball.write_bytes(archive)
     root = tmp_path / "data"
-    assert main(["download", "--from", str(tarball), "--data", str(root), "--quiet"]) == 0
+    assert main(["download", "--accept-mano-license", "--from", str(tarball), "--data", str(root), "--quiet"]) == 0
     assert "model: loads" in capsys.readouterr().out
     files = installed(root)
     assert json.loads(files.pop(dl.MANIFEST_FILE))["source"] == str(tarball)
@@ -225,7 +226,7 @@ def test_safetensors_keeps_one_file(archive, tmp_path, capsys):
     tarball = tmp_path / "a.tar.gz"
     tarball.write_bytes(archive)
     root = tmp_path / "data"
-    assert main(["download", "--from", str(tarball), "--data", str(root), "--safetensors", "--quiet"]) == 0
+    assert main(["download", "--accept-mano-license", "--from", str(tarball), "--data", str(root), "--safetensors", "--quiet"]) == 0
     assert "model: loads" in capsys.readouterr().out
     assert not (root / hcfg.CHECKPOINT_FILE).exists()
     assert hcfg.data_paths(root).checkpoint == root / hcfg.SAFETENSORS_FILE
@@ -237,8 +238,8 @@ def test_urls_and_disk_space(archive, server, tmp_path, monkeypatch):
     for bad in ("ftp://example.org/a.tar.gz", "file:///etc/passwd", "example.org/a.tar.gz"):
         with pytest.raises(ValueError, match="https"):
             dl.download(tmp_path / "d", url=bad)
-    assert main(["download", "--url", "file:///etc/passwd", "--data", str(tmp_path / "d")]) == 1
-    monkeypatch.setattr(dl.shutil, "disk_usage", lambda p: type("U", (), {"free": 1000})())
+    assert main(["download", "--accept-mano-license", "--url", "file:///etc/passwd", "--data", str(tmp_path / "d")]) == 1
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: type("U", (), {"free": 1000})())
     with pytest.raises(dl.DownloadError, match="not enough free disk space"):
         dl.download(tmp_path / "d", url=url(server), retries=0)
     assert not (tmp_path / "d" / dl.WORK_DIR / (dl.ARCHIVE_NAME + ".part")).exists()
@@ -250,10 +251,14 @@ def test_http_error_and_full_disk_while_unpacking(server, data_dir, tmp_path, mo
         dl.download(root, url=url(server).replace(".tar.gz", ".zip"))
     assert server.ranges == [None]  # a 404 is not retried
     free = iter([10**12])  # room for the download, then none to unpack
-    monkeypatch.setattr(dl.shutil, "disk_usage", lambda p: type("U", (), {"free": next(free, 1000)})())
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: type("U", (), {"free": next(free, 1000)})())
     with pytest.raises(dl.DownloadError, match="not enough free disk space .* to unpack"):
         dl.download(root, url=url(server))
-    assert installed(root) == {dl.WORK_DIR + "/" + dl.ARCHIVE_NAME: server.blob}  # kept: no new download
+    left = installed(root)
+    record = json.loads(left.pop(f"{dl.WORK_DIR}/{dl.ARCHIVE_NAME}.source.json"))
+    assert left == {dl.WORK_DIR + "/" + dl.ARCHIVE_NAME: server.blob}  # kept: no new download
+    assert record["url"] == url(server) and record["complete"] is True and record["total"] == len(server.blob)
+    assert record["url_sha256"] == hashlib.sha256(url(server).encode()).hexdigest() and record["etag"] == '"v1"'
     monkeypatch.undo()
     dl.download(root, url=url(server))
     assert server.ranges == [None, None]
@@ -263,7 +268,7 @@ def test_http_error_and_full_disk_while_unpacking(server, data_dir, tmp_path, mo
 
 
 def test_https_redirect_to_http_is_refused():
-    handler = dl._NoDowngrade()
+    handler = dl.NoDowngrade()
     req = dl.urllib.request.Request("https://example.org/a.tar.gz")
     with pytest.raises(dl.DownloadError, match="not HTTPS"):
         handler.redirect_request(req, None, 302, "Found", {}, "http://example.org/a.tar.gz")
