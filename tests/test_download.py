@@ -4,6 +4,7 @@ defaults (CACHE_DIR_HAMER, HAMER_HOME, XDG_CACHE_HOME, the seed's ./hamer_ckpt/_
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import http.server
@@ -12,8 +13,13 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tarfile
 import threading
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -61,6 +67,11 @@ class Server(http.server.ThreadingHTTPServer):
     blob = b""
     drop_at: int | None = None
     ranges: list[str | None]
+    etag = '"v1"'
+    mode = "normal"  # "endless": no size, bytes until the client stops (at most 64 MB); "huge": announces 10 TB;
+    # "trickle": one byte every 50 ms; "silent": the headers, then nothing for 5 s
+    daemon_threads = True
+    block_on_close = False
 
     def handle_error(self, request, client_address) -> None:
         pass  # a client that stops reading (the disk-space test) is no error here
@@ -75,6 +86,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if not self.path.endswith(".tar.gz"):
             self.send_error(404)
             return
+        if self.server.mode != "normal":
+            self.misbehave(self.server.mode, blob)
+            return
         start = int(rng.removeprefix("bytes=").split("-")[0]) if rng else 0
         if start >= len(blob) and rng:
             self.send_response(416)
@@ -86,7 +100,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if rng:
             self.send_header("Content-Range", f"bytes {start}-{len(blob) - 1}/{len(blob)}")
         self.send_header("Content-Length", str(len(blob) - start))
-        self.send_header("ETag", '"v1"')
+        self.send_header("ETag", self.server.etag)
         self.end_headers()
         body = blob[start:]
         if self.server.drop_at is not None:
@@ -95,6 +109,25 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
             return
         self.wfile.write(body)
+
+    def misbehave(self, mode: str, blob: bytes) -> None:
+        self.send_response(200)
+        if mode in ("trickle", "silent"):
+            self.send_header("Content-Length", str(len(blob)))
+        elif mode == "huge":
+            self.send_header("Content-Length", str(10**13))
+        self.end_headers()
+        if mode == "endless":
+            for _ in range(64):
+                self.wfile.write(os.urandom(1 << 20))
+        elif mode == "trickle":
+            for i in range(200):  # 10 s at most
+                self.wfile.write(blob[i:i + 1])
+                self.wfile.flush()
+                time.sleep(0.05)
+        elif mode == "silent":
+            time.sleep(5)
+        self.close_connection = True
 
     def log_message(self, *args) -> None:
         pass
@@ -105,15 +138,23 @@ def archive(data_dir) -> bytes:
     return make_archive(data_dir)
 
 
-@pytest.fixture
-def server(archive):
+@contextlib.contextmanager
+def serving(blob: bytes) -> Iterator[Server]:
     srv = Server(("127.0.0.1", 0), Handler)
-    srv.blob, srv.ranges = archive, []
+    srv.blob, srv.ranges = blob, []
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+@pytest.fixture
+def server(archive):
+    with serving(archive) as srv:
+        yield srv
 
 
 def url(server: Server) -> str:
@@ -150,7 +191,8 @@ def test_download_installs_what_inference_needs_then_check(server, data_dir, tmp
     # an installed checkpoint is not downloaded again unless --force
     assert main(["download", "--accept-mano-license", "--url", url(server), "--data", str(root)]) == 1
     assert server.ranges == [None]
-    assert main(["download", "--accept-mano-license", "--url", url(server), "--data", str(root), "--force", "--quiet"]) == 0
+    assert main(["download", "--accept-mano-license", "--url", url(server), "--data", str(root), "--force",
+                 "--quiet"]) == 0
     assert installed(root)[hcfg.CHECKPOINT_FILE] == expected_files(data_dir)[hcfg.CHECKPOINT_FILE]
 
 
@@ -198,6 +240,13 @@ def test_corrupt_or_truncated_archive_installs_nothing(server, tmp_path, capsys)
     ("_DATA/hamer_ckpts/checkpoints/hamer.ckpt", {"type": tarfile.SYMTYPE, "linkname": "/etc/passwd"}, "link"),
     ("_DATA/data/mano/MANO_RIGHT.pkl", {"type": tarfile.LNKTYPE, "linkname": "../../x"}, "link"),
     ("_DATA/dev", {"type": tarfile.CHRTYPE}, "device"),
+    ("_DATA/fifo", {"type": tarfile.FIFOTYPE}, "device"),
+    ("C:\\hamer_evil_x", {"type": tarfile.REGTYPE}, "absolute"),
+    ("C:hamer_evil_x", {"type": tarfile.REGTYPE}, "absolute"),
+    ("\\\\server\\share\\hamer_evil_x", {"type": tarfile.REGTYPE}, "absolute"),
+    ("\\hamer_evil_x", {"type": tarfile.REGTYPE}, "absolute"),
+    ("_DATA\\..\\..\\hamer_evil_x", {"type": tarfile.REGTYPE}, "'..'"),
+    ("_DATA/hamer_ckpts\\..\\..\\..\\hamer_evil_x", {"type": tarfile.REGTYPE}, "'..'"),
 ])
 def test_unsafe_members_refuse_the_archive(data_dir, tmp_path, name, fields, problem):
     archive = tmp_path / "evil.tar.gz"
@@ -226,7 +275,8 @@ def test_safetensors_keeps_one_file(archive, tmp_path, capsys):
     tarball = tmp_path / "a.tar.gz"
     tarball.write_bytes(archive)
     root = tmp_path / "data"
-    assert main(["download", "--accept-mano-license", "--from", str(tarball), "--data", str(root), "--safetensors", "--quiet"]) == 0
+    assert main(["download", "--accept-mano-license", "--from", str(tarball), "--data", str(root), "--safetensors",
+                 "--quiet"]) == 0
     assert "model: loads" in capsys.readouterr().out
     assert not (root / hcfg.CHECKPOINT_FILE).exists()
     assert hcfg.data_paths(root).checkpoint == root / hcfg.SAFETENSORS_FILE
@@ -238,7 +288,8 @@ def test_urls_and_disk_space(archive, server, tmp_path, monkeypatch):
     for bad in ("ftp://example.org/a.tar.gz", "file:///etc/passwd", "example.org/a.tar.gz"):
         with pytest.raises(ValueError, match="https"):
             dl.download(tmp_path / "d", url=bad)
-    assert main(["download", "--accept-mano-license", "--url", "file:///etc/passwd", "--data", str(tmp_path / "d")]) == 1
+    assert main(["download", "--accept-mano-license", "--url", "file:///etc/passwd", "--data",
+                 str(tmp_path / "d")]) == 1
     monkeypatch.setattr(shutil, "disk_usage", lambda p: type("U", (), {"free": 1000})())
     with pytest.raises(dl.DownloadError, match="not enough free disk space"):
         dl.download(tmp_path / "d", url=url(server), retries=0)
@@ -269,7 +320,7 @@ def test_http_error_and_full_disk_while_unpacking(server, data_dir, tmp_path, mo
 
 def test_https_redirect_to_http_is_refused():
     handler = dl.NoDowngrade()
-    req = dl.urllib.request.Request("https://example.org/a.tar.gz")
+    req = urllib.request.Request("https://example.org/a.tar.gz")
     with pytest.raises(dl.DownloadError, match="not HTTPS"):
         handler.redirect_request(req, None, 302, "Found", {}, "http://example.org/a.tar.gz")
     assert handler.redirect_request(req, None, 302, "Found", {}, "https://mirror.org/a.tar.gz") is not None
@@ -340,3 +391,182 @@ def test_gzip_crc_is_checked(tmp_path, data_dir):
     with pytest.raises(dl.DownloadError, match="corrupt"):
         dl.download(tmp_path / "data", archive=archive)
     assert not (tmp_path / "data" / hcfg.CHECKPOINT_FILE).exists()
+
+
+# ------------------------------------------------------------------------------------------- sources and limits
+
+def test_partial_download_of_another_url_is_not_resumed(archive, data_dir, tmp_path):
+    root = tmp_path / "data"
+    other = make_archive(data_dir, extra=(("_DATA/other.txt", {"type": tarfile.REGTYPE}),))
+    with serving(other) as first, serving(archive) as second:
+        first.drop_at = len(other) // 2
+        with pytest.raises(dl.DownloadError, match="again to resume"):
+            dl.download(root, url=url(first), retries=0)
+        manifest = dl.download(root, url=url(second), retries=0)
+        assert second.ranges == [None]  # not "bytes=N-" on top of the other file's half
+    assert manifest.archive_sha256 == hashlib.sha256(archive).hexdigest() and manifest.source == url(second)
+
+
+def test_complete_download_of_another_url_is_not_installed(archive, data_dir, tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    other = make_archive(data_dir, extra=(("_DATA/other.txt", {"type": tarfile.REGTYPE}),))
+    with serving(other) as first, serving(archive) as second:
+        free = iter([10**12])  # room for the download, none to unpack: the complete archive stays
+        monkeypatch.setattr(shutil, "disk_usage", lambda p: type("U", (), {"free": next(free, 1000)})())
+        with pytest.raises(dl.DownloadError, match="to unpack"):
+            dl.download(root, url=url(first))
+        assert (root / dl.WORK_DIR / dl.ARCHIVE_NAME).read_bytes() == other
+        monkeypatch.undo()
+        manifest = dl.download(root, url=url(second))
+        assert second.ranges == [None]
+    assert manifest.archive_sha256 == hashlib.sha256(archive).hexdigest() and manifest.source == url(second)
+
+
+def test_a_file_changed_on_the_server_is_downloaded_again_not_spliced(archive, data_dir, tmp_path):
+    """The server ignores If-Range and resumes from a new file: the ETag tells, the half of the old one goes."""
+    root = tmp_path / "data"
+    new = make_archive(data_dir, extra=(("_DATA/other.txt", {"type": tarfile.REGTYPE}),))
+    with serving(archive) as srv:
+        srv.drop_at = len(archive) // 2
+        with pytest.raises(dl.DownloadError):
+            dl.download(root, url=url(srv), retries=0)
+        srv.blob, srv.etag = new, '"v2"'
+        manifest = dl.download(root, url=url(srv), retries=1, backoff_s=0)
+        assert srv.ranges == [None, f"bytes={len(archive) // 2}-", None]
+    assert manifest.archive_sha256 == hashlib.sha256(new).hexdigest()
+
+
+def test_endless_or_oversized_response_is_refused(archive, tmp_path):
+    root = tmp_path / "data"
+    limits = dl.Limits(max_bytes=3_000_000)
+    with serving(archive) as srv:
+        srv.mode = "endless"
+        with pytest.raises(dl.DownloadError, match=r"more than 3,000,000 bytes"):
+            dl.download(root, url=url(srv), retries=0, limits=limits)
+        assert srv.ranges == [None]  # not retried
+        srv.mode = "huge"
+        huge = r"announces 10,000,000,000,000 bytes \(10000\.0 GB\), more than the 3,000,000 "
+        with pytest.raises(dl.DownloadError, match=huge):
+            dl.download(root, url=url(srv), retries=0, limits=limits)
+    assert installed(root) == {}  # the partial file removed
+
+
+@pytest.mark.parametrize("mode, message", [("trickle", r"stalled: \d+ bytes in the last 0\.\d s"),
+                                           ("silent", "no data for 0.4 s")])
+def test_stalled_transfer_is_retried_then_given_up(archive, tmp_path, mode, message):
+    root = tmp_path / "data"
+    limits = dl.Limits(read_timeout_s=0.4, stall_s=0.4, stall_bytes=1000)
+    with serving(archive) as srv:
+        srv.mode = mode
+        start = time.monotonic()
+        with pytest.raises(dl.DownloadError, match=f"after 2 tries: {message}"):
+            dl.download(root, url=url(srv), retries=1, backoff_s=0, limits=limits)
+        assert time.monotonic() - start < 4.5  # (a sanity bound: the server would go on for 10 s)
+        assert len(srv.ranges) == 2
+    assert not (root / hcfg.CHECKPOINT_FILE).exists()
+
+
+# ------------------------------------------------------------------------------------------- installs
+
+def _archive_with(data_dir: Path, tmp_path: Path, replaced: dict[str, bytes]) -> Path:
+    """A copy of the data folder with some files replaced, as an archive in the official layout."""
+    copy = tmp_path / "copy"
+    shutil.copytree(data_dir, copy)
+    for rel, blob in replaced.items():
+        (copy / rel).write_bytes(blob)
+    path = tmp_path / "replaced.tar.gz"
+    path.write_bytes(make_archive(copy))
+    return path
+
+
+def _alias_bomb(levels: int = 6) -> bytes:
+    """A mapping in which each level holds the previous one 9 times: 9**levels mappings once aliases expand."""
+    lines = ["l0: &l0 {x: 1, y: 2}"]
+    for i in range(1, levels + 1):
+        lines.append(f"l{i}: &l{i} {{" + ", ".join(f"k{j}: *l{i - 1}" for j in range(9)) + "}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+@pytest.mark.parametrize("junk", ["checkpoint", "config"])
+def test_force_with_a_bad_archive_keeps_the_working_install(archive, data_dir, tmp_path, capsys, junk):
+    root = tmp_path / "data"
+    good = tmp_path / "good.tar.gz"
+    good.write_bytes(archive)
+    assert main(["download", "--accept-mano-license", "--from", str(good), "--data", str(root), "--quiet"]) == 0
+    before = installed(root)
+    if junk == "checkpoint":
+        bad = _archive_with(data_dir, tmp_path, {hcfg.CHECKPOINT_FILE: os.urandom(200_000)})
+    else:
+        bad = _archive_with(data_dir, tmp_path, {hcfg.CONFIG_FILE: _alias_bomb()})
+    capsys.readouterr()
+    args = ["download", "--accept-mano-license", "--from", str(bad), "--data", str(root), "--quiet", "--force"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert f"{bad} does not load as HaMeR" in err and f"the working install in {root} was left as it was" in err
+    if junk == "config":
+        assert "alias *l0 refused" in err and str(hcfg.CONFIG_FILE) in err
+    assert installed(root) == before  # every file and the manifest as they were; no staging left
+    # into an empty folder: nothing installed, and said so
+    assert main(["download", "--accept-mano-license", "--from", str(bad), "--data", str(tmp_path / "new")]) == 1
+    assert "nothing was installed" in capsys.readouterr().err
+    assert installed(tmp_path / "new") == {}
+
+
+def test_mano_licence_is_shown_and_must_be_accepted(server, tmp_path, capsys):
+    root = tmp_path / "data"
+    assert main(["download", "--url", url(server), "--data", str(root)]) == 2  # stdin is not a terminal here
+    out, err = capsys.readouterr()
+    assert "https://mano.is.tue.mpg.de/license.html" in out and "non-commercial" in out
+    assert "--accept-mano-license" in err and server.ranges == [] and not root.exists()
+    assert main(["download", "--accept-mano-license", "--url", url(server), "--data", str(root), "--quiet"]) == 0
+    assert "https://mano.is.tue.mpg.de/license.html" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------- one at a time
+
+HOLDER = """
+import sys
+from pathlib import Path
+from hamer.download.lock import hold
+with hold(Path(sys.argv[1])):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_second_download_is_refused_naming_the_first_and_leftovers_of_dead_ones_go(archive, tmp_path, capsys):
+    root = tmp_path / "data"
+    tarball = tmp_path / "a.tar.gz"
+    tarball.write_bytes(archive)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(root)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(dl.DownloadError, match=rf"another `hamer download` \(pid {holder.pid} on \S+ since "):
+            dl.download(root, archive=tarball)
+        assert not (root / hcfg.CHECKPOINT_FILE).exists()
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    # the holder is gone; a killed download's staging folder (its pid dead) and a lock file it left behind
+    dead = root / dl.WORK_DIR / f"staging-{_dead_pid()}-xyz"
+    (dead / "hamer_ckpts").mkdir(parents=True)
+    (dead / "hamer_ckpts" / "big").write_bytes(b"x" * 1000)
+    (root / dl.WORK_DIR / dl.LOCK_FILE).write_text(json.dumps({"pid": _dead_pid(), "host": "h", "started_utc": "t"}))
+    live = root / dl.WORK_DIR / f"staging-{os.getppid()}-abc"  # a live process's (say, a reused pid)
+    live.mkdir()
+    dl.download(root, archive=tarball)
+    assert not dead.exists() and (root / hcfg.CHECKPOINT_FILE).is_file()
+    assert live.is_dir()  # left alone
+    live.rename(live.with_name(f"staging-{_dead_pid()}-abc"))
+    # `hamer download` on an installed folder removes them too
+    assert main(["download", "--data", str(root)]) == 0
+    assert "left by a download that was killed" in capsys.readouterr().out
+    assert not (root / dl.WORK_DIR).exists()

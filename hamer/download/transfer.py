@@ -205,18 +205,25 @@ def _fetch_once(opener: urllib.request.OpenerDirector, url: str, part: Path, sid
             SourceRecord(url_key(url), public_url(url), etag, modified, total).write(sidecar)
         if total is not None and total > limits.max_bytes:
             part.unlink(missing_ok=True)
-            raise DownloadError(f"{public_url(url)} is {total / 1e9:.1f} GB, more than the {limits.max_bytes / 1e9:.1f}"
-                                " GB HaMeR's demo data may be: refused")
+            sidecar.unlink(missing_ok=True)
+            raise DownloadError(f"{public_url(url)} announces {total:,} bytes ({total / 1e9:.1f} GB), more than the "
+                                f"{limits.max_bytes:,} HaMeR's demo data may be: refused")
         if total is not None:
             check_space(part.parent, total - have + min(total, INSTALL_BYTES_ESTIMATE), f"download {url}")
-        have = _receive(response, part, have, total, progress, limits)
+        try:
+            have = _receive(response, part, have, total, progress, limits)
+        except DownloadError:  # more than allowed: nothing of it is kept
+            part.unlink(missing_ok=True)
+            sidecar.unlink(missing_ok=True)
+            raise
     if total is not None and have != total:
         raise Transient(f"the connection closed at {have:,} of {total:,} bytes")
 
 
 def _receive(response: http.client.HTTPResponse, part: Path, have: int, total: int | None,
              progress: Progress | None, limits: Limits) -> int:
-    """Append the body to ``part`` within ``limits``; returns the bytes ``part`` then holds."""
+    """Append the body to ``part`` within ``limits``; returns the bytes ``part`` then holds. DownloadError when the
+    server sends more than allowed, Transient when it stops or stalls."""
     cap = total if total is not None else limits.max_bytes
     if progress:
         progress("download", have, total)
@@ -242,7 +249,6 @@ def _receive(response: http.client.HTTPResponse, part: Path, have: int, total: i
         raise Transient(f"no data for {limits.read_timeout_s:g} s") from None
     except (ConnectionError, http.client.HTTPException) as exc:
         raise Transient(str(exc) or type(exc).__name__) from None
-    part.unlink()
     bound = "its announced size" if total is not None else "the most HaMeR's demo data may be"
     raise DownloadError(f"the server sent more than {cap:,} bytes ({bound}): refused, the partial download deleted")
 
