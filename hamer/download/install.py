@@ -100,7 +100,8 @@ def install_archive(archive: Path, root: Path, *, progress: Progress | None = No
 
 
 def _check_loads(archive: Path, staging: Path, root: Path, staged: set[str]) -> None:
-    """BadArchiveError unless the staged files (the data folder's where none is staged) build HaMeR."""
+    """BadArchiveError unless the staged files (the data folder's where none is staged) build HaMeR; this reads
+    the staged ``model_config.yaml`` (:func:`hamer.configs.load_config`) and checkpoint (the safe loader)."""
     from ..checkpoint import build_model
 
     def path(rel: str) -> Path:
@@ -111,8 +112,6 @@ def _check_loads(archive: Path, staging: Path, root: Path, staged: set[str]) -> 
     kept = (f"the working install in {root} was left as it was" if configs.data_paths(root).checkpoint.is_file()
             else "nothing was installed")
     try:
-        if configs.CONFIG_FILE in staged:
-            configs.load_config(paths.config)
         model, _ = build_model(paths)
         del model
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
