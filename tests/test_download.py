@@ -69,7 +69,7 @@ class Server(http.server.ThreadingHTTPServer):
     ranges: list[str | None]
     etag = '"v1"'
     mode = "normal"  # "endless": no size, bytes until the client stops (at most 64 MB); "huge": announces 10 TB;
-    # "trickle": one byte every 50 ms; "silent": the headers, then nothing for 5 s
+    # "trickle": one byte every 50 ms; "silent": the headers, then nothing for 5 s; "slow-headers": headers trickle
     daemon_threads = True
     block_on_close = False
 
@@ -111,6 +111,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def misbehave(self, mode: str, blob: bytes) -> None:
+        if mode == "slow-headers":  # a header line, one byte every 50 ms, for 10 s at most
+            self.wfile.write(b"HTTP/1.0 200 OK\r\nX-Slow: ")
+            for _ in range(200):
+                self.wfile.write(b"a")
+                self.wfile.flush()
+                time.sleep(0.05)
+            self.close_connection = True
+            return
         self.send_response(200)
         if mode in ("trickle", "silent"):
             self.send_header("Content-Length", str(len(blob)))
@@ -452,7 +460,8 @@ def test_endless_or_oversized_response_is_refused(archive, tmp_path):
 
 
 @pytest.mark.parametrize("mode, message", [("trickle", r"stalled: \d+ bytes in the last 0\.\d s"),
-                                           ("silent", "no data for 0.4 s")])
+                                           ("silent", "no data for 0.4 s"),
+                                           ("slow-headers", "no complete response headers within 0.4 s")])
 def test_stalled_transfer_is_retried_then_given_up(archive, tmp_path, mode, message):
     root = tmp_path / "data"
     limits = dl.Limits(read_timeout_s=0.4, stall_s=0.4, stall_bytes=1000)

@@ -13,11 +13,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
 import logging
 import os
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -104,6 +107,56 @@ class NoDowngrade(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
+class HeaderDeadline:
+    """Shuts a connection down when its response headers have not all come within ``seconds`` (a server that
+    trickles them would otherwise hold the request forever: each byte resets the socket timeout)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.sock: socket.socket | None = None
+        self.expired = False
+        self.timer: threading.Timer | None = None
+
+    def __enter__(self) -> HeaderDeadline:
+        self.timer = threading.Timer(self.seconds, self.expire)
+        self.timer.daemon = True
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.timer.cancel()
+
+    def expire(self) -> None:
+        self.expired = True
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
+
+    def opener(self) -> urllib.request.OpenerDirector:
+        """A urllib opener whose connections hand their socket to this deadline."""
+        deadline = self
+
+        class HTTPConnection(http.client.HTTPConnection):
+            def connect(self) -> None:
+                super().connect()
+                deadline.sock = self.sock
+
+        class HTTPSConnection(http.client.HTTPSConnection):
+            def connect(self) -> None:
+                super().connect()
+                deadline.sock = self.sock
+
+        class HTTPHandler(urllib.request.HTTPHandler):
+            def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+                return self.do_open(HTTPConnection, req)
+
+        class HTTPSHandler(urllib.request.HTTPSHandler):
+            def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+                return self.do_open(HTTPSConnection, req, context=self._context)
+
+        return urllib.request.build_opener(NoDowngrade, HTTPHandler, HTTPSHandler)
+
+
 def fetch(url: str, dest: Path, *, progress: Progress | None = None, retries: int = 3, backoff_s: float = 2.0,
           limits: Limits = DEFAULT_LIMITS) -> Path:
     """Download ``url`` to ``dest`` through ``dest.part``, resuming a ``.part`` an earlier call left for this URL.
@@ -130,11 +183,10 @@ def fetch(url: str, dest: Path, *, progress: Progress | None = None, retries: in
         part.unlink()
     if not part.exists():
         sidecar.unlink(missing_ok=True)
-    opener = urllib.request.build_opener(NoDowngrade)
     failures = 0
     while True:
         try:
-            _fetch_once(opener, url, part, sidecar, progress, limits)
+            _fetch_once(url, part, sidecar, progress, limits)
             break
         except Transient as exc:
             failures += 1
@@ -160,8 +212,7 @@ def discard(dest: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _fetch_once(opener: urllib.request.OpenerDirector, url: str, part: Path, sidecar: Path,
-                progress: Progress | None, limits: Limits) -> None:
+def _fetch_once(url: str, part: Path, sidecar: Path, progress: Progress | None, limits: Limits) -> None:
     have = part.stat().st_size if part.exists() else 0
     record = SourceRecord.read(sidecar) if have else None
     headers = {"User-Agent": f"hamer/{__version__}", "Accept-Encoding": "identity"}
@@ -169,8 +220,11 @@ def _fetch_once(opener: urllib.request.OpenerDirector, url: str, part: Path, sid
         headers["Range"] = f"bytes={have}-"
         if record.etag or record.last_modified:
             headers["If-Range"] = record.etag or record.last_modified  # the whole file comes if it changed
+    deadline = HeaderDeadline(limits.stall_s)
     try:
-        response = opener.open(urllib.request.Request(url, headers=headers), timeout=limits.read_timeout_s)
+        with deadline:
+            response = deadline.opener().open(urllib.request.Request(url, headers=headers),
+                                              timeout=limits.read_timeout_s)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and have:
             total = content_range(exc.headers.get("Content-Range", ""))[1]
@@ -181,10 +235,15 @@ def _fetch_once(opener: urllib.request.OpenerDirector, url: str, part: Path, sid
         if exc.code >= 500 or exc.code in (408, 429):
             raise Transient(f"HTTP {exc.code} {exc.reason}") from None
         raise DownloadError(f"{public_url(url)}: HTTP {exc.code} {exc.reason}") from None
-    except urllib.error.URLError as exc:
+    except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as exc:
+        if deadline.expired:
+            raise Transient(f"no complete response headers within {limits.stall_s:g} s") from None
+        if not isinstance(exc, urllib.error.URLError):
+            raise Transient(str(exc) or type(exc).__name__) from None
         raise Transient(f"cannot reach {urlsplit(url).hostname}: {exc.reason}") from None
-    except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:
-        raise Transient(str(exc) or type(exc).__name__) from None
+    if deadline.expired:  # cut while the headers came: what http.client made of the rest is not a response
+        response.close()
+        raise Transient(f"no complete response headers within {limits.stall_s:g} s")
     with response:
         etag, modified = response.headers.get("ETag"), response.headers.get("Last-Modified")
         if response.status == 206 and record is not None:
