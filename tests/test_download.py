@@ -531,6 +531,28 @@ def test_mano_licence_is_shown_and_must_be_accepted(server, tmp_path, capsys):
     assert "https://mano.is.tue.mpg.de/license.html" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("answer", ["n", "y"])
+def test_on_a_terminal_the_licence_is_asked(archive, tmp_path, answer):
+    pty = pytest.importorskip("pty")
+    tarball = tmp_path / "a.tar.gz"
+    tarball.write_bytes(archive)
+    root = tmp_path / "data"
+    master, slave = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    try:
+        os.write(master, f"{answer}\n".encode())
+        done = subprocess.run([sys.executable, "-m", "hamer", "download", "--from", str(tarball), "--data", str(root),
+                               "--quiet"], stdin=slave, capture_output=True, text=True, env=env, timeout=300)
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert "Do you accept MANO's licence? [y/N]" in done.stdout and "mano.is.tue.mpg.de/license.html" in done.stdout
+    if answer == "n":
+        assert done.returncode == 2 and "not accepted" in done.stderr and not root.exists()
+    else:
+        assert done.returncode == 0 and (root / hcfg.CHECKPOINT_FILE).is_file()
+
+
 # ------------------------------------------------------------------------------------------- one at a time
 
 HOLDER = """
