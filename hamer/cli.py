@@ -343,7 +343,7 @@ def cmd_download(args: argparse.Namespace) -> int:
             return 2
         try:
             answer = input("Do you accept MANO's licence? [y/N] ")
-        except EOFError:
+        except (EOFError, KeyboardInterrupt):
             answer = ""
         if answer.strip().lower() not in ("y", "yes"):
             print("error: not accepted: nothing was downloaded", file=sys.stderr)

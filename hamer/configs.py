@@ -183,12 +183,16 @@ class BoundedYamlLoader(yaml.SafeLoader):
     laughs") and nesting deeper than :data:`MAX_YAML_DEPTH`, when it meets them, before anything is expanded.
     Without aliases a document of n bytes makes at most about n nodes: the size cap bounds time and memory."""
 
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.depth = 0
+
     def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise yaml.composer.ComposerError(None, None, f"alias *{event.anchor} refused (aliases are not allowed "
                                               "in a model config)", event.start_mark)
-        self.depth = getattr(self, "depth", 0) + 1
+        self.depth += 1
         try:
             if self.depth > MAX_YAML_DEPTH:
                 raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels",
@@ -198,22 +202,22 @@ class BoundedYamlLoader(yaml.SafeLoader):
             self.depth -= 1
 
 
-def read_yaml(path: PathLike, what: str = "model config") -> object:
+def read_yaml(path: PathLike) -> object:
     """The YAML document in ``path``, parsed by :class:`BoundedYamlLoader` (no tags, no aliases); ValueError naming
     the file when it is larger than :data:`MAX_CONFIG_BYTES` (refused unread), not UTF-8 or not such YAML."""
     path = Path(path)
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
-        data = f.read(MAX_CONFIG_BYTES + 1)  # a file that grows while read is bounded too
+        data = f.read(MAX_CONFIG_BYTES + 1) if size <= MAX_CONFIG_BYTES else b""  # bounded if it grows meanwhile
     if max(size, len(data)) > MAX_CONFIG_BYTES:
-        raise ValueError(f"{what} {path} is {max(size, len(data)):,} bytes: larger than the {MAX_CONFIG_BYTES:,} "
-                         "bytes a model config may have; refused unread")
+        raise ValueError(f"model config {path} is {max(size, len(data)):,} bytes: larger than the "
+                         f"{MAX_CONFIG_BYTES:,} bytes a model config may have; refused unread")
     try:
         return yaml.load(data.decode("utf-8"), Loader=BoundedYamlLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:  # syntax errors, aliases, and tags such as !!python/object that SafeLoader refuses
-        raise ValueError(f"{what} {path} is not plain YAML: {' '.join(str(exc).split())}") from None
+        raise ValueError(f"model config {path} is not plain YAML: {' '.join(str(exc).split())}") from None
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{what} {path} is not UTF-8 text: {exc}") from None
+        raise ValueError(f"model config {path} is not UTF-8 text: {exc}") from None
 
 
 def load_config(path: PathLike) -> CfgNode:
