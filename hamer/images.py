@@ -129,7 +129,7 @@ def read_image(path: os.PathLike | str, max_pixels: int | None = None) -> np.nda
         data = f.read(most + 1) if size <= most else b""
     if size > most or len(data) > most:
         raise ImageError(f"{path}: {format_bytes(max(size, len(data)))}, more than an image of at most {limit} "
-                         f"pixels takes ({format_bytes(most)}); refused unread")
+                         f"pixels takes ({format_bytes(most)}): not read")
     if not data:
         raise ImageError(f"{path}: empty file")
     dims = header_size(data)
@@ -138,8 +138,8 @@ def read_image(path: os.PathLike | str, max_pixels: int | None = None) -> np.nda
                          "a format such as OpenEXR or Radiance HDR that is not read)")
     width, height = dims
     if width * height > limit:
-        raise ImageError(f"{path}: {width} x {height} = {width * height} pixels, over the limit of {limit}; "
-                         "refused undecoded")
+        raise ImageError(f"{path}: {width} x {height} = {width * height} pixels, over the limit of {limit}: "
+                         "not decoded")
     try:
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error as exc:
