@@ -30,8 +30,9 @@ from .units import format_bytes
 COLORS = ("BGR", "RGB")
 
 # The most pixels (width x height) an image file may have; settable (``hamer run --max-image-pixels``). 200 million
-# admits every single-shot camera (the largest sensor, Phase One's IQ4 150MP, gives 151 million; Fujifilm's GFX100
-# 102 million) and a 4x5-inch film scan at 3000 dpi (180 million); it decodes to 600 MB of BGR.
+# admits every single-shot camera: phones' 200 MP modes (16320 x 12240 = 199.8 million), Phase One's IQ4 150MP (151
+# million), Fujifilm's GFX100 (102 million); and a 4x5-inch film scan at 3000 dpi (180 million). It decodes to
+# 600 MB of BGR (a run on one such image: 2.8 GB peak, benchmarks/results/image_limits.md).
 MAX_IMAGE_PIXELS = 200_000_000
 # max_image_bytes: 8 bytes a pixel (16-bit RGBA stored uncompressed, the most an image of 8- or 16-bit channels
 # takes) plus 16 MB of metadata (EXIF, ICC profiles, previews).
