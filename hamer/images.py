@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import os
-import struct
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -96,21 +95,25 @@ def header_size(data: bytes) -> tuple[int, int] | None:
     BMP, TIFF, JPEG 2000, AVIF, PNM...) without decoding a pixel; None if no plugin knows the format.
 
     The plugins are asked directly rather than through ``PIL.Image.open``, which adds Pillow's own pixel limit (a
-    warning over 89 million pixels, an error over 179 million); :data:`MAX_IMAGE_PIXELS` decides here.
+    warning over 89 million pixels, an error over 179 million); :data:`MAX_IMAGE_PIXELS` decides here. Readers
+    that check Pillow's limit themselves as they open (WebP's, which allocates the canvas; GIF's, for a frame) still
+    raise ``PIL.Image.DecompressionBombError`` over 179 million pixels.
     """
     Image.init()
     prefix = data[:_PREFIX]
     for name in Image.ID:
         factory, accept = Image.OPEN[name]
-        if accept is not None:
-            known = accept(prefix)
-            if not known or isinstance(known, str):  # a string: "maybe, with a warning"; Image.open skips it too
-                continue
         try:
+            if accept is not None:
+                known = accept(prefix)
+                if not known or isinstance(known, str):  # a string: "maybe, with a warning"; Image.open skips it
+                    continue
             with factory(io.BytesIO(data), "") as img:
                 return img.size
-        except (SyntaxError, IndexError, TypeError, ValueError, struct.error, OSError, EOFError):
-            continue  # another plugin may know it (as Image.open)
+        except Image.DecompressionBombError:
+            raise
+        except Exception:  # noqa: BLE001 (a reader failing on these bytes, whatever it raises: the next is asked)
+            continue
     return None
 
 
@@ -133,7 +136,10 @@ def read_image(path: os.PathLike | str, max_pixels: int | None = None) -> np.nda
                          f"pixels takes ({format_bytes(most)}): not read")
     if not data:
         raise ImageError(f"{path}: empty file")
-    dims = header_size(data)
+    try:
+        dims = header_size(data)
+    except Image.DecompressionBombError as exc:  # WebP's reader checks Pillow's own limit first (it allocates)
+        raise ImageError(f"{path}: {exc}: not decoded") from None
     if dims is None:
         raise ImageError(f"{path}: not an image whose size can be read from its header (damaged, not an image, or "
                          "a format such as OpenEXR or Radiance HDR that is not read)")

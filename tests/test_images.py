@@ -123,6 +123,17 @@ def test_header_size_reads_each_format(suffix):
     assert header_size(encoded(suffix, img)) == (53, 37)
 
 
+def test_a_webp_header_over_pillows_own_limit_is_refused(tmp_path):
+    """Pillow's WebP reader allocates the canvas when it opens a file, so it checks Pillow's limit first."""
+    data = bytearray(pil_encoded("WEBP"))
+    assert data[12:16] == b"VP8 " and data[23:26] == b"\x9d\x01\x2a"  # lossy: 14-bit sizes at 26 and 28
+    data[26:30] = struct.pack("<HH", 16383, 16383)
+    path = tmp_path / "liar.webp"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ImageError, match=rf"^{path}: Image size \(268402689 pixels\) exceeds limit"):
+        read_image(path)
+
+
 def test_pillows_own_pixel_limit_does_not_decide():
     """A 15000 x 12000 header (180 million pixels) is over twice Pillow's MAX_IMAGE_PIXELS (an error in
     PIL.Image.open) but under ours: its size is read, with no warning."""
@@ -171,6 +182,18 @@ def test_damaged_and_unknown_files_are_refused_naming_them(tmp_path, name, make,
     path.write_bytes(make())
     with pytest.raises(ImageError, match=rf"^{path}: .*{why}"):
         read_image(path)
+
+
+@pytest.mark.parametrize("format", ["PNG", "JPEG", "GIF", "WEBP", "QOI", "ICO", "BMP", "TIFF"])
+def test_a_file_cut_anywhere_is_an_image_error(tmp_path, format):
+    """Whatever a format reader raises on the first N bytes of a file is an ImageError naming it, never another
+    exception (which would fail the whole folder)."""
+    data = pil_encoded(format)
+    path = tmp_path / f"cut.{format.lower()}"
+    for size in range(len(data)):
+        path.write_bytes(data[:size])
+        with pytest.raises(ImageError, match=rf"^{path}: "):
+            read_image(path)
 
 
 def test_a_missing_file_is_an_oserror(tmp_path):
