@@ -40,7 +40,8 @@ METADATA_BYTES = 16_000_000
 # Pillow reads at most this many bytes of a file before it knows its format (as Image.open).
 _PREFIX = 16
 
-# File suffixes read as images (OpenCV's readers).
+# File suffixes read as images (OpenCV's readers; read_image refuses .exr, .hdr and .pic, whose size Pillow cannot
+# read first, with a message naming the file rather than leaving them out unsaid).
 IMAGE_SUFFIXES = frozenset({
     ".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".jp2", ".pbm", ".pgm", ".ppm",
     ".pnm", ".pxm", ".sr", ".ras", ".exr", ".hdr", ".pic", ".avif",
@@ -138,7 +139,7 @@ def read_image(path: os.PathLike | str, max_pixels: int | None = None) -> np.nda
         raise ImageError(f"{path}: empty file")
     try:
         dims = header_size(data)
-    except Image.DecompressionBombError as exc:  # WebP's reader checks Pillow's own limit first (it allocates)
+    except Image.DecompressionBombError as exc:  # Pillow's own limit, checked by its WebP and GIF readers
         raise ImageError(f"{path}: {exc}: not decoded") from None
     if dims is None:
         raise ImageError(f"{path}: not an image whose size can be read from its header (damaged, not an image, or "

@@ -226,8 +226,12 @@ def test_a_folder_with_hostile_files_among_photographs_keeps_its_photographs(tmp
     (folder / "cut.jpg").write_bytes((SHARED_IMAGES / "test4.jpg").read_bytes()[:3000])
     alone = tmp_path / "alone.png"
     alone.write_bytes(png_bomb(32000, 32000))
+    huge = tmp_path / "huge.jpg"
+    with open(huge, "wb") as f:  # sparse, 4 GB
+        f.write(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00")
+        f.truncate(4 * 10**9)
     out = tmp_path / "out"
-    run = hamer_run(str(folder), str(alone), "--bbox-only", "--quiet", "--out", str(out))
+    run = hamer_run(str(folder), str(alone), str(huge), "--bbox-only", "--quiet", "--out", str(out))
     assert run.returncode == 1, run.stderr  # something failed; no crash (-11), no traceback
     assert "Traceback" not in run.stderr
     lines = [json.loads(line) for line in (out / "photos.jsonl").read_text().splitlines()]
@@ -242,6 +246,8 @@ def test_a_folder_with_hostile_files_among_photographs_keeps_its_photographs(tmp
     assert "32000 x 32000 = 1024000000 pixels" in skipped[0] and "OpenCV cannot decode it" in skipped[1]
     assert "60000 x 60000" in skipped[2]
     assert bomb["status"] == "failed" and f"{alone}: 32000 x 32000" in bomb["error"] and bomb["files"] == []
+    assert records["huge.jpg"]["status"] == "failed" and records["huge.jpg"]["kind"] == "image"
+    assert f"{huge}: 4.00 GB, more than an image of at most 200000000 pixels" in records["huge.jpg"]["error"]
 
 
 def test_the_max_image_pixels_flag(tmp_path):
