@@ -342,7 +342,7 @@ def cmd_download(args: argparse.Namespace) -> int:
                 other.close()
             desc = {"download": "downloading", "extract": "verifying, unpacking"}[phase]
             bars[phase] = stack.enter_context(tqdm(total=total, initial=done, desc=desc, unit="B", unit_scale=True,
-                                                   unit_divisor=1024, disable=args.quiet, dynamic_ncols=True))
+                                                   disable=args.quiet, dynamic_ncols=True))
         bar = bars[phase]
         bar.total = total
         bar.update(done - bar.n)

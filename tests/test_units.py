@@ -1,4 +1,4 @@
-"""Sizes printed in one unit system, decimal SI (hamer.units.format_bytes), by ``hamer check`` and ``convert``."""
+"""Sizes printed in one unit system, decimal SI (hamer.units.format_bytes): `hamer check`, `convert`, `download`."""
 
 from __future__ import annotations
 
@@ -42,3 +42,17 @@ def test_convert_prints_the_size_in_decimal_units(data_dir, tmp_path, capsys):
                  "--data", str(data_dir)]) == 0
     size = out.stat().st_size
     assert abs(shown_bytes(capsys.readouterr().out, f"wrote {out} (") - size) <= 0.005 * size
+
+
+def test_download_progress_counts_decimal_units(data_dir, tmp_path, capsys):
+    from test_download import make_archive
+
+    tarball = tmp_path / "hamer_demo_data.tar.gz"
+    tarball.write_bytes(make_archive(data_dir))
+    assert main(["download", "--from", str(tarball), "--data", str(tmp_path / "data")]) == 0
+    bar = capsys.readouterr().err.split("\r")[-1]  # the bar's last state: "... 100%|###| 2.03M/2.03M [...]"
+    done = re.search(r"100%\|.*\| ([\d.]+)([kMG])/([\d.]+)([kMG]) ", bar)
+    assert done is not None, bar
+    size = tarball.stat().st_size
+    assert done.group(1, 2) == done.group(3, 4)
+    assert abs(float(done[1]) * {"k": 1e3, "M": 1e6, "G": 1e9}[done[2]] - size) <= 0.005 * size
