@@ -31,6 +31,8 @@ import numpy as np
 from . import __version__, configs
 from .corpus import ENGINES
 from .download import DEFAULT_URL
+from .images import BYTES_PER_PIXEL, MAX_IMAGE_PIXELS, METADATA_BYTES
+from .units import format_bytes
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -160,7 +162,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         bbox_only=args.bbox_only, overlay=args.overlay, label_hold=args.label_hold, smooth=args.smooth,
         min_cutoff=args.min_cutoff, beta=args.beta, engine=args.engine, batch_size=args.batch_size,
         detect_workers=args.detect_workers, workers=args.workers or 1, ray_address=args.ray_address,
-        formats=args.formats, vertices=args.vertices, pose_base=args.pose_base, camera=args.intrinsics or args.fov_deg)
+        formats=args.formats, vertices=args.vertices, pose_base=args.pose_base, camera=args.intrinsics or args.fov_deg,
+        max_image_pixels=args.max_image_pixels)
     with logging_redirect_tqdm(), tqdm(unit="frame", disable=args.quiet, dynamic_ncols=True) as bar:
         progress = _Bar(bar, args.quiet)
         try:
@@ -209,11 +212,6 @@ def inspect_checkpoint(path: Path) -> CheckpointContents:
     )
 
 
-def _size(path: Path) -> str:
-    size = path.stat().st_size
-    return f"{size / 2**30:.2f} GB" if size >= 2**30 else f"{size / 2**20:.1f} MB"
-
-
 def cmd_check(args: argparse.Namespace) -> int:
     from .checkpoint import build_model
     from .detection import HAND_TASK_PATH, POSE_TASK_PATH
@@ -233,7 +231,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             missing.add("demo")
     if contents is not None:
         yes = {True: "yes", False: "no"}
-        print(f"  checkpoint   found    {paths.checkpoint} ({_size(paths.checkpoint)}, {contents.kind})\n"
+        size = format_bytes(paths.checkpoint.stat().st_size)
+        print(f"  checkpoint   found    {paths.checkpoint} ({size}, {contents.kind})\n"
               f"               carries  its config: {yes[contents.config]}, MANO (mano.*): {yes[contents.mano]}, "
               f"mean params (mano_head.init_*): {yes[contents.mean_params]}")
         if contents.config and contents.mano and contents.mean_params:
@@ -313,7 +312,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: cannot write {out}: {exc}", file=sys.stderr)
         return 1
-    print(f"wrote {out} ({_size(out)}, {'float16' if args.half else 'float32'}, config included); use it with "
+    kind = "float16" if args.half else "float32"
+    print(f"wrote {out} ({format_bytes(out.stat().st_size)}, {kind}, config included); use it with "
           f"`hamer run --checkpoint {out} ...` or HAMER(checkpoint=...)")
     return 0
 
@@ -478,7 +478,9 @@ def _non_negative_count(value: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hamer", description="3D hand joints with HaMeR (docs/CLI.md).")
+    parser = argparse.ArgumentParser(prog="hamer", description="3D hand joints with HaMeR.",
+                                     epilog="`hamer COMMAND --help` (or `python -m hamer COMMAND --help`) lists the "
+                                            "flags of a command.")
     parser.add_argument("--version", action="version", version=f"hamer {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details (model loading...)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -512,6 +514,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="crop side / hand box side, as HaMeR's demo (default: 2.0)")
     run.add_argument("--max-hands", type=_count, default=2,
                      help="hands MediaPipe looks for (default: 2); at most one Right and one Left are reconstructed")
+    run.add_argument("--max-image-pixels", type=_count, metavar="N",
+                     help="an image file of more pixels (width x height, from its header) is skipped undecoded, one "
+                          f"over {BYTES_PER_PIXEL} bytes a pixel + {format_bytes(METADATA_BYTES)} unread (default: "
+                          f"{MAX_IMAGE_PIXELS})")
     out = run.add_argument_group("outputs and camera")
     out.add_argument("--formats", type=_formats, default=("jsonl", "npz"), metavar="LIST",
                      help="comma list of jsonl, npz, pose, openpose, obj (default: jsonl,npz)")

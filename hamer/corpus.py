@@ -29,7 +29,7 @@ from typing import IO, Any, Protocol
 import cv2
 import numpy as np
 
-from .images import IMAGE_SUFFIXES, opencv_path, read_image
+from .images import IMAGE_SUFFIXES, ImageError, opencv_path, read_image
 from .outputs import TEMP_PREFIX, Frame, VideoFileWriter, write_image
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,7 @@ class Options:
     detect_workers: int = 2
     workers: int = 1
     ray_address: str | None = None
+    max_image_pixels: int | None = None  # None: hamer.images.MAX_IMAGE_PIXELS
 
 
 class Progress(Protocol):
@@ -320,24 +321,26 @@ def record(unit: Unit, status: str, frames: int, hands: int, seconds: float, err
 
 @dataclass
 class Decoded:
-    """What reading a unit found: frames decoded, and for a video whether it ended early."""
+    """What reading a unit found: frames decoded, and the images skipped, each as "PATH: why"."""
 
     frames: int = 0
     unreadable: list[str] = field(default_factory=list)
 
 
-def read_frames(unit: Unit, decoded: Decoded) -> Iterator[tuple[int, float | None, str, np.ndarray]]:
+def read_frames(unit: Unit, decoded: Decoded, max_pixels: int | None = None
+                ) -> Iterator[tuple[int, float | None, str, np.ndarray]]:
     """``(index, time_s, source, img_bgr)`` of each readable frame or image of ``unit``; ``decoded`` counts them
-    and lists unreadable images. A video that cannot be opened raises InputError."""
+    and lists the images skipped (unreadable, or refused by ``hamer.images.read_image`` with ``max_pixels``). A
+    video that cannot be opened raises InputError."""
     if unit.kind != "video":
         for index, path in enumerate(unit.images):
             try:
-                img = read_image(path)
+                img = read_image(path, max_pixels)
+            except ImageError as exc:
+                decoded.unreadable.append(str(exc))
+                continue
             except OSError as exc:
-                img = None
-                log.debug("%s: %s", path, exc)
-            if img is None:
-                decoded.unreadable.append(path)
+                decoded.unreadable.append(f"{path}: {exc.strerror or exc}")
                 continue
             decoded.frames += 1
             yield index, None, path, img
@@ -369,7 +372,7 @@ def outcome(unit: Unit, decoded: Decoded) -> tuple[str, str | None]:
         return "done", None
     if decoded.unreadable:
         status = "failed" if decoded.frames == 0 else "truncated"
-        return status, f"cannot read {len(decoded.unreadable)} image(s), skipped: {', '.join(decoded.unreadable)}"
+        return status, f"cannot read {len(decoded.unreadable)} image(s), skipped: {'; '.join(decoded.unreadable)}"
     return "done", None
 
 

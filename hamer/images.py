@@ -3,10 +3,16 @@
 Files are read through Python (bytes -> ``cv2.imdecode``): OpenCV's own file functions crash the process on a path
 that is not valid UTF-8 (a name with a stray byte, common on old archives), so no path is ever handed to them
 as is; :func:`opencv_path` gives OpenCV's video functions a name they can take.
+
+Image files are checked before they are decoded (:func:`read_image`): a file over :func:`max_image_bytes` is
+refused unread, and one whose header (read by Pillow's format plugins) gives more than :data:`MAX_IMAGE_PIXELS`
+pixels is refused undecoded, so that a small file cannot expand into gigabytes (a 124 kB PNG holds a
+32000 x 32000 image: 3 GB decoded).
 """
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from collections.abc import Iterator
@@ -16,10 +22,26 @@ from typing import Any
 
 import cv2
 import numpy as np
+from PIL import Image
+
+from .units import format_bytes
 
 COLORS = ("BGR", "RGB")
 
-# File suffixes read as images (OpenCV's readers).
+# The most pixels (width x height) an image file may have; settable (``hamer run --max-image-pixels``). 200 million
+# admits every single-shot camera: phones' 200 MP modes (16320 x 12240 = 199.8 million), Phase One's IQ4 150MP (151
+# million), Fujifilm's GFX100 (102 million); and a 4x5-inch film scan at 3000 dpi (180 million). It decodes to
+# 600 MB of BGR (a run on one such image: 2.8 GB peak, benchmarks/results/image_limits.md).
+MAX_IMAGE_PIXELS = 200_000_000
+# max_image_bytes: 8 bytes a pixel (16-bit RGBA stored uncompressed, the most an image of 8- or 16-bit channels
+# takes) plus 16 MB of metadata (EXIF, ICC profiles, previews).
+BYTES_PER_PIXEL = 8
+METADATA_BYTES = 16_000_000
+# Pillow reads at most this many bytes of a file before it knows its format (as Image.open).
+_PREFIX = 16
+
+# File suffixes read as images (OpenCV's readers; read_image refuses .exr, .hdr and .pic, whose size Pillow cannot
+# read first, with a message naming the file rather than leaving them out unsaid).
 IMAGE_SUFFIXES = frozenset({
     ".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".jp2", ".pbm", ".pgm", ".ppm",
     ".pnm", ".pxm", ".sr", ".ras", ".exr", ".hdr", ".pic", ".avif",
@@ -60,13 +82,79 @@ def _is_pil(img: Any) -> bool:
     return type(img).__module__.startswith("PIL.") and hasattr(img, "convert")
 
 
-def read_image(path: os.PathLike | str) -> np.ndarray | None:
-    """The uint8 BGR image in file ``path`` (any name, as bytes -> ``cv2.imdecode``), or None if it cannot be
-    decoded. OSError when the file cannot be read."""
-    data = np.fromfile(Path(path), dtype=np.uint8)
-    if data.size == 0:
-        return None
-    return cv2.imdecode(data, cv2.IMREAD_COLOR)
+class ImageError(ValueError):
+    """An image file refused or not decodable; the message names the file and why."""
+
+
+def max_image_bytes(max_pixels: int) -> int:
+    """The largest file :func:`read_image` reads for images of at most ``max_pixels`` pixels."""
+    return BYTES_PER_PIXEL * max_pixels + METADATA_BYTES
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) in the header of the image file ``data``, read by Pillow's format plugins (JPEG, PNG, WebP,
+    BMP, TIFF, JPEG 2000, AVIF, PNM...) without decoding a pixel; None if no plugin knows the format.
+
+    The plugins are asked directly rather than through ``PIL.Image.open``, which adds Pillow's own pixel limit (a
+    warning over 89 million pixels, an error over 179 million); :data:`MAX_IMAGE_PIXELS` decides here. Readers
+    that check Pillow's limit themselves as they open (WebP's, which allocates the canvas; GIF's, for a frame) still
+    raise ``PIL.Image.DecompressionBombError`` over 179 million pixels.
+    """
+    Image.init()
+    prefix = data[:_PREFIX]
+    for name in Image.ID:
+        factory, accept = Image.OPEN[name]
+        try:
+            if accept is not None:
+                known = accept(prefix)
+                if not known or isinstance(known, str):  # a string: "maybe, with a warning"; Image.open skips it
+                    continue
+            with factory(io.BytesIO(data), "") as img:
+                return img.size
+        except Image.DecompressionBombError:
+            raise
+        except Exception:  # noqa: BLE001 (a reader failing on these bytes, whatever it raises: the next is asked)
+            continue
+    return None
+
+
+def read_image(path: os.PathLike | str, max_pixels: int | None = None) -> np.ndarray:
+    """The uint8 (H, W, 3) BGR image in file ``path`` (any name, as bytes -> ``cv2.imdecode``).
+
+    Refused before decoding, with an :class:`ImageError` naming the file: a file over
+    ``max_image_bytes(max_pixels)`` (not read), one whose header is not one Pillow reads (not an image, damaged,
+    or a format such as OpenEXR or Radiance HDR whose size cannot be checked first), or one of more than
+    ``max_pixels`` pixels (default :data:`MAX_IMAGE_PIXELS`, read when called). ImageError too when OpenCV cannot
+    decode it; OSError when the file cannot be read.
+    """
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    most = max_image_bytes(limit)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        data = f.read(most + 1) if size <= most else b""
+    if size > most or len(data) > most:
+        raise ImageError(f"{path}: {format_bytes(max(size, len(data)))}, more than an image of at most {limit} "
+                         f"pixels takes ({format_bytes(most)}): not read")
+    if not data:
+        raise ImageError(f"{path}: empty file")
+    try:
+        dims = header_size(data)
+    except Image.DecompressionBombError as exc:  # Pillow's own limit, checked by its WebP and GIF readers
+        raise ImageError(f"{path}: {exc}: not decoded") from None
+    if dims is None:
+        raise ImageError(f"{path}: not an image whose size can be read from its header (damaged, not an image, or "
+                         "a format such as OpenEXR or Radiance HDR that is not read)")
+    width, height = dims
+    if width * height > limit:
+        raise ImageError(f"{path}: {width} x {height} = {width * height} pixels, over the limit of {limit}: "
+                         "not decoded")
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as exc:
+        raise ImageError(f"{path}: OpenCV cannot decode it ({str(exc).strip().splitlines()[-1]})") from None
+    if img is None:
+        raise ImageError(f"{path}: OpenCV cannot decode it (damaged or truncated?)")
+    return img
 
 
 @contextmanager

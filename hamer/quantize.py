@@ -133,9 +133,7 @@ def calibration_crops(images: Iterable[PathLike], cfg, rescale_factor: float = 2
     batches = []
     with HandDetector() as detector:
         for path in images:
-            img = read_image(path)
-            if img is None:
-                raise ValueError(f"cannot read the image {path}")
+            img = read_image(path)  # an unreadable image: hamer.images.ImageError, a ValueError naming it
             for d in detector.detect(img):
                 boxes = np.concatenate([d.box[None], jittered_boxes(d.box[None], jitter, rng)]).astype(np.float32)
                 rights = np.full(len(boxes), d.label == "Right")

@@ -258,7 +258,7 @@ class LocalEngine:
                     make_filter = partial(OneEuroFilter, o.min_cutoff, o.beta) if o.smooth else None
                     job.video = VideoHands(detector, self.reconstructor, HandTracker(label_hold=o.label_hold),
                                            make_filter)
-                frames = read_frames(unit, job.decoded)
+                frames = read_frames(unit, job.decoded, o.max_image_pixels)
                 last_ms = -1
                 while True:
                     t0 = time.perf_counter()
