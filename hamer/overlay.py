@@ -78,13 +78,14 @@ def draw_hands(img_bgr: np.ndarray, hands: Sequence[Hand], skeleton: bool = True
         color = LABEL_COLORS[hand.label]
         x1, y1, x2, y2 = (int(round(v)) for v in hand.box)
         cv2.rectangle(out, (x1, y1), (x2, y2), color, thick, cv2.LINE_AA)
-        _label(out, _caption(hand), (x1, y1), color, thick)
+        _label(out, caption(hand), (x1, y1), color, thick)
         if skeleton and hand.keypoints_2d is not None:
             _skeleton(out, hand.keypoints_2d, thick)
     return out
 
 
-def _caption(hand: Hand) -> str:
+def caption(hand: Hand) -> str:
+    """The hand's label: "label score" (and MediaPipe's label when the held one differs)."""
     text = hand.label if np.isnan(hand.score) else f"{hand.label} {hand.score:.2f}"
     if hand.detected_label != hand.label:
         text += f" (MediaPipe: {hand.detected_label})"
