@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 
 from .raster import rasterize
@@ -63,12 +64,12 @@ def scene(hands: Sequence[Hand], faces: np.ndarray, turn_deg: float = 0.0
 
 
 def draw_meshes(img_bgr: np.ndarray, hands: Sequence[Hand], faces: np.ndarray, camera: Camera, alpha: float = 1.0,
-                turn_deg: float = 0.0) -> np.ndarray:
-    """A copy of a uint8 BGR image with the meshes of the reconstructed ``hands`` drawn, seen by ``camera``:
-    ``alpha`` the opacity in [0, 1]; ``turn_deg`` turns each hand (see :func:`scene`)."""
+                turn_deg: float = 0.0, inplace: bool = False) -> np.ndarray:
+    """The uint8 BGR image (a copy unless ``inplace``) with the meshes of the reconstructed ``hands`` drawn, seen by
+    ``camera``: ``alpha`` the opacity in [0, 1]; ``turn_deg`` turns each hand (see :func:`scene`)."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    out = np.ascontiguousarray(img_bgr).copy()
+    out = img_bgr if inplace else np.ascontiguousarray(img_bgr).copy()
     vertices, triangles, colors = scene(hands, faces, turn_deg)
     if not len(triangles):
         return out
@@ -80,9 +81,12 @@ def draw_meshes(img_bgr: np.ndarray, hands: Sequence[Hand], faces: np.ndarray, c
     corners = vertices[triangles]
     normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
     shade = lambert(normals, -corners.mean(axis=1))  # the light at the camera centre
-    ids = raster.face[covered]
-    color = colors[ids] * shade[ids, None]
+    lut = np.zeros((len(triangles) + 1, 3), np.uint8)  # row 0: no face
+    lut[1:] = np.clip(colors * shade[:, None] + 0.5, 0, 255)
     (x, y), (h, w) = raster.origin, raster.face.shape
     box = out[y:y + h, x:x + w]
-    box[covered] = np.clip((1.0 - alpha) * box[covered] + alpha * color + 0.5, 0, 255).astype(np.uint8)
+    color = lut[raster.face + 1]
+    if alpha < 1.0:
+        color = cv2.addWeighted(box, 1.0 - alpha, color, alpha, 0.0)
+    np.copyto(box, color, where=covered[:, :, None])
     return out

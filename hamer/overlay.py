@@ -56,14 +56,14 @@ def draw(img_bgr: np.ndarray, result: FrameResult, style: str = "mesh", *, faces
         raise ValueError("style='mesh' needs the MANO triangles: faces=HAMER(...).faces (or use HAMER.draw)")
     out = img.copy()
     if style == "mesh" and meshes and result.camera is not None:
-        out = draw_meshes(out, meshes, faces, result.camera, alpha)
+        draw_meshes(out, meshes, faces, result.camera, alpha, inplace=True)
     draw_hands(out, result.hands, skeleton=style == "skeleton", inplace=True)
     if legend:
         _legend(out, style)
     if side_view:
         panel = np.full_like(img, 255)
         if meshes and result.camera is not None:
-            panel = draw_meshes(panel, meshes, faces, result.camera, 1.0, turn_deg=SIDE_VIEW_DEG)
+            draw_meshes(panel, meshes, faces, result.camera, 1.0, turn_deg=SIDE_VIEW_DEG, inplace=True)
         out = np.concatenate([out, panel], axis=1)
     return out
 

@@ -5,10 +5,11 @@ No OpenGL and no display. Pixel centres are at integer coordinates (OpenCV's con
 interpolated perspective-correctly (``1/z`` is linear in the image) and the nearest triangle wins per pixel, so
 meshes that intersect, and several meshes in one call, are drawn right.
 
-Triangles are rasterised on square tiles of their bounding boxes, grouped by size so that each group is one numpy
-expression; the z-buffer is a ``np.minimum.at`` over keys that pack the depth (float32 bits, monotone for positive
-values) above the triangle's index. Work and memory grow with the pixels the triangles' boxes cover, in chunks of
-at most :data:`CHUNK_PIXELS` candidate pixels.
+Triangles are rasterised row by row, vectorised over all triangles and rows at once: each row's span of covered
+pixel centres comes from the triangle's three edge half-planes, and every pixel of every span is one entry of a
+``np.minimum.at`` z-buffer over int64 keys that pack the depth (the bits of float32 ``1/z``, which as integers are
+monotone for positive values) above the triangle's index. Work and memory grow with the pixels covered, the
+triangles taken in groups whose boxes hold about 4 million pixels.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import numpy as np
 from .results import Camera
 
 NEAR = 1e-3  # metres: a triangle with a vertex nearer than this (or behind the camera) is not drawn
-_CHUNK_TRIANGLES = 512  # triangles rasterised at once (bounds the temporary arrays to their rows and pixels)
+_CHUNK_PIXELS = 1 << 22  # triangles are rasterised in groups whose boxes hold about this many pixels (memory)
 _FAR_PIXELS = 1e7  # a corner farther than this from the image is a triangle nearly edge-on to the camera: skipped
 _EMPTY = np.iinfo(np.int64).max
+_INF_BITS = 0x7F800000  # float32 +inf's bits: inf minus the bits of a positive 1/z grows with z (keys: nearest least)
 
 
 @dataclass(frozen=True)
@@ -62,12 +64,19 @@ def rasterize(vertices: np.ndarray, triangles: np.ndarray, camera: Camera, size:
     zbuf = np.full((y1 - y0 + 1) * (x1 - x0 + 1), _EMPTY, dtype=np.int64)
     lo = np.maximum(np.ceil(corners[:, :, 1].min(axis=1)), y0).astype(np.int64)  # rows of each triangle
     rows = np.maximum(np.minimum(np.floor(corners[:, :, 1].max(axis=1)), y1).astype(np.int64) - lo + 1, 0)
-    for start in range(0, len(ids), _CHUNK_TRIANGLES):
-        part = slice(start, start + _CHUNK_TRIANGLES)
-        _spans(zbuf, corners[part], inv_z[part], ids[part], lo[part], rows[part], box)
+    widths = np.clip(np.ptp(corners[:, :, 0], axis=1) + 1, 1, x1 - x0 + 1)
+    cost = np.cumsum(rows * widths)
+    start = 0
+    while start < len(ids):  # groups of about _CHUNK_PIXELS box pixels, a triangle at least
+        done = cost[start - 1] if start else 0
+        end = max(start + 1, int(np.searchsorted(cost, done + _CHUNK_PIXELS, side="right")))
+        _spans(zbuf, corners[start:end], inv_z[start:end], ids[start:end], lo[start:end], rows[start:end], box)
+        start = end
     empty = zbuf == _EMPTY
     face = np.where(empty, -1, zbuf & 0xFFFFFFFF).astype(np.int32)
-    depth = np.where(empty, np.float32(np.inf), (zbuf >> 32).astype(np.int32).view(np.float32))
+    inv = (_INF_BITS - (zbuf >> 32)).astype(np.int32).view(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):  # the empty pixels' keys are no depth
+        depth = np.where(empty, np.float32(np.inf), 1.0 / inv)
     shape = (y1 - y0 + 1, x1 - x0 + 1)
     return Raster((x0, y0), face.reshape(shape), depth.astype(np.float32).reshape(shape))
 
@@ -116,21 +125,23 @@ def _spans(zbuf: np.ndarray, corners: np.ndarray, inv_z: np.ndarray, ids: np.nda
     ext = ex[t]
     with np.errstate(divide="ignore", invalid="ignore"):
         limit = bound / ext
-    lower = np.where(ext > 0, limit, -np.inf).max(axis=1)
-    upper = np.where(ext < 0, limit, np.inf).min(axis=1)
-    blocked = ((ext == 0) & (bound > 0)).any(axis=1)  # an edge parallel to the row that excludes it
+    low, high = np.where(ext > 0, limit, -np.inf), np.where(ext < 0, limit, np.inf)
+    lower = np.maximum(np.maximum(low[:, 0], low[:, 1]), low[:, 2])  # (not .max(axis=1): slow on 3 columns)
+    upper = np.minimum(np.minimum(high[:, 0], high[:, 1]), high[:, 2])
+    shut = (ext == 0) & (bound > 0)  # an edge parallel to the row that excludes it
+    blocked = shut[:, 0] | shut[:, 1] | shut[:, 2]
     left = np.maximum(np.ceil(lower), x0)
     right = np.minimum(np.floor(upper), x1)
-    count = np.where(blocked, 0, np.maximum(right - left + 1, 0)).astype(np.int64)
-    # one entry per pixel
+    count = np.where(blocked | ~(right >= left), 0, right - left + 1).astype(np.int64)  # NaN bounds: no span
+    left = np.where(count > 0, left, x0)
+    # one entry per pixel: step along the row's span
     total = int(count.sum())
     if total == 0:
         return
-    step = np.arange(total) - np.repeat(np.cumsum(count) - count, count)
-    row = np.repeat(np.arange(len(t)), count)
-    x = left.astype(np.int64)[row] + step
-    ty = t[row]
-    yy = y[row]
-    depth = (1.0 / (dx[ty] * x + dy[ty] * yy + d0[ty])).astype(np.float32)
-    key = (depth.view(np.int32).astype(np.int64) << 32) | ids[ty]
-    np.minimum.at(zbuf, (yy.astype(np.int64) - y0) * (x1 - x0 + 1) + (x - x0), key)
+    step = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(count) - count, count)
+    inv = np.repeat((dx[t] * left + dy[t] * y + d0[t]).astype(np.float32), count)
+    inv += np.repeat(dx[t].astype(np.float32), count) * step.astype(np.float32)
+    np.maximum(inv, np.float32(1e-30), out=inv)  # rounding at a span's end cannot make it behind the camera
+    key = ((_INF_BITS - inv.view(np.int32)).astype(np.int64) << 32) | np.repeat(ids[t], count)
+    base = (y.astype(np.int64) - y0) * (x1 - x0 + 1) + left.astype(np.int64) - x0
+    np.minimum.at(zbuf, np.repeat(base, count) + step, key)

@@ -189,3 +189,20 @@ def test_side_view_turns_the_mesh_about_the_vertical():
 def test_skeleton_bones_start_at_the_openpose_joints():
     assert HAND_EDGES == ((0, 1), (1, 2), (2, 3), (3, 4), (0, 5), (5, 6), (6, 7), (7, 8), (0, 9), (9, 10), (10, 11),
                           (11, 12), (0, 13), (13, 14), (14, 15), (15, 16), (0, 17), (17, 18), (18, 19), (19, 20))
+
+
+def test_raster_depth_is_the_perspective_correct_depth_of_the_nearest_triangle():
+    from hamer.raster import rasterize
+
+    tilted, tri = flat_triangle(0.8, 1.2)
+    flat, _ = flat_triangle(1.0, 1.0)
+    raster = rasterize(np.concatenate([flat, tilted]), np.array([[0, 1, 2], [3, 4, 5]]), CAMERA, (W, H))
+    x0, y0 = raster.origin
+    for x, y in ((100, 60), (220, 60), (160, 150)):
+        pixels = project(tilted, CAMERA)  # the pixel's barycentric weights in the image, then 1/z interpolated
+        m = np.vstack([pixels.T, np.ones(3)])
+        weights = np.linalg.solve(m, [x, y, 1.0])
+        z_tilted = 1.0 / np.dot(weights, 1.0 / tilted[:, 2])
+        expected = min(z_tilted, 1.0)
+        assert raster.depth[y - y0, x - x0] == pytest.approx(expected, rel=1e-5)
+        assert raster.face[y - y0, x - x0] == (1 if z_tilted < 1.0 else 0)
