@@ -9,10 +9,14 @@
   MANO triangles give a spiky ball, so the mesh drawn is NOT HaMeR's: it is a tube mesh around MediaPipe's 21
   3D hand landmarks (world landmarks, metres), placed in HaMeR's default camera by PnP on the 2D landmarks. It is
   drawn by the same code, the same way, as a MANO mesh (z-buffer, shading, colours, side view).
+* rerun_viewer.jpg (``python docs/make_pictures.py FILE.rrd``; needs Xvfb and Mesa's Vulkan driver): Rerun's
+  viewer on FILE.rrd, a recording written by ``hamer run --rerun``'s writer of a 30-frame clip made from test2.png
+  (turning and zooming), its hands the same tube meshes; frame 15.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -47,7 +51,8 @@ def tube(a: np.ndarray, b: np.ndarray, radius: float, sides: int = 10) -> tuple[
     faces = []
     for i in range(sides):
         j = (i + 1) % sides
-        faces += [(i, j, sides + i), (j, sides + j, sides + i), (2 * sides, j, i), (2 * sides + 1, sides + i, sides + j)]
+        faces += [(i, j, sides + i), (j, sides + j, sides + i)]  # the side
+        faces += [(2 * sides, j, i), (2 * sides + 1, sides + i, sides + j)]  # the end caps
     return vertices, np.array(faces)
 
 
@@ -64,10 +69,8 @@ def tube_hand(joints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(verts), np.concatenate(faces)
 
 
-def mesh_picture() -> np.ndarray:
-    """test2.png (halved) with the tube hands drawn as meshes, a legend and the side view."""
-    img = cv2.imread(str(IMAGES / "test2.png"))
-    img = cv2.resize(img, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
+def tube_hands(img: np.ndarray) -> tuple[FrameResult, np.ndarray | None]:
+    """The hands MediaPipe finds in ``img`` as tube meshes in HaMeR's default camera, and the meshes' triangles."""
     height, width = img.shape[:2]
     camera = Camera.hamer_default((width, height))
     options = vision.HandLandmarkerOptions(base_options=BaseOptions(model_asset_path=str(HAND_TASK_PATH)),
@@ -79,7 +82,10 @@ def mesh_picture() -> np.ndarray:
                                      strict=True):
         pixels = np.array([(p.x * width, p.y * height) for p in points])
         metres = np.array([(p.x, p.y, p.z) for p in world])
-        ok, rvec, tvec = cv2.solvePnP(metres, pixels, camera.matrix, None, flags=cv2.SOLVEPNP_SQPNP)
+        try:
+            ok, rvec, tvec = cv2.solvePnP(metres, pixels, camera.matrix, None, flags=cv2.SOLVEPNP_SQPNP)
+        except cv2.error:  # landmarks too close together (a tiny hand)
+            continue
         if not ok:
             continue
         joints = metres @ cv2.Rodrigues(rvec)[0].T + tvec.ravel()
@@ -90,7 +96,32 @@ def mesh_picture() -> np.ndarray:
                           detector="hand", keypoints_3d=frozen_array(joints - cam_t),
                           keypoints_2d=frozen_array(camera.project(joints)), cam_t=frozen_array(cam_t),
                           vertices=frozen_array(vertices - cam_t)))
-    return draw(img, FrameResult(tuple(hands), (width, height), camera), faces=faces, legend=True, side_view=True)
+    return FrameResult(tuple(hands), (width, height), camera), faces
+
+
+def mesh_picture() -> np.ndarray:
+    """test2.png (halved) with the tube hands drawn as meshes, a legend and the side view."""
+    img = cv2.imread(str(IMAGES / "test2.png"))
+    img = cv2.resize(img, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
+    result, faces = tube_hands(img)
+    return draw(img, result, faces=faces, legend=True, side_view=True)
+
+
+def rerun_recording(path: Path, frames: int = 30) -> None:
+    """A Rerun recording of a 30-frame clip made from test2.png (slowly zooming and turning, 10 fps), its tube
+    hands logged by ``hamer run --rerun``'s writer."""
+    from hamer.formats.rerun import RerunWriter
+    from hamer.outputs import Frame
+
+    photo = cv2.imread(str(IMAGES / "test2.png"))
+    with RerunWriter(path, None) as writer:
+        for i in range(frames):
+            turn = cv2.getRotationMatrix2D((800, 845), 10.0 * np.sin(i / 6), 0.5 * (1 + 0.2 * i / frames))
+            turn[:, 2] -= (400, 422)  # the photo's centre to the frame's
+            img = cv2.warpAffine(photo, turn, (800, 845), borderMode=cv2.BORDER_REPLICATE)
+            result, faces = tube_hands(img)
+            writer.faces = faces
+            writer.add(Frame("clip", i, i / 10, result), img)
 
 
 def main() -> None:
@@ -106,6 +137,27 @@ def main() -> None:
     big = cv2.resize(img, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_CUBIC)
     cv2.imwrite(str(DOCS / "overlay_skeleton.jpg"), draw_hands(big, hands)[640:1120, 300:1240], JPEG)
     cv2.imwrite(str(DOCS / "overlay_mesh.jpg"), mesh_picture(), JPEG)
+    if len(sys.argv) > 1:  # python docs/make_pictures.py FILE.rrd: also the recording and the viewer's picture
+        rerun_recording(Path(sys.argv[1]))
+        viewer_screenshot(Path(sys.argv[1]), DOCS / "rerun_viewer.jpg")
+
+
+def viewer_screenshot(recording: Path, path: Path) -> None:
+    """Rerun's viewer on ``recording`` in a virtual X display (Xvfb; Vulkan on Mesa's software rasteriser,
+    llvmpipe: its OpenGL lacks a texture format the viewer needs), by ``rerun --screenshot-to``, as a JPEG."""
+    display = ":57"
+    xvfb = subprocess.Popen(["Xvfb", display, "-screen", "0", "1600x900x24"], stderr=subprocess.DEVNULL)
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            png = Path(folder) / "viewer.png"
+            subprocess.run(["rerun", str(recording), "--renderer", "vulkan", "--window-size", "1400x800",
+                            "--screenshot-to", str(png)], env={**os.environ, "DISPLAY": display}, check=True,
+                           capture_output=True, timeout=300)
+            shot = cv2.imread(str(png))
+            cv2.imwrite(str(path), cv2.resize(shot, (1400, 800), interpolation=cv2.INTER_AREA), JPEG)
+    finally:
+        xvfb.terminate()
+        xvfb.wait()
 
 
 if __name__ == "__main__":

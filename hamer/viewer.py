@@ -7,7 +7,8 @@ reconstructed hand's MANO mesh and 21 joints (``vertices + cam_t``, ``keypoints_
 seen from the camera lines up with the image. Entities::
 
     world                               ViewCoordinates RDF (static)
-    world/camera                        Pinhole (fx, fy, cx, cy; image size)
+    world/camera                        Pinhole (fx, fy, cx, cy; image size), its image plane drawn in 3D at the
+                                        hands' (median) depth
     world/camera/image                  the frame; .../boxes, .../joints/<Right|Left>
     world/hands/<Right|Left>/mesh       Mesh3D (778 vertices, MANO's triangles), with vertex normals
     world/hands/<Right|Left>/joints      Points3D and bones (LineStrips3D, .../bones)
@@ -80,8 +81,10 @@ def log_rerun(result: FrameResult, img_bgr: np.ndarray | None = None, faces: np.
     rr.log("world", rr.ViewCoordinates.RDF, static=True, **rec)
     width, height = result.image_size
     if result.camera is not None:
+        depths = [float(h.cam_t[2]) for h in result.hands if h.cam_t is not None and h.cam_t[2] > 0]
         rr.log("world/camera", rr.Pinhole(image_from_camera=result.camera.matrix, resolution=[width, height],
-                                          camera_xyz=rr.ViewCoordinates.RDF), **rec)
+                                          camera_xyz=rr.ViewCoordinates.RDF,
+                                          image_plane_distance=float(np.median(depths)) if depths else None), **rec)
     if img_bgr is not None:
         image = rr.Image(np.ascontiguousarray(img_bgr), color_model="BGR").compress(jpeg_quality=JPEG_QUALITY)
         rr.log("world/camera/image", image, **rec)
@@ -120,3 +123,13 @@ def log_rerun(result: FrameResult, img_bgr: np.ndarray | None = None, faces: np.
                 vertex_positions=vertices, triangle_indices=triangles.astype(np.uint32),
                 vertex_normals=vertex_normals(vertices.astype(np.float64), triangles).astype(np.float32),
                 albedo_factor=_rgb(MESH_COLORS[label])), **rec)
+
+
+def default_blueprint() -> Any:
+    """The viewer's layout for a recording: the 3D camera frame beside the image with its 2D boxes and joints, the
+    ``frame`` timeline selected."""
+    import rerun.blueprint as rrb
+
+    return rrb.Blueprint(rrb.Horizontal(rrb.Spatial3DView(origin="world", name="3D, camera frame (metres)"),
+                                        rrb.Spatial2DView(origin="world/camera", name="image")),
+                         rrb.TimePanel(timeline="frame"), collapse_panels=False)

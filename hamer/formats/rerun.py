@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..outputs import Frame, atomic_path
-from ..viewer import import_rerun, log_rerun
+from ..viewer import default_blueprint, import_rerun, log_rerun
 
 
 class RerunWriter:
@@ -28,7 +28,7 @@ class RerunWriter:
         self._file = atomic_path(self.path)
         tmp = self._file.__enter__()
         self._rec = rr.RecordingStream(self.application_id, recording_id=self.path.stem)
-        self._rec.save(os.fspath(tmp))
+        self._rec.save(os.fspath(tmp), default_blueprint=default_blueprint())
         return self
 
     def add(self, frame: Frame, img_bgr: np.ndarray | None) -> None:
