@@ -554,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="hands MediaPipe looks for (default: 2); at most one Right and one Left are reconstructed")
     out = run.add_argument_group("outputs and camera")
     out.add_argument("--formats", type=_formats, default=("jsonl", "npz"), metavar="LIST",
-                     help="comma list of jsonl, npz, pose, openpose, obj (default: jsonl,npz)")
+                     help="comma list of jsonl, npz, pose, openpose, obj, rerun (default: jsonl,npz)")
     out.add_argument("--vertices", action="store_true", help="also the 778 MANO vertices of each hand in the NPZ")
     out.add_argument("--pose-base", metavar="FILE_OR_DIR",
                      help="with --formats pose: a MediaPipe-Holistic .pose of the (one) input, or a folder holding "
