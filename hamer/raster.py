@@ -37,13 +37,6 @@ class Raster:
     face: np.ndarray
     depth: np.ndarray
 
-    def full_mask(self, size: tuple[int, int]) -> np.ndarray:
-        """(H, W) bool over the whole image of ``size`` (W, H): the pixels some triangle covers."""
-        mask = np.zeros(size[::-1], dtype=bool)
-        (x, y), (h, w) = self.origin, self.face.shape
-        mask[y:y + h, x:x + w] = self.face >= 0
-        return mask
-
 
 def rasterize(vertices: np.ndarray, triangles: np.ndarray, camera: Camera, size: tuple[int, int],
               near: float = NEAR) -> Raster:
@@ -83,8 +76,8 @@ def rasterize(vertices: np.ndarray, triangles: np.ndarray, camera: Camera, size:
 
 def _projected(v: np.ndarray, tri: np.ndarray, camera: Camera, near: float
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(T', 3, 2) pixel corners, (T', 3) inverse depths and (T',) indices of the triangles in front of ``near``,
-    finite and not degenerate."""
+    """(T', 3, 2) pixel corners, (T', 3) inverse depths and (T',) indices of the triangles in front of ``near``
+    whose corners are finite and within :data:`_FAR_PIXELS` of the image (degenerate ones are skipped later)."""
     z = v[:, 2]
     front = z > near
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
