@@ -206,3 +206,14 @@ def test_raster_depth_is_the_perspective_correct_depth_of_the_nearest_triangle()
         expected = min(z_tilted, 1.0)
         assert raster.depth[y - y0, x - x0] == pytest.approx(expected, rel=1e-5)
         assert raster.face[y - y0, x - x0] == (1 if z_tilted < 1.0 else 0)
+
+
+def test_hamer_draw_takes_the_models_triangles(data_dir):
+    """HAMER.draw: the last prediction's meshes with the model's own MANO triangles (synthetic model: random)."""
+    img = np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    with hamer.HAMER(device="cpu", data_dir=str(data_dir), backend="torch") as model:
+        result = model.predict(img, {"Right": [100, 60, 220, 180]})
+        assert model.faces.shape == (1538, 3)
+        drawn = model.draw(img)
+    np.testing.assert_array_equal(drawn, hamer.draw(img, result, faces=model.faces))
+    assert (drawn != hamer.draw(img, result, "boxes")).any()
