@@ -14,13 +14,17 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .hamer_module import HAMER
+    from .overlay import draw
     from .results import Camera, FieldOfView, FrameResult, Hand, ManoParams, NetworkOutput
+    from .viewer import log_rerun
 
 __version__ = "0.1.0"
-__all__ = ["HAMER", "Camera", "FieldOfView", "FrameResult", "Hand", "ManoParams", "NetworkOutput", "__version__"]
+__all__ = ["HAMER", "Camera", "FieldOfView", "FrameResult", "Hand", "ManoParams", "NetworkOutput", "__version__",
+           "draw", "log_rerun"]
 
 _EXPORTS = {"HAMER": "hamer_module", "Camera": "results", "FieldOfView": "results", "FrameResult": "results",
-            "Hand": "results", "ManoParams": "results", "NetworkOutput": "results"}
+            "Hand": "results", "ManoParams": "results", "NetworkOutput": "results", "draw": "overlay",
+            "log_rerun": "viewer"}
 
 
 def __getattr__(name: str) -> Any:

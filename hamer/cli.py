@@ -5,6 +5,7 @@
     hamer download [--url URL | --from FILE] [--data DIR]    install HaMeR's weights (resumable, verified)
     hamer convert CHECKPOINT OUT.safetensors [--half]        one safetensors file with weights and config
     hamer quantize MODEL.onnx OUT.onnx --images DIR          an 8-bit copy, its joint error measured
+    hamer view FILE.rrd                                      a recording of `hamer run --rerun` in Rerun's viewer
 
 Exit status: 0 success, 1 something failed (an unreadable input, a model that does not load), 2 bad usage,
 130 interrupted (143 on SIGTERM). Only this module prints; the library logs. The commands import torch and
@@ -95,8 +96,11 @@ def run_usage_problem(args: argparse.Namespace) -> str | None:
             return "argument --precision: --backend onnx takes no --precision (the .onnx file sets it)"
     elif args.onnx is not None:
         return "argument --onnx: only with --backend onnx"
-    if args.bbox_only and set(args.formats) - {"jsonl", "npz"}:
+    if args.bbox_only and set(args.formats) - {"jsonl", "npz", "rerun"}:
         return "argument --formats: pose, openpose and obj need the joints: not with --bbox-only"
+    problem = overlay_problem(args)
+    if problem:
+        return problem
     if args.pose_base is not None:
         if "pose" not in args.formats:
             return "argument --pose-base: only with --formats pose"
@@ -110,6 +114,20 @@ def run_usage_problem(args: argparse.Namespace) -> str | None:
         except ImportError:
             return "argument --formats: pose needs the pose-format package (pip install pose-format)"
     return out_dir_problem(Path(args.out))
+
+
+def overlay_problem(args: argparse.Namespace) -> str | None:
+    """Why --overlay, --side-view and --rerun cannot work together, naming the flag; None when they can."""
+    if args.side_view and (args.overlay != "mesh" or args.bbox_only):
+        return "argument --side-view: needs the mesh overlay (--overlay or --overlay mesh), not with --bbox-only"
+    if "rerun" in args.formats:
+        try:
+            from .viewer import import_rerun
+
+            import_rerun()
+        except ImportError as exc:
+            return f"argument --rerun: {exc}"
+    return None
 
 
 def out_dir_problem(out: Path) -> str | None:
@@ -133,6 +151,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from .corpus import ModelError, Options, OverwriteError, read_list, run_corpus
 
+    if args.rerun and "rerun" not in args.formats:
+        args.formats = (*args.formats, "rerun")
     problem = run_usage_problem(args)
     if problem:
         print(f"hamer run: error: {problem}", file=sys.stderr)
@@ -159,7 +179,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = Options(
         data=args.data, checkpoint=args.checkpoint, device=args.device, backend=args.backend, onnx=args.onnx,
         precision=args.precision, rescale_factor=args.rescale_factor, max_hands=args.max_hands,
-        bbox_only=args.bbox_only, overlay=args.overlay, label_hold=args.label_hold, smooth=args.smooth,
+        bbox_only=args.bbox_only, overlay=args.overlay is not None, overlay_style=args.overlay or "mesh",
+        side_view=args.side_view, label_hold=args.label_hold, smooth=args.smooth,
         min_cutoff=args.min_cutoff, beta=args.beta, engine=args.engine, batch_size=args.batch_size,
         detect_workers=args.detect_workers, workers=args.workers or 1, ray_address=args.ray_address,
         formats=args.formats, vertices=args.vertices, pose_base=args.pose_base, camera=args.intrinsics or args.fov_deg,
@@ -435,6 +456,32 @@ def _non_negative(value: str) -> float:
     return number
 
 
+def cmd_view(args: argparse.Namespace) -> int:
+    import shutil
+    import subprocess
+
+    path = Path(args.recording)
+    if not path.is_file():
+        print(f"hamer view: error: {path} is {'a folder' if path.is_dir() else 'not found'}", file=sys.stderr)
+        return 2
+    try:
+        from .viewer import import_rerun
+
+        import_rerun()
+    except ImportError as exc:
+        print(f"hamer view: error: {exc}", file=sys.stderr)
+        return 2
+    viewer = shutil.which("rerun")
+    if viewer is None:
+        print('hamer view: error: the `rerun` command is not on PATH (pip install "hamer[viewer]")', file=sys.stderr)
+        return 2
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        print(f"hamer view: error: no display (DISPLAY is not set): copy {path} to a machine with one and run "
+              f"`rerun {path.name}` there", file=sys.stderr)
+        return 1
+    return subprocess.call([viewer, str(path)])
+
+
 def _formats(value: str) -> tuple[str, ...]:
     from .formats import parse_formats
 
@@ -499,8 +546,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="an image, a video, or a folder (its images as one unit, and each of its videos)")
     run.add_argument("--list", metavar="FILE", help="also the inputs listed in FILE, one a line (- for stdin)")
     run.add_argument("--out", default="hamer_out", metavar="DIR", help="output folder (default: hamer_out)")
-    run.add_argument("--overlay", action="store_true",
-                     help="also write each image (.overlay.jpg) or video (.overlay.mp4) with the hands drawn in")
+    run.add_argument("--overlay", nargs="?", const="mesh", choices=("mesh", "skeleton", "boxes"), metavar="STYLE",
+                     help="also write each image (.overlay.jpg) or video (.overlay.mp4 H.264, else .overlay.webm "
+                          "VP9) with the hands drawn in: mesh (default: MANO meshes, boxes, labels), skeleton, "
+                          "boxes; boxes with --bbox-only")
+    run.add_argument("--side-view", action="store_true",
+                     help="with the mesh overlay: a panel beside each image with the meshes turned 90 degrees")
+    run.add_argument("--rerun", action="store_true",
+                     help='also a Rerun recording <name>.rrd of each input (as --formats ...,rerun; needs '
+                          'pip install "hamer[viewer]"); open it with `hamer view`')
     run.add_argument("--quiet", action="store_true", help="no progress bar and no summary (errors still show)")
     run.add_argument("--bbox-only", action="store_true", help="MediaPipe boxes and labels only; no HaMeR")
     run.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps (default: cpu)")
@@ -520,7 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
                           f"{MAX_IMAGE_PIXELS})")
     out = run.add_argument_group("outputs and camera")
     out.add_argument("--formats", type=_formats, default=("jsonl", "npz"), metavar="LIST",
-                     help="comma list of jsonl, npz, pose, openpose, obj (default: jsonl,npz)")
+                     help="comma list of jsonl, npz, pose, openpose, obj, rerun (default: jsonl,npz)")
     out.add_argument("--vertices", action="store_true", help="also the 778 MANO vertices of each hand in the NPZ")
     out.add_argument("--pose-base", metavar="FILE_OR_DIR",
                      help="with --formats pose: a MediaPipe-Holistic .pose of the (one) input, or a folder holding "
@@ -617,6 +671,12 @@ def build_parser() -> argparse.ArgumentParser:
                           help="int8 weight rounding: GPTQ on the calibration activations (default) or "
                                "round-to-nearest")
     quantize.set_defaults(func=cmd_quantize)
+
+    view = sub.add_parser("view", help="open a recording of `hamer run --rerun` in Rerun's viewer",
+                          description="Starts Rerun's viewer (the `rerun` command of rerun-sdk) on FILE.rrd; it "
+                                      "needs a display.")
+    view.add_argument("recording", metavar="FILE.rrd")
+    view.set_defaults(func=cmd_view)
     return parser
 
 

@@ -78,8 +78,10 @@ class Unit:
 
         names = [p.name for p in output_paths(formats, UnitInfo(Path("."), self.name))]
         if overlay:
-            names.append(self.name + {"image": ".overlay.jpg", "folder": ".overlay", "video": ".overlay.mp4"}[
-                self.kind])
+            from .outputs import VIDEO_CODECS, browser_codec
+
+            video = ".overlay" + VIDEO_CODECS[browser_codec()]
+            names.append(self.name + {"image": ".overlay.jpg", "folder": ".overlay", "video": video}[self.kind])
         return names
 
 
@@ -97,6 +99,8 @@ class Options:
     max_hands: int = 2
     bbox_only: bool = False
     overlay: bool = False
+    overlay_style: str = "mesh"  # hamer.overlay.STYLES; "boxes" whatever is asked with bbox_only
+    side_view: bool = False
     label_hold: int = 5
     smooth: bool = False
     min_cutoff: float = 1.0
@@ -379,7 +383,8 @@ def outcome(unit: Unit, decoded: Decoded) -> tuple[str, str | None]:
 class UnitWriter:
     """The outputs of one unit, whole or not at all: its ``options.formats`` (``hamer.formats.open_writers``:
     ``<name>.jsonl``, ``.npz``...) and with ``options.overlay`` the hands drawn (``.overlay.jpg``, ``.overlay/``,
-    ``.overlay.mp4``). ``faces``: the MANO triangles (for obj).
+    ``.overlay.mp4`` or ``.overlay.webm``: :func:`hamer.outputs.browser_codec`) in ``options.overlay_style``.
+    ``faces``: the MANO triangles (for obj, rerun and mesh overlays).
 
     The one place a unit's files are opened: a context manager with :meth:`add`; they appear when the block
     completes, none when it raises (an overlay folder keeps the whole images written so far).
@@ -389,6 +394,11 @@ class UnitWriter:
         self.unit, self.out, self.overlay = unit, Path(out), options.overlay
         self.options, self.faces = options, faces
         self.files = unit.files(options.formats, options.overlay)
+        self._style = "boxes" if options.bbox_only else options.overlay_style
+        if options.overlay and self._style == "mesh" and faces is None:
+            log.warning("%s: the model has no MANO triangles (an ONNX file exported without them): the overlay "
+                        "draws skeletons", unit.path)
+            self._style = "skeleton"
 
     @property
     def frames(self) -> int:
@@ -413,12 +423,13 @@ class UnitWriter:
         return self
 
     def add(self, frame: Frame, img_bgr: np.ndarray) -> None:
-        from .overlay import draw_hands
+        from .overlay import draw
 
-        self._results.add(frame)
+        self._results.add(frame, img_bgr)
         if not self.overlay:
             return
-        drawn = draw_hands(img_bgr, frame.result.hands)
+        drawn = draw(img_bgr, frame.result, self._style, faces=self.faces,
+                     side_view=self.options.side_view and self._style == "mesh")
         if self._video is not None:
             self._video.write(drawn)
         elif self.unit.kind == "image":

@@ -196,6 +196,24 @@ class HAMER:
         return runtime, cfg
 
     @property
+    def faces(self) -> np.ndarray | None:
+        """(1538, 3) MANO triangles (vertex indices, right-hand winding; loads the network); None for an ONNX
+        file exported without them."""
+        return self.reconstructor.faces
+
+    def draw(self, img_bgr: np.ndarray, result: FrameResult | None = None, style: str = "mesh",
+             **options: Any) -> np.ndarray:
+        """:func:`hamer.draw` with this model's MANO triangles: ``result`` (default: the last prediction) drawn on
+        ``img_bgr``; ``options``: ``alpha``, ``legend``, ``side_view``."""
+        from .overlay import draw
+
+        result = self._last if result is None else result
+        if result is None:
+            raise ValueError("nothing to draw: give a result, or call predict first")
+        meshes = style == "mesh" and any(h.reconstructed for h in result.hands)
+        return draw(img_bgr, result, style, faces=self.faces if meshes else None, **options)
+
+    @property
     def reconstructor(self) -> Reconstructor:
         """Detected hands -> reconstructed hands (loads the network on first use)."""
         self.load()

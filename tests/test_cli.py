@@ -181,13 +181,13 @@ def test_video_interrupted_leaves_no_partial_file(data_dir, tmp_path, monkeypatc
     write_video(tmp_path / "noise.mp4", [noise_image(i) for i in range(5)])
     calls = []
 
-    def draw_then_interrupt(img, hands):
+    def draw_then_interrupt(img, result, *args, **kwargs):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
         return img
 
-    monkeypatch.setattr(overlay_module, "draw_hands", draw_then_interrupt)
+    monkeypatch.setattr(overlay_module, "draw", draw_then_interrupt)
     out = tmp_path / "out"
     assert main(["run", str(tmp_path / "noise.mp4"), "--data", str(data_dir), "--out", str(out), "--overlay",
                  "--quiet"]) == 130

@@ -7,11 +7,23 @@ import os
 import re
 import stat
 
+import cv2
 import numpy as np
 import pytest
 
-from hamer.outputs import (NPZ_ARRAYS, Frame, FrameWriter, VideoFileWriter, frame_json, give_default_permissions,
-                           npz_arrays, rotations_to_axis_angle, write_image)
+from hamer.outputs import (
+    NPZ_ARRAYS,
+    VIDEO_CODECS,
+    Frame,
+    FrameWriter,
+    VideoFileWriter,
+    browser_codec,
+    frame_json,
+    give_default_permissions,
+    npz_arrays,
+    rotations_to_axis_angle,
+    write_image,
+)
 from hamer.overlay import FINGER_COLORS, LABEL_COLORS, draw_hands
 from hamer.results import Camera, FrameResult, Hand, ManoParams, frozen_array
 
@@ -190,12 +202,13 @@ def test_axis_angle_of_known_rotations():
     np.testing.assert_allclose(out[1], [[0, 0, np.pi / 2], [np.pi, 0, 0], [0, 0, 0]], atol=1e-6)
 
 
-def test_unencodable_image_and_unwritable_video_are_named(tmp_path):
+@pytest.mark.parametrize("codec", ["h264", "vp9", "mp4v"])
+def test_unencodable_image_and_unwritable_video_are_named(tmp_path, codec):
     with pytest.raises(OSError, match=r"^cannot encode an image as \.jpg$"):
         write_image(tmp_path / "tall.jpg", np.zeros((70000, 1, 3), np.uint8))  # JPEG sides stop at 65,500 px
-    missing = tmp_path / "no_such_folder" / "clip.mp4"
-    with pytest.raises(OSError, match=rf"^OpenCV cannot write an MP4 video \({re.escape(str(missing))}\)$"), \
-            VideoFileWriter(missing, 10.0) as video:
+    missing = tmp_path / "no_such_folder" / f"clip{VIDEO_CODECS[codec]}"
+    with pytest.raises(OSError, match=rf"^cannot write an? \S+ video \({re.escape(str(missing))}\): "), \
+            VideoFileWriter(missing, 10.0, codec) as video:
         video.write(np.zeros((32, 32, 3), np.uint8))
     assert list(tmp_path.iterdir()) == []
 
@@ -243,3 +256,41 @@ def test_npz_dtypes_and_mano_parameters_as_documented():
     for key in ("global_orient", "hand_pose", "global_orient_aa", "hand_pose_aa", "betas"):
         assert np.isnan(arrays[key][0, 0]).all() and np.isnan(arrays[key][1]).all()  # absent hands
     assert np.isnan(arrays["camera"][1]).all()
+
+
+@pytest.mark.parametrize("codec", ["h264", "vp9", "mp4v"])
+def test_the_codec_written_is_read_back(tmp_path, codec):
+    """Each codec's file, decoded by PyAV (FFmpeg): its codec, frame count, size (odd sides padded to even) and
+    pictures; OpenCV reads the same codec."""
+    av = pytest.importorskip("av")
+    path = tmp_path / f"clip{VIDEO_CODECS[codec]}"
+    colors = [(40 * i, 255 - 40 * i, 128) for i in range(5)]
+    with VideoFileWriter(path, 12.5, codec) as video:
+        for color in colors:
+            video.write(np.full((45, 61, 3), color, np.uint8))
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == {"h264": "h264", "vp9": "vp9", "mp4v": "mpeg4"}[codec]
+        frames = [f.to_ndarray(format="bgr24") for f in container.decode(stream)]
+        assert float(stream.average_rate) == pytest.approx(12.5)
+    assert len(frames) == 5
+    assert frames[0].shape == (46, 62, 3)
+    if codec == "h264":  # browsers: 4:2:0, and the index (moov) first so that playback starts before the download ends
+        data = path.read_bytes()
+        assert stream.codec_context.pix_fmt == "yuv420p" and 0 < data.find(b"moov") < data.find(b"mdat")
+    for frame, color in zip(frames, colors, strict=True):
+        np.testing.assert_allclose(frame[5:40, 5:55].reshape(-1, 3).mean(axis=0), color, atol=8)
+    cap = cv2.VideoCapture(str(path))
+    fourcc = int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little").decode().lower()
+    cap.release()
+    assert fourcc in {"h264": ("avc1", "h264"), "vp9": ("vp90", "vp09"), "mp4v": ("mp4v", "fmp4")}[codec]
+
+
+def test_the_default_codec_plays_in_browsers():
+    av = pytest.importorskip("av")
+    try:
+        av.codec.Codec("libx264", "w")
+        expected = "h264"
+    except Exception:  # noqa: BLE001 - PyAV without libx264
+        expected = "vp9"
+    assert browser_codec() == expected

@@ -2,7 +2,8 @@
 
 Every writer is a context manager with ``add(frame)``; its files appear (atomically renamed into place) only when
 the block completes. ``jsonl`` and ``npz`` are :class:`hamer.outputs.FrameWriter`'s; ``pose`` (pose-format),
-``openpose`` (OpenPose JSON) and ``obj`` (meshes) live in the modules of this package.
+``openpose`` (OpenPose JSON), ``obj`` (meshes) and ``rerun`` (a Rerun recording, which also takes each frame's image)
+live in the modules of this package.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 
 from ..outputs import Frame, FrameWriter
 
-FORMATS = ("jsonl", "npz", "pose", "openpose", "obj")
+FORMATS = ("jsonl", "npz", "pose", "openpose", "obj", "rerun")
 DEFAULT_FORMATS = ("jsonl", "npz")
 
 
@@ -45,7 +46,8 @@ class UnitInfo:
 
 def output_paths(formats: Sequence[str], info: UnitInfo) -> list[Path]:
     """The files and folders the writers of ``formats`` write for one input."""
-    suffix = {"jsonl": ".jsonl", "npz": ".npz", "pose": ".pose", "openpose": ".openpose", "obj": ".obj"}
+    suffix = {"jsonl": ".jsonl", "npz": ".npz", "pose": ".pose", "openpose": ".openpose", "obj": ".obj",
+              "rerun": ".rrd"}
     return [info.out / f"{info.name}{suffix[f]}" for f in formats]
 
 
@@ -74,18 +76,26 @@ class UnitWriters:
                 raise ValueError("--formats obj needs the MANO triangles, which this ONNX file lacks (exported "
                                  "before they were stored): use --backend torch or export it again")
             self._writers.append(ObjWriter(paths["obj"], info.faces))
+        self._image_writers: list[Any] = []
+        if "rerun" in paths:
+            from .rerun import RerunWriter
+
+            self._image_writers.append(RerunWriter(paths["rerun"], info.faces))
         self.frames = 0
         self.hands = 0
 
     def __enter__(self) -> UnitWriters:
         self._stack = ExitStack()
-        for writer in self._writers:
+        for writer in self._writers + self._image_writers:
             self._stack.enter_context(writer)
         return self
 
-    def add(self, frame: Frame) -> None:
+    def add(self, frame: Frame, img_bgr: np.ndarray | None = None) -> None:
+        """Write ``frame`` (``img_bgr``: its image, for the writers that log images)."""
         for writer in self._writers:
             writer.add(frame)
+        for writer in self._image_writers:
+            writer.add(frame, img_bgr)
         self.frames += 1
         self.hands += len(frame.result.hands)
 

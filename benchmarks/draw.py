@@ -1,0 +1,151 @@
+"""Time of ``hamer.draw`` per hand at 1280x720, beside the network's time per hand.
+
+Meshes: a closed, lumpy ellipsoid of 1,536 triangles (MANO has 1,538; the repository has no real MANO, and the
+synthetic one's random triangles span the whole hand, which no real mesh does), hand-shaped (8 x 10 x 3 cm) and
+placed so that its box is 150, 300 or 600 pixels tall in the 1280x720 image of HaMeR's default camera (focal
+25,000 px). Each figure is the median of ``--repeats`` calls after a warm-up: ``rasterize`` alone (z-buffer), the
+whole ``draw(style="mesh")`` of one hand (shading, compositing, box and label), two overlapping hands, the side
+view, and the skeleton style for comparison. The network: the small synthetic model (``tiny``, random weights)
+timed here (wall time), per hand, through ``HAMER.predict`` with a user box (crop + network + MANO); ViT-H's
+figure is quoted from benchmarks/results/bench.md (same machine type).
+
+Run: ``python benchmarks/draw.py`` (about a minute); writes benchmarks/results/draw.md and draw.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from bench import machine  # noqa: E402
+
+from hamer import HAMER, draw  # noqa: E402
+from hamer.raster import rasterize  # noqa: E402
+from hamer.results import Camera, FrameResult, Hand, frozen_array  # noqa: E402
+
+SIZE = (1280, 720)
+VIT_H_S_PER_HAND = 1.24  # benchmarks/results/bench.md, 'default-cpu', b=1, AMD EPYC (family/model 25/17)
+
+
+def hand_mesh(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 3) metres and (1536, 3) triangles: a lumpy ellipsoid 8 x 10 x 3 cm centred at the origin."""
+    nu, nv = 32, 25
+    th = np.linspace(0, np.pi, nv)
+    ph = np.linspace(0, 2 * np.pi, nu, endpoint=False)
+    v = np.stack([np.sin(th)[:, None] * np.cos(ph), np.cos(th)[:, None] * np.ones_like(ph),
+                  np.sin(th)[:, None] * np.sin(ph)], -1).reshape(-1, 3)
+    v *= np.random.default_rng(seed).uniform(0.8, 1.0, size=(len(v), 1))
+    faces = [(i * nu + j, i * nu + (j + 1) % nu, (i + 1) * nu + j) for i in range(nv - 1) for j in range(nu)]
+    faces += [(i * nu + (j + 1) % nu, (i + 1) * nu + (j + 1) % nu, (i + 1) * nu + j)
+              for i in range(nv - 1) for j in range(nu)]
+    return v * [0.04, 0.05, 0.015], np.array(faces)
+
+
+def hand(label: str, vertices: np.ndarray, cam_t: np.ndarray, camera: Camera) -> Hand:
+    points = vertices + cam_t
+    uv = camera.project(points)
+    box = np.concatenate([uv.min(axis=0), uv.max(axis=0)])
+    return Hand(label=label, box=frozen_array(box), score=0.95, detector="hand",
+                keypoints_3d=frozen_array(np.zeros((21, 3))), keypoints_2d=frozen_array(uv[:21]),
+                cam_t=frozen_array(cam_t), vertices=frozen_array(vertices))
+
+
+def median_ms(fn, repeats: int, clock=time.process_time) -> float:
+    """Median milliseconds of ``fn`` by ``clock``: CPU time of this process by default (drawing is one thread;
+    on a shared machine, wall time also counts the other processes' turns)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = clock()
+        fn()
+        times.append(clock() - start)
+    return 1e3 * statistics.median(times)
+
+
+def network_s_per_hand(repeats: int) -> float:
+    """Seconds per hand of the small synthetic model (crop, network, MANO) through HAMER.predict with a box."""
+    from synthetic import make_data_dir
+
+    with tempfile.TemporaryDirectory() as folder:
+        data = Path(folder) / "_DATA"
+        make_data_dir(data)
+        img = np.random.default_rng(0).integers(0, 255, (SIZE[1], SIZE[0], 3), dtype=np.uint8)
+        with HAMER(device="cpu", data_dir=str(data), backend="torch") as model:
+            box = {"Right": [500.0, 200.0, 800.0, 500.0]}
+            return median_ms(lambda: model.predict(img, box), repeats, time.perf_counter) / 1e3
+
+
+def measure(pixels: int, covered: int, vertices: np.ndarray, faces: np.ndarray, right: Hand, one: FrameResult,
+            two: FrameResult, img: np.ndarray, camera: Camera, repeats: int) -> dict:
+    """The row of one hand size."""
+    return {
+        "box_px": pixels,
+        "covered_px": covered,
+        "rasterize_ms": median_ms(lambda: rasterize(vertices + right.cam_t, faces, camera, SIZE), repeats),
+        "draw_mesh_1_hand_ms": median_ms(lambda: draw(img, one, faces=faces), repeats),
+        "draw_mesh_1_hand_wall_ms": median_ms(lambda: draw(img, one, faces=faces), repeats, time.perf_counter),
+        "draw_mesh_2_hands_ms": median_ms(lambda: draw(img, two, faces=faces), repeats),
+        "draw_mesh_side_view_1_hand_ms": median_ms(lambda: draw(img, one, faces=faces, side_view=True), repeats),
+        "draw_skeleton_1_hand_ms": median_ms(lambda: draw(img, one, "skeleton"), repeats),
+        "copy_image_ms": median_ms(lambda: img.copy(), repeats),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args()
+    load = os.getloadavg()
+    camera = Camera.hamer_default(SIZE)
+    vertices, faces = hand_mesh()
+    img = np.random.default_rng(1).integers(0, 255, (SIZE[1], SIZE[0], 3), dtype=np.uint8)
+    rows = []
+    for pixels in (150, 300, 600):
+        z = camera.fy * 0.10 / pixels  # the mesh is 10 cm tall
+        right = hand("Right", vertices, np.array([0.0, 0.0, z]), camera)
+        left = hand("Left", vertices * [-1, 1, 1], np.array([0.3 * 0.08 * z / 0.1, 0.0, z * 1.1]), camera)
+        one, two = FrameResult((right,), SIZE, camera), FrameResult((right, left), SIZE, camera)
+        covered = int((rasterize(vertices + right.cam_t, faces, camera, SIZE).face >= 0).sum())
+        rows.append(measure(pixels, covered, vertices, faces, right, one, two, img, camera, args.repeats))
+    tiny = network_s_per_hand(5)
+    info = machine()
+    result = {"machine": info, "load_average_before_after": [load[0], os.getloadavg()[0]], "image": list(SIZE),
+              "triangles": len(faces), "repeats": args.repeats, "rows": rows,
+              "network_s_per_hand": {"tiny (synthetic, torch)": tiny, "ViT-H default-cpu (bench.md)": VIT_H_S_PER_HAND}}
+    out = ROOT / "benchmarks" / "results"
+    (out / "draw.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [
+        f"Machine: {info['cpu']} (family/model {info['cpu_family_model']}), {info['cores']} cores; shared with other "
+        f"work, so read ratios. Image {SIZE[0]}x{SIZE[1]}, mesh of {len(faces)} triangles (hand-sized lumpy "
+        f"ellipsoid, see benchmarks/draw.py), median of {args.repeats} calls, milliseconds of CPU time (one thread; "
+        f"wall time for one column). Load average (1 min) before / after: {load[0]:.2f} / {os.getloadavg()[0]:.2f}.",
+        "",
+        "| hand box (px tall) | pixels covered | rasterize | draw mesh, 1 hand | (wall) | draw mesh, 2 hands | "
+        "mesh + side view, 1 hand | draw skeleton, 1 hand | image copy |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        keys = ("rasterize_ms", "draw_mesh_1_hand_ms", "draw_mesh_1_hand_wall_ms", "draw_mesh_2_hands_ms",
+                "draw_mesh_side_view_1_hand_ms", "draw_skeleton_1_hand_ms", "copy_image_ms")
+        lines.append(f"| {r['box_px']} | {r['covered_px']} | " + " | ".join(f"{r[k]:.1f}" for k in keys) + " |")
+    typical = rows[1]["draw_mesh_1_hand_ms"]
+    lines += ["", f"Network per hand: small synthetic model {tiny * 1e3:.0f} ms (torch, measured here); ViT-H "
+              f"{VIT_H_S_PER_HAND:.2f} s (ONNX Runtime fp32, benchmarks/results/bench.md). Drawing a 300-px hand's "
+              f"mesh is {typical / (VIT_H_S_PER_HAND * 1e3) * 100:.1f}% of ViT-H's time per hand."]
+    (out / "draw.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
