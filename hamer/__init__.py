@@ -12,11 +12,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .version import __version__
+
 if TYPE_CHECKING:
     from .hamer_module import HAMER
     from .results import Camera, FieldOfView, FrameResult, Hand, ManoParams, NetworkOutput
 
-__version__ = "0.1.0"
 __all__ = ["HAMER", "Camera", "FieldOfView", "FrameResult", "Hand", "ManoParams", "NetworkOutput", "__version__"]
 
 _EXPORTS = {"HAMER": "hamer_module", "Camera": "results", "FieldOfView": "results", "FrameResult": "results",

@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import __version__, configs
+from . import configs
 from .corpus import ENGINES
 from .download import DEFAULT_URL
+from .version import __version__
 
 if TYPE_CHECKING:
     from tqdm import tqdm

@@ -37,8 +37,9 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import BinaryIO
 from urllib.parse import urlsplit
 
-from . import __version__, configs
+from . import configs
 from .outputs import atomic_path
+from .version import __version__
 
 log = logging.getLogger(__name__)
 
