@@ -1,11 +1,10 @@
 """Which ViT blocks carry the 8-bit error: each block alone 8-bit, then the most sensitive blocks kept fp32.
 
-The quantizer's own steps (``hamer.quantize``: the same calibration / held-out split of ``../shared/images``, GPTQ
-rounding, bias correction, ONNX Runtime) on an exported model: first every block 8-bit (which also rounds every
-weight once, reused after), then each ViT block alone 8-bit (the other blocks fp32), then the ``--keep`` most
-sensitive blocks (largest mean error alone) kept fp32 and the rest 8-bit, beside the same count of leading blocks
-kept fp32 (the quantizer's search). Error: 3D joints against the fp32 model on the held-out hands, mm. Uses the
-quantizer's private steps: an experiment, not an interface.
+The quantizer's own steps (``hamer.quantize``'s modules: the same calibration / held-out split of
+``../shared/images``, GPTQ rounding, bias correction, ONNX Runtime) on an exported model: first every block 8-bit
+(which also rounds every weight once, reused after), then each ViT block alone 8-bit (the other blocks fp32), then
+the ``--keep`` most sensitive blocks (largest mean error alone) kept fp32 and the rest 8-bit, beside the same count
+of leading blocks kept fp32 (the quantizer's search). Error: 3D joints against the fp32 model on the held-out hands, mm.
 
 Run: ``python benchmarks/block_sensitivity.py /tmp/hamer_bench/hamer.onnx`` (the ViT-H file ``bench.py`` writes;
 2 cores: ~12 minutes of GPTQ, then ~17 s per candidate). Results: ``results/block_sensitivity.{md,json}``.
@@ -26,7 +25,12 @@ import torch
 from onnxruntime.quantization.calibrate import save_tensors_data
 
 from bench import machine  # also puts this checkout first on sys.path
-from hamer import quantize as q
+from hamer.quantize import FP32_NODES, calibration_sets, image_files
+from hamer.quantize.activations import calibrate
+from hamer.quantize.graph import ViTLayout, fp32_node_names, load_graph, quantized_matmuls
+from hamer.quantize.qdq import quantize_qdq
+from hamer.quantize.report import joints
+from hamer.quantize.weights import GptqRounding
 from hamer.runtime import OnnxRuntime
 
 IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
@@ -40,26 +44,25 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cfg = OnnxRuntime(args.model, torch.device("cpu")).cfg
-    fit, held_out = q.calibration_sets(q.image_files(IMAGES), cfg)
-    graph = q._graph(args.model)
-    depth = q._depth(graph)
-    reference = q._joints(args.model, held_out)[0]
-    rounded: dict[str, np.ndarray] = {}
+    fit, held_out = calibration_sets(image_files(IMAGES), cfg)
+    graph = load_graph(args.model)
+    depth = ViTLayout(graph).depth
+    reference = joints(args.model, held_out)[0]
+    gptq = GptqRounding(args.model, graph, fit)  # each weight rounded once, for the first candidate
 
     with tempfile.TemporaryDirectory(dir=args.model.parent, prefix=".sensitivity-") as tmp:
-        calibration = q._calibrate(args.model, graph, fit)
+        calibration = calibrate(args.model, graph, fit)
         ranges = Path(tmp) / "ranges.json"
         save_tensors_data(calibration.ranges, ranges)
 
         def error(fp32: set[int]) -> list[float]:
             """Max and mean joint error (mm) with the blocks ``fp32`` (and the MANO head and layer) kept fp32."""
             blocks = tuple(rf"^/net/backbone/blocks\.{b}/" for b in sorted(fp32))
-            quantized = q._quantized_matmuls(graph, q._fp32_nodes(graph, (*q.FP32_NODES, *blocks), 0))
+            quantized = quantized_matmuls(graph, fp32_node_names(graph, (*FP32_NODES, *blocks), 0))
             out = Path(tmp) / "candidate" / "m.onnx"  # a fresh folder: onnx appends to an existing data file
             out.parent.mkdir()
-            q._quantize(args.model, out, quantized, calibration, ranges,
-                        lambda path: q._round_weights(args.model, graph, path, fit, rounded))
-            e = np.linalg.norm(q._joints(out, held_out)[0] - reference, axis=-1) * 1000
+            quantize_qdq(args.model, out, quantized, calibration, ranges, gptq)
+            e = np.linalg.norm(joints(out, held_out)[0] - reference, axis=-1) * 1000
             shutil.rmtree(out.parent)
             logging.info("fp32 blocks %s: max %.3f mm, mean %.3f mm", sorted(fp32), e.max(), e.mean())
             return [float(e.max()), float(e.mean())]

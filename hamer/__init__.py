@@ -12,13 +12,14 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .version import __version__
+
 if TYPE_CHECKING:
     from .hamer_module import HAMER
     from .overlay import draw
     from .results import Camera, FieldOfView, FrameResult, Hand, ManoParams, NetworkOutput
     from .viewer import log_rerun
 
-__version__ = "0.1.0"
 __all__ = ["HAMER", "Camera", "FieldOfView", "FrameResult", "Hand", "ManoParams", "NetworkOutput", "__version__",
            "draw", "log_rerun"]
 

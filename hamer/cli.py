@@ -29,11 +29,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import __version__, configs
+from . import configs
 from .corpus import ENGINES
 from .download import DEFAULT_URL
 from .images import BYTES_PER_PIXEL, MAX_IMAGE_PIXELS, METADATA_BYTES
 from .units import format_bytes
+from .version import __version__
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -440,6 +441,37 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_quantize_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``quantize`` command's arguments."""
+    quantize = sub.add_parser("quantize", help="an 8-bit copy of an exported .onnx model, its error measured",
+                              description="Static per-channel 8-bit quantization (ONNX Runtime) calibrated on the "
+                                          "hands MediaPipe finds in every other image of --images (each with 7 "
+                                          "jittered boxes), int8 weights rounded by GPTQ, biases corrected for "
+                                          "weight rounding. The first ViT blocks and the block layers with the "
+                                          "largest error per multiply-add stay fp32, as few as the bounds allow: "
+                                          "candidates are measured (joint error against the fp32 model on "
+                                          "the hands of the other images); nothing is written when none is within "
+                                          "--max-error-mm and --max-mean-error-mm.")
+    quantize.add_argument("model", metavar="MODEL.onnx", help="an fp32 model from HAMER(export_onnx=...)")
+    quantize.add_argument("output", metavar="OUT.onnx")
+    quantize.add_argument("--images", metavar="DIR", required=True,
+                          help="a folder of photographs with hands, like yours, at least 2 (half calibrate, half "
+                               "measure the error)")
+    quantize.add_argument("--max-error-mm", type=_positive, default=1.0, metavar="X",
+                          help="largest 3D joint error against fp32 allowed, mm (default: 1.0)")
+    quantize.add_argument("--max-mean-error-mm", type=_positive, default=0.3, metavar="X",
+                          help="largest mean 3D joint error against fp32 allowed, mm (default: 0.3)")
+    quantize.add_argument("--fp32-blocks", type=_non_negative_count, metavar="N",
+                          help="keep exactly the first N ViT blocks fp32 (default: search)")
+    quantize.add_argument("--fp32-layers", nargs="*", metavar="LAYER",
+                          help="keep exactly these layers of every ViT block fp32, e.g. attn.proj (none given: no "
+                               "layer; default: search)")
+    quantize.add_argument("--rounding", choices=("gptq", "nearest"), default="gptq",
+                          help="int8 weight rounding: GPTQ on the calibration activations (default) or "
+                               "round-to-nearest")
+    quantize.set_defaults(func=cmd_quantize)
+
+
 # ---------------------------------------------------------------------------------------------------- parser
 
 def _positive(value: str) -> float:
@@ -644,33 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--half", action="store_true", help="with --safetensors: float16 (half the size)")
     download.add_argument("--quiet", action="store_true", help="no progress bars")
     download.set_defaults(func=cmd_download)
-    quantize = sub.add_parser("quantize", help="an 8-bit copy of an exported .onnx model, its error measured",
-                              description="Static per-channel 8-bit quantization (ONNX Runtime) calibrated on the "
-                                          "hands MediaPipe finds in every other image of --images (each with 7 "
-                                          "jittered boxes), int8 weights rounded by GPTQ, biases corrected for "
-                                          "weight rounding. The first ViT blocks and the block layers with the "
-                                          "largest error per multiply-add stay fp32, as few as the bounds allow: "
-                                          "candidates are measured (joint error against the fp32 model on "
-                                          "the hands of the other images); nothing is written when none is within "
-                                          "--max-error-mm and --max-mean-error-mm.")
-    quantize.add_argument("model", metavar="MODEL.onnx", help="an fp32 model from HAMER(export_onnx=...)")
-    quantize.add_argument("output", metavar="OUT.onnx")
-    quantize.add_argument("--images", metavar="DIR", required=True,
-                          help="a folder of photographs with hands, like yours, at least 2 (half calibrate, half "
-                               "measure the error)")
-    quantize.add_argument("--max-error-mm", type=_positive, default=1.0, metavar="X",
-                          help="largest 3D joint error against fp32 allowed, mm (default: 1.0)")
-    quantize.add_argument("--max-mean-error-mm", type=_positive, default=0.3, metavar="X",
-                          help="largest mean 3D joint error against fp32 allowed, mm (default: 0.3)")
-    quantize.add_argument("--fp32-blocks", type=_non_negative_count, metavar="N",
-                          help="keep exactly the first N ViT blocks fp32 (default: search)")
-    quantize.add_argument("--fp32-layers", nargs="*", metavar="LAYER",
-                          help="keep exactly these layers of every ViT block fp32, e.g. attn.proj (none given: no "
-                               "layer; default: search)")
-    quantize.add_argument("--rounding", choices=("gptq", "nearest"), default="gptq",
-                          help="int8 weight rounding: GPTQ on the calibration activations (default) or "
-                               "round-to-nearest")
-    quantize.set_defaults(func=cmd_quantize)
+    _add_quantize_parser(sub)
 
     view = sub.add_parser("view", help="open a recording of `hamer run --rerun` in Rerun's viewer",
                           description="Starts Rerun's viewer (the `rerun` command of rerun-sdk) on FILE.rrd; it "

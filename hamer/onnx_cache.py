@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from yacs.config import CfgNode
 
-from . import __version__, configs
+from . import configs
+from .version import __version__
 
 if TYPE_CHECKING:
     from .models.hamer import HaMeRNet

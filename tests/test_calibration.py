@@ -36,11 +36,11 @@ def test_write_tensor_inline_and_in_its_external_data_file(tmp_path) -> None:
     from onnx import numpy_helper
     from onnx.external_data_helper import set_external_data
 
-    from hamer.quantize import _tensor, _write_tensor
+    from hamer.quantize.graph import read_tensor, write_tensor
 
     value = np.arange(-6, 6, dtype=np.int8).reshape(3, 4)
     inline = numpy_helper.from_array(np.zeros((3, 4), np.int8), "w")
-    _write_tensor(inline, tmp_path, value)
+    write_tensor(inline, tmp_path, value)
     np.testing.assert_array_equal(numpy_helper.to_array(inline), value)
 
     (tmp_path / "m.data").write_bytes(b"\x01" * 100)
@@ -48,12 +48,12 @@ def test_write_tensor_inline_and_in_its_external_data_file(tmp_path) -> None:
     set_external_data(external, "m.data", offset=40, length=12)
     external.ClearField("raw_data")
     external.data_location = 1  # EXTERNAL
-    _write_tensor(external, tmp_path, value)
-    np.testing.assert_array_equal(_tensor(external, tmp_path), value)
+    write_tensor(external, tmp_path, value)
+    np.testing.assert_array_equal(read_tensor(external, tmp_path), value)
     data = (tmp_path / "m.data").read_bytes()
     assert data[:40] == b"\x01" * 40 and data[52:] == b"\x01" * 48
     with pytest.raises(ValueError, match="w: 24 bytes to write over 12"):
-        _write_tensor(external, tmp_path, value.astype(np.int16))
+        write_tensor(external, tmp_path, value.astype(np.int16))
 
 
 def test_calibration_crops_errors_name_the_images(tmp_path) -> None:

@@ -1,11 +1,11 @@
-"""GPTQ rounding of one weight matrix (hamer.gptq), against expectations computed here by hand."""
+"""GPTQ rounding of one weight matrix (hamer.quantize.gptq), against expectations computed here by hand."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from hamer.gptq import DAMPING, gptq_round
+from hamer.quantize.gptq import DAMPING, gptq_round
 
 
 def _grid(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

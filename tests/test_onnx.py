@@ -307,23 +307,23 @@ def test_gptq_rounding_keeps_onnxruntimes_grid_and_cuts_the_layer_output_error(e
 
 def test_leading_fp32_blocks_search_finds_the_fewest_that_pass() -> None:
     """The search over measured candidates: all blocks 8-bit first, then halving the interval."""
-    from hamer.quantize import _fewest
+    from hamer.quantize.search import fewest
 
     for threshold in (0, 1, 5, 16, 31):
         tried: list[int] = []
-        found = _fewest(range(32), lambda b, t=threshold, seen=tried: seen.append(b) or b >= t)
+        found = fewest(range(32), lambda b, t=threshold, seen=tried: seen.append(b) or b >= t)
         assert found == threshold and tried[0] == 0 and len(tried) <= 6
     tried = []
-    assert _fewest(range(32), lambda b: tried.append(b) or False) is None
+    assert fewest(range(32), lambda b: tried.append(b) or False) is None
     assert tried == [0, 16, 24, 28, 30, 31]
-    assert _fewest(range(1), lambda b: False) is None and _fewest([], lambda b: True) is None
-    assert _fewest([3], lambda b: True) == 3
+    assert fewest(range(1), lambda b: False) is None and fewest([], lambda b: True) is None
+    assert fewest([3], lambda b: True) == 3
 
 
 def test_cheapest_candidate_over_fp32_layer_families() -> None:
     """Each family of fp32 block layers gets the fewest leading fp32 blocks among those cheaper than the best
     found; the search stops once nothing cheaper is left, without drawing (measuring) the next family."""
-    from hamer.quantize import _cheapest
+    from hamer.quantize.search import cheapest
 
     weight = {(): 0.0, ("a",): 0.1, ("a", "b"): 0.3, ("a", "b", "c"): 0.9}
     first = {(): 5, ("a",): 2, ("a", "b"): 0, ("a", "b", "c"): 0}  # the fewest blocks at which each passes
@@ -339,8 +339,8 @@ def test_cheapest_candidate_over_fp32_layer_families() -> None:
                 drawn.append(layers)
                 yield layers
 
-        best = _cheapest(range(8), families(), share,
-                         lambda blocks, layers: tried.append((blocks, layers)) or blocks >= first[layers])
+        best = cheapest(range(8), families(), share,
+                        lambda blocks, layers: tried.append((blocks, layers)) or blocks >= first[layers])
         return best, tried, drawn
 
     best, tried, drawn = search(first)
@@ -359,7 +359,7 @@ def test_cheapest_candidate_over_fp32_layer_families() -> None:
     # a candidate only as cheap as the best (0.25 + 0.75 * 0.125 = 0.34375, exact in binary) is not tried
     best, tried, drawn = search(first, {**weight, ("a",): 0.125, ("a", "b"): 0.34375})
     assert best == (2, ("a",)) and not [t for t in tried if t[1] == ("a", "b")]
-    assert _cheapest(range(2), iter([(), ("a",)]), lambda b, layers: b, lambda b, layers: False) is None
+    assert cheapest(range(2), iter([(), ("a",)]), lambda b, layers: b, lambda b, layers: False) is None
 
 
 def test_fp32_layers_kept_in_every_block(exported, calibration, tmp_path: Path) -> None:

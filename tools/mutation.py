@@ -54,8 +54,9 @@ GROUPS: dict[str, tuple[str, list[str] | None, list[str]]] = {
                  ["tests/test_pipeline_cases.py", "tests/test_references.py", "tests/test_properties.py",
                   "tests/test_process.py", "tests/test_frame_result.py", "tests/test_formats.py"]),
     "outputs": ("hamer/outputs.py", None, ["tests/test_outputs.py", "tests/test_formats.py", "tests/test_cli.py"]),
-    "gptq": ("hamer/gptq.py", None, ["tests/test_gptq.py"]),
-    "quantize-search": ("hamer/quantize.py", ["hamer.quantize.x__cheapest*", "hamer.quantize.x__fewest*"],
+    "gptq": ("hamer/quantize/gptq.py", None, ["tests/test_gptq.py"]),
+    "quantize-search": ("hamer/quantize/search.py",
+                        ["hamer.quantize.search.x_cheapest*", "hamer.quantize.search.x_fewest*"],
                         ["tests/test_onnx.py::test_leading_fp32_blocks_search_finds_the_fewest_that_pass",
                          "tests/test_onnx.py::test_cheapest_candidate_over_fp32_layer_families"]),
 }

@@ -18,7 +18,8 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .. import __version__, configs
+from .. import configs
+from ..version import __version__
 from ..outputs import atomic_path
 from .archive import ARCHIVE_ROOT, extract
 from .common import WORK_DIR, BadArchiveError, DownloadError, Progress, sha256_file

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .. import __version__
+from ..version import __version__
 from ..outputs import atomic_path
 from .common import CHUNK, DownloadError, Progress, check_space
 
