@@ -49,7 +49,7 @@ def test_download_progress_counts_decimal_units(data_dir, tmp_path, capsys):
 
     tarball = tmp_path / "hamer_demo_data.tar.gz"
     tarball.write_bytes(make_archive(data_dir))
-    assert main(["download", "--from", str(tarball), "--data", str(tmp_path / "data")]) == 0
+    assert main(["download", "--from", str(tarball), "--data", str(tmp_path / "data"), "--accept-mano-license"]) == 0
     bar = capsys.readouterr().err.split("\r")[-1]  # the bar's last state: "... 100%|###| 2.03M/2.03M [...]"
     done = re.search(r"100%\|.*\| ([\d.]+)([kMG])/([\d.]+)([kMG]) ", bar)
     assert done is not None, bar
