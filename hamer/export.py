@@ -43,7 +43,7 @@ OPSET = 17
 # cam_t 1.5e-6 relative). 1e-3 leaves ~100x margin for other CPUs' kernels and trained weights' larger
 # activations; a broken graph (wrong op, batch size baked in) is off by 1e-2 or more.
 EXPORT_TOLERANCE = 1e-3
-_COPY_CHUNK = 64 * 2**20  # bytes copied at a time into the data file
+_MARKER_LIMIT = 2**24  # float32 holds the integers below it exactly
 
 
 class _TupleOutputs(nn.Module):
@@ -82,12 +82,13 @@ def write_onnx(model: HaMeRNet, cfg: CfgNode, path: PathLike, crops: np.ndarray,
     """Write ``model`` as ONNX: the graph to ``path``, every tensor of 1 kB or more to ``<path>.data``; unchecked.
 
     The exporter writes the weights of a model over 2 GB one file per tensor in a temporary folder; they are then
-    copied into the one data file a tensor at a time, so no full copy of the weights is ever held in memory.
-    ``consume``: for a model discarded afterwards (the ONNX cache's): each ``nn.Linear`` weight is first re-stored
-    as the transposed view of its contiguous transpose, freeing the original, so that the exporter's constant
-    folding of ``MatMul(x, Transpose(W))`` yields a view, not a second copy of the weights (ViT-H: 2.5 GB less at
-    the peak). The graph and the written values are the same either way; the model's own outputs may change in
-    the last bits (another GEMM layout). ``on_saving``: called when the trace is done and the writing starts.
+    copied into the one data file a tensor at a time, so no full copy of the weights is held in memory there.
+    ``consume``: for a model discarded afterwards (the ONNX cache's), exported without holding its weights: each
+    ``nn.Linear`` weight is moved to a scratch file and replaced by a marker of (almost) no memory, which the
+    exporter traces, folds (``MatMul(x, Transpose(W))``) and writes like the weight; each marker is then
+    recognized in the written tensors and replaced by the weight, transposed where the exporter transposed the
+    marker. Same graph, same values as without ``consume`` (ViT-H: the peak is 2.7 GB lower). ``on_saving``:
+    called when the trace is done and the writing starts.
     """
     import onnx
 
@@ -99,9 +100,8 @@ def write_onnx(model: HaMeRNet, cfg: CfgNode, path: PathLike, crops: np.ndarray,
     # trace with at least 2 crops so that nothing specializes on a batch of one
     trace_x = x if len(x) > 1 else x.expand(2, -1, -1, -1)
     dynamic = {name: {0: "batch"} for name in (ONNX_INPUT, *OUTPUT_NAMES)}
-    if consume:
-        _store_linear_weights_transposed(model)
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp, open(Path(tmp) / "weights.bin", "w+b") as scratch:
+        markers = _replace_linear_weights_by_markers(model, scratch) if consume else {}
         traced = Path(tmp) / "traced.onnx"  # over 2 GB the exporter writes one file per tensor beside it
         with torch.no_grad(), warnings.catch_warnings():
             # smplx's Python-side shape logic and unfoldable slices: benign here, and the export is checked later
@@ -120,48 +120,88 @@ def write_onnx(model: HaMeRNet, cfg: CfgNode, path: PathLike, crops: np.ndarray,
         data = _data_file(path)
         with open(data, "wb") as out:
             for tensor in proto.graph.initializer:
-                _move_to_data_file(tensor, Path(tmp), out)
+                _move_to_data_file(tensor, Path(tmp), out, markers, scratch)
         give_default_permissions(data)
         onnx.save_model(proto, str(path))
     log.info("exported ONNX model %s in %.1f s", path, time.perf_counter() - start)
 
 
-def _store_linear_weights_transposed(model: nn.Module) -> None:
-    """Re-store each ``nn.Linear`` weight (out, in) as ``P.t()`` with ``P`` its contiguous (in, out) transpose,
-    one at a time: the original is freed as soon as its copy is made (see :func:`write_onnx`)."""
+_Marker = tuple[int, int, int]  # a weight's (offset in the scratch file, rows, columns)
+
+
+def _replace_linear_weights_by_markers(model: nn.Module, scratch: BinaryIO) -> dict[float, _Marker]:
+    """Write each float32 ``nn.Linear`` weight (out, in) to ``scratch`` and replace it by its marker, one at a
+    time: row ``r`` of the marker is ``first + [0, 1, ..., in - 1]`` (``first`` unique to the weight; one row of
+    memory, expanded). Returns {first: weight's place in ``scratch``}."""
+    markers: dict[float, _Marker] = {}
+    first = 1
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, nn.Linear):
-                module.weight = nn.Parameter(module.weight.t().contiguous().t(), requires_grad=False)
+            if not (isinstance(module, nn.Linear) and module.weight.dtype == torch.float32):
+                continue
+            rows, columns = module.weight.shape
+            if first + columns >= _MARKER_LIMIT:
+                raise RuntimeError("too many linear-layer columns to mark exactly in float32")
+            markers[float(first)] = (scratch.tell(), rows, columns)
+            scratch.write(module.weight.detach().cpu().contiguous().numpy().tobytes())
+            row = torch.arange(first, first + columns, dtype=torch.float32, device=module.weight.device)
+            module.weight = nn.Parameter(row.expand(rows, columns), requires_grad=False)
+            first += columns
+    scratch.flush()
+    return markers
 
 
-def _move_to_data_file(tensor: onnx.TensorProto, folder: Path, out: BinaryIO) -> None:
-    """Append ``tensor``'s bytes (inline, or in its own file under ``folder``) to ``out`` and point it there;
-    inline tensors under 1 kB stay inline (as ``onnx.save_model(size_threshold=1024)`` keeps them)."""
+def _marked_weight(values: np.ndarray, markers: dict[float, _Marker], scratch: BinaryIO) -> np.ndarray | None:
+    """The weight whose marker (or transposed marker) ``values`` is, read from ``scratch``; None for another."""
+    if values.ndim != 2 or values.dtype != np.float32 or values.size == 0:
+        return None
+    found = markers.get(float(values[0, 0]))
+    if found is None:
+        return None
+    offset, rows, columns = found
+    row = np.arange(values[0, 0], values[0, 0] + columns, dtype=np.float32)
+    if values.shape == (rows, columns) and np.array_equal(values, np.broadcast_to(row, (rows, columns))):
+        transposed = False
+    elif values.shape == (columns, rows) and np.array_equal(values, np.broadcast_to(row[:, None], (columns, rows))):
+        transposed = True
+    else:
+        return None
+    scratch.seek(offset)
+    weight = np.frombuffer(scratch.read(rows * columns * 4), dtype=np.float32).reshape(rows, columns)
+    return np.ascontiguousarray(weight.T) if transposed else weight
+
+
+def _move_to_data_file(tensor: onnx.TensorProto, folder: Path, out: BinaryIO, markers: dict[float, _Marker],
+                       scratch: BinaryIO) -> None:
+    """Append ``tensor``'s bytes (inline, or in its own file under ``folder``) to ``out`` and point it there, a
+    marker replaced by its weight (see :func:`write_onnx`); inline tensors under 1 kB stay inline (as
+    ``onnx.save_model(size_threshold=1024)`` keeps them)."""
     import onnx
     from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
-    offset = out.tell()
-    if uses_external_data(tensor):
+    external = uses_external_data(tensor)
+    if external:
         info = ExternalDataInfo(tensor)
         with open(folder / info.location, "rb") as src:
             src.seek(info.offset or 0)
-            remaining = info.length
-            while remaining is None or remaining > 0:
-                chunk = src.read(_COPY_CHUNK if remaining is None else min(_COPY_CHUNK, remaining))
-                if not chunk:
-                    break
-                out.write(chunk)
-                remaining = None if remaining is None else remaining - len(chunk)
-    elif tensor.HasField("raw_data") and len(tensor.raw_data) >= 1024:
-        out.write(tensor.raw_data)
-        tensor.ClearField("raw_data")
+            raw = src.read() if info.length is None else src.read(info.length)
+    elif tensor.HasField("raw_data"):
+        raw = tensor.raw_data
     else:
         return
+    if markers and tensor.data_type == onnx.TensorProto.FLOAT:
+        weight = _marked_weight(np.frombuffer(raw, dtype=np.float32).reshape(tuple(tensor.dims)), markers, scratch)
+        if weight is not None:
+            raw = weight.tobytes()
+    if not external and len(raw) < 1024:
+        tensor.raw_data = raw
+        return
+    tensor.ClearField("raw_data")
+    offset = out.tell()
+    out.write(raw)
     del tensor.external_data[:]
     tensor.data_location = onnx.TensorProto.EXTERNAL
-    for key, value in (("location", Path(out.name).name), ("offset", str(offset)),
-                       ("length", str(out.tell() - offset))):
+    for key, value in (("location", Path(out.name).name), ("offset", str(offset)), ("length", str(len(raw)))):
         entry = tensor.external_data.add()
         entry.key, entry.value = key, value
 

@@ -237,12 +237,13 @@ def _build_entry(build: Callable[[], HaMeRNet], cfg: CfgNode, entry: Path, crops
 
     size = checkpoint.stat().st_size
     start = time.perf_counter()
+    seconds = size / 1e9 * EXPORT_SECONDS_PER_GB
     log.warning("First use of checkpoint %s: exporting the network to ONNX, once, for the fast CPU path (ONNX "
-                "Runtime runs it faster than torch). This takes about %.0f min for this %.1f GB checkpoint (%.0f s "
-                "per GB measured on 2 cores) and about %.1f GB of memory; the export is cached in %s and later runs "
-                "start in seconds. backend='torch' (CLI: --backend torch) skips it.", checkpoint,
-                max(1.0, size / 1e9 * EXPORT_SECONDS_PER_GB / 60), size / 1e9, EXPORT_SECONDS_PER_GB,
-                size * EXPORT_MEMORY_PER_BYTE / 1e9, entry)
+                "Runtime runs it faster than torch). This takes about %s for this %.2f GB checkpoint (%.0f s per GB "
+                "measured on 2 cores) and about %.1f GB of memory; the export is cached in %s and later runs start "
+                "in seconds. backend='torch' (CLI: --backend torch) skips it.", checkpoint,
+                f"{seconds / 60:.0f} min" if seconds >= 90 else f"{max(seconds, 1):.0f} s", size / 1e9,
+                EXPORT_SECONDS_PER_GB, size * EXPORT_MEMORY_PER_BYTE / 1e9, entry)
 
     def phase(number: int, what: str) -> None:
         log.warning("ONNX export %d/4: %s (%.0f s so far)", number, what, time.perf_counter() - start)
