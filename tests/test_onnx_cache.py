@@ -20,7 +20,9 @@ from synthetic import make_data_dir
 
 import hamer.configs
 import hamer.onnx_cache
+from hamer.checkpoint import build_model
 from hamer.configs import data_paths, load_config
+from hamer.export import export_onnx, write_onnx
 from hamer.hamer_module import HAMER
 from hamer.models import OUTPUT_NAMES
 from hamer.onnx_cache import cache_dir, cache_key, checkpoint_digest, output_mismatches, tolerance
@@ -117,6 +119,28 @@ def test_tampered_camera_head_is_rejected_and_rebuilt(cache: Path, data_dir: Pat
     rebuilt = onnx.load(str(path))
     weight = next(t for t in rebuilt.graph.initializer if t.name.endswith("mano_head.deccam.weight"))
     np.testing.assert_array_equal(numpy_helper.to_array(weight), original)
+
+
+def test_consuming_export_writes_the_same_graph_and_weights(tmp_path: Path, data_dir: Path) -> None:
+    """The cache's export (weights moved out, markers traced) against the plain export of the same checkpoint."""
+    cfg = load_config(data_paths(data_dir).config)
+    crops = hamer.onnx_cache.check_crops(cfg)
+    export_onnx(build_model(data_paths(data_dir))[0], cfg, tmp_path / "plain" / "hamer.onnx", crops)
+    consumed = build_model(data_paths(data_dir))[0]
+    write_onnx(consumed, cfg, tmp_path / "consumed" / "hamer.onnx", crops, consume=True)
+    plain, light = (onnx.load(str(tmp_path / name / "hamer.onnx")) for name in ("plain", "consumed"))
+    assert [n.SerializeToString() for n in light.graph.node] == [n.SerializeToString() for n in plain.graph.node]
+    assert light.graph.input == plain.graph.input and light.graph.output == plain.graph.output
+    assert light.metadata_props == plain.metadata_props
+    names = [t.name for t in plain.graph.initializer]
+    assert [t.name for t in light.graph.initializer] == names
+    transposed = 0
+    for a, b in zip(plain.graph.initializer, light.graph.initializer, strict=True):
+        np.testing.assert_array_equal(numpy_helper.to_array(b), numpy_helper.to_array(a), err_msg=a.name)
+        transposed += a.name.startswith("onnx::MatMul")
+    assert transposed > 10  # the folded transposes of linear weights were among them
+    linear = [m.weight for m in consumed.modules() if isinstance(m, torch.nn.Linear)]
+    assert linear and all(w.stride() == (0, 1) for w in linear)  # the model's weights were handed over
 
 
 # --- what identifies an entry ---
