@@ -5,7 +5,8 @@ The graph maps ``crops`` (N, 3, 256, 256) float32 normalized crops, N dynamic, t
 file alone gives joints. The model config travels as JSON in the file's ``metadata_props`` (``hamer_config``), so
 :class:`~hamer.runtime.OnnxRuntime` needs no checkpoint. The weights go to one external data file
 ``<name>.onnx.data`` beside the model: needed over protobuf's 2 GB (ViT-H is 2.7 GB), and ONNX Runtime then maps
-them instead of holding the parsed protobuf too (0.5 GB less at load for the 0.7 GB int8 model).
+them instead of holding the parsed protobuf too (0.5 GB less at load for the 0.7 GB int8 model). The default CPU
+path's cache exports with ``write_onnx(consume=True)``, which never holds a second copy of the weights.
 
 The TorchScript exporter is used: the dynamo exporter cannot trace smplx's skinning loop (it indexes with a tensor
 of joint parents), while tracing folds that loop into a static graph.
