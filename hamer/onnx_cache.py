@@ -27,6 +27,7 @@ import os
 import shutil
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -173,7 +174,7 @@ def _checked_runtime(entry: Path, crops: np.ndarray, device: torch.device) -> On
             expected = {k: stored[k] for k in stored.files}
         runtime = OnnxRuntime(entry / "hamer.onnx", device)
         got = runtime(crops)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError, EOFError, zipfile.BadZipFile) as exc:
         raise StaleEntryError(f"unusable ({exc})") from None
     problems = output_mismatches(got, expected)
     if problems:
