@@ -67,8 +67,10 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def load_lightning_checkpoint(path: Path) -> Checkpoint:
-    """Read a PyTorch Lightning checkpoint: ``state_dict`` and ``hyper_parameters['cfg']`` (as a dict)."""
+def load_lightning_checkpoint(path: Path, mmap: bool = True) -> Checkpoint:
+    """Read a PyTorch Lightning checkpoint: ``state_dict`` and ``hyper_parameters['cfg']`` (as a dict).
+    ``mmap``: weights memory-mapped from the file (read on first use); False: read into memory now, so that a
+    weight replaced in the model is freed (see :func:`hamer.export.write_onnx`)."""
     if not zipfile.is_zipfile(path):
         raise ValueError(f"checkpoint {path} is not a PyTorch zip checkpoint (truncated or not a checkpoint?)")
     try:
@@ -78,7 +80,7 @@ def load_lightning_checkpoint(path: Path) -> Checkpoint:
         if opaque:
             log.info("checkpoint metadata classes read as inert stand-ins: %s", opaque)
         with _SAFE_GLOBALS_LOCK, torch.serialization.safe_globals(allowed):
-            raw = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            raw = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         raise ValueError(f"checkpoint {path} holds content that is never unpickled here: {exc}") from None
     except (RuntimeError, ValueError, EOFError, zipfile.BadZipFile) as exc:
@@ -119,14 +121,15 @@ def load_safetensors_checkpoint(path: Path) -> Checkpoint:
     return Checkpoint(state_dict, config)
 
 
-def load_checkpoint(path: Path) -> Checkpoint:
-    """A Lightning ``.ckpt`` or a ``.safetensors`` file, by its suffix."""
+def load_checkpoint(path: Path, mmap: bool = True) -> Checkpoint:
+    """A Lightning ``.ckpt`` (``mmap``: see :func:`load_lightning_checkpoint`) or a ``.safetensors`` file (read
+    into memory), by its suffix."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"HaMeR checkpoint not found: {path}")
     if path.suffix == ".safetensors":
         return load_safetensors_checkpoint(path)
-    return load_lightning_checkpoint(path)
+    return load_lightning_checkpoint(path, mmap)
 
 
 MEAN_PARAM_SIZES = {"pose": 96, "shape": 10, "cam": 3}

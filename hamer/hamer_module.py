@@ -175,7 +175,7 @@ class HAMER:
             runtime = OnnxRuntime(self._onnx_path, self.device)
             log.info("HaMeR loaded from %s (ONNX Runtime) in %.1f s", self._onnx_path, time.perf_counter() - start)
             return runtime, runtime.cfg
-        from .checkpoint import build_model, read_checkpoint
+        from .checkpoint import build_model, load_checkpoint, read_checkpoint
 
         paths = configs.data_paths(self._data_dir, self._checkpoint)
         read = read_checkpoint(paths)
@@ -184,7 +184,9 @@ class HAMER:
         if self.backend == "auto" and self._export_onnx is None:
             from .onnx_cache import default_runtime
 
-            runtime = default_runtime(lambda: build_model(paths, read)[0], cfg, paths.checkpoint, self.device,
+            # the export's model reads its weights into memory (not mapped), so that it can free them as it goes
+            runtime = default_runtime(lambda: build_model(paths, (load_checkpoint(paths.checkpoint, mmap=False),
+                                                                  cfg))[0], cfg, paths.checkpoint, self.device,
                                       self.precision)
         if runtime is None:
             runtime = TorchRuntime(build_model(paths, read)[0], self.device, self.precision)

@@ -1,16 +1,25 @@
 """The default CPU path: the network through ONNX Runtime, from an export of the checkpoint cached on disk.
 
 On CPU in fp32, ONNX Runtime runs the network faster than torch (benchmarks/results/bench.md). The first load of
-a checkpoint exports it (``hamer.export.export_onnx``) into ``<cache>/<key>/hamer.onnx``, checks it against torch
-and keeps torch's outputs on fixed check crops beside it; later loads reuse it after running those crops again and
-comparing. ``key`` hashes the checkpoint's resolved path, size and modification time, the model config, and the
-torch, onnxruntime and hamer versions, so a changed checkpoint gets a new export. An entry that is incomplete, does
-not load or gives other outputs is deleted and rebuilt. The cache folder: ``hamer.configs.ONNX_CACHE_DIR``, else
-the environment variable ``HAMER_ONNX_CACHE``, else ``$XDG_CACHE_HOME/hamer/onnx`` (``~/.cache/hamer/onnx``).
+a checkpoint exports it (``hamer.export.write_onnx``) into ``<cache>/<key>/hamer.onnx`` and keeps torch's outputs
+on fixed check crops beside it (``check.npz``); every load, the first included, runs those crops through ONNX
+Runtime and compares every output the graph gives with torch's, each within its tolerance (``tolerance``). An
+entry that is incomplete, does not load or gives other outputs is deleted and rebuilt.
+
+``key`` hashes the checkpoint's content (sha256, computed once and remembered in ``<cache>/checkpoints.json`` by
+the file's device, inode, size, mtime and ctime, so a file replaced in place gets hashed again), the model config,
+and the torch, onnxruntime and hamer versions. The cache folder: ``hamer.configs.ONNX_CACHE_DIR``, else the
+environment variable ``HAMER_ONNX_CACHE``, else ``$XDG_CACHE_HOME/hamer/onnx``, else ``~/.cache/hamer/onnx``.
+
+The export is announced (WARNING) when it starts, with its phases and their times. It runs only when the free
+memory (``MemAvailable`` of ``MEMINFO``, or what the cgroup under ``CGROUP_ROOT`` leaves, if less) covers its
+measured need (``EXPORT_MEMORY_PER_BYTE`` of the checkpoint's size); otherwise the caller runs torch, with a WARNING.
 """
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import hashlib
 import json
 import logging
@@ -18,6 +27,7 @@ import os
 import shutil
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,15 +41,35 @@ from .version import __version__
 
 if TYPE_CHECKING:
     from .models.hamer import HaMeRNet
+    from .runtime import OnnxRuntime
 
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "HAMER_ONNX_CACHE"
-# The cached model must give torch's joints and vertices within this many metres (1e-3 mm); measured 1.8e-7 m on
-# the full-size model, 1e-8 m on the small one.
+# Every output of the cached graph must match torch's on the check crops within tolerance(name) * max(1, max |torch
+# output|): joints and vertices within 1e-6 m (they are under 1 m; measured 1.8e-7 m on the full-size model), the
+# others within 1e-4 of their scale (measured at most 2.6e-5 on a random ViT-H-wide model: pred_cam_t, whose depth
+# divides by the predicted scale).
 JOINT_TOLERANCE_M = 1e-6
+OUTPUT_TOLERANCE = 1e-4
+# Settings read to decide whether the export fits in memory (tests point them at files of their own).
+MEMINFO = Path("/proc/meminfo")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+# Memory the first load needs above the process's resident memory before it, per byte of checkpoint: measured 1.14
+# on the full-size model (2.68 GB checkpoint: peak 3.69 GB resident, 0.77 GB before; benchmarks/results/first_run.md),
+# with a margin. Its duration per GB of checkpoint on a 2-core AMD EPYC: about 2 min for 2.68 GB unshared (the
+# issue's figure), 5 to 7 min measured while six other jobs shared the machine.
+EXPORT_MEMORY_PER_BYTE = 1.3
+EXPORT_SECONDS_PER_GB = 60.0
 _CHECK_FILE = "check.npz"
-_CHECKED = ("pred_keypoints_3d", "pred_vertices")
+_INDEX_FILE = "checkpoints.json"
+_INDEX_MAX_BYTES = 2**20  # a larger index is ignored (and rewritten)
+_INDEX_MAX_ENTRIES = 1000
+_HASH_CHUNK = 16 * 2**20
+
+
+class StaleEntryError(ValueError):
+    """A cache entry that does not load or does not reproduce the torch outputs stored with it."""
 
 
 def cache_dir() -> Path:
@@ -51,12 +81,60 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "hamer" / "onnx"
 
 
+def checkpoint_digest(checkpoint: Path, folder: Path) -> str:
+    """sha256 of the checkpoint file's content, remembered in ``folder``'s index by (device, inode, size,
+    mtime_ns, ctime_ns): a file rewritten in place changes its ctime, so it is hashed again."""
+    stat = checkpoint.stat()
+    identity = ":".join(map(str, (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)))
+    index_path = folder / _INDEX_FILE
+    index = _read_index(index_path)
+    digest = index.get(identity)
+    if digest is not None:
+        return digest
+    start = time.perf_counter()
+    sha = hashlib.sha256()
+    with open(checkpoint, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            sha.update(chunk)
+    digest = sha.hexdigest()
+    log.info("hashed checkpoint %s in %.1f s (once per file)", checkpoint, time.perf_counter() - start)
+    index = {k: v for k, v in _read_index(index_path).items() if k != identity}  # others' entries since
+    index[identity] = digest
+    _write_index(index_path, dict(list(index.items())[-_INDEX_MAX_ENTRIES:]))
+    return digest
+
+
+def _read_index(path: Path) -> dict[str, str]:
+    """The index's {identity: sha256}; empty when missing, too large or malformed (entries then hashed again)."""
+    try:
+        if path.stat().st_size > _INDEX_MAX_BYTES:
+            return {}
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str) and len(v) == 64
+            and all(c in "0123456789abcdef" for c in v)}
+
+
+def _write_index(path: Path, index: dict[str, str]) -> None:
+    """Replace the index in one rename (a concurrent writer's entries may be lost: they are hashed again)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+        with os.fdopen(fd, "w") as f:
+            json.dump(index, f)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("cannot write the checkpoint index %s (%s): the checkpoint is hashed again next time", path, exc)
+
+
 def cache_key(checkpoint: Path, cfg: CfgNode) -> str:
-    """Hash of the checkpoint's identity (resolved path, size, mtime), the config and the library versions."""
+    """Hash of the checkpoint's content, the config and the torch, onnxruntime and hamer versions."""
     import onnxruntime
 
-    stat = checkpoint.stat()
-    identity = [str(checkpoint.resolve()), stat.st_size, stat.st_mtime_ns, json.dumps(cfg, sort_keys=True),
+    identity = [checkpoint_digest(checkpoint, cache_dir()), json.dumps(cfg, sort_keys=True),
                 torch.__version__, onnxruntime.__version__, __version__]
     return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:24]
 
@@ -67,65 +145,151 @@ def check_crops(cfg: CfgNode) -> np.ndarray:
     return np.random.default_rng(0).normal(size=(2, 3, size, size)).astype(np.float32)
 
 
-def _matches(runtime, expected: dict[str, np.ndarray], crops: np.ndarray) -> float:
-    """Largest |difference| (metres) over the checked outputs."""
-    got = runtime(crops)
-    return max(float(np.abs(got[k] - expected[k]).max()) for k in _CHECKED)
+def tolerance(name: str) -> float:
+    """The largest |ONNX Runtime - torch| allowed for output ``name``, relative to max(1, max |torch output|)."""
+    return JOINT_TOLERANCE_M if name in ("pred_keypoints_3d", "pred_vertices") else OUTPUT_TOLERANCE
 
 
-def _open_entry(entry: Path, crops: np.ndarray, device: torch.device):
-    """The runtime of a complete cache entry that reproduces its stored outputs, else None."""
+def output_mismatches(got: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> list[str]:
+    """Every output of ``got`` (the runtime's) off ``expected`` by more than its tolerance, or missing from it,
+    or of another shape; and every expected output the runtime lacks. Empty when all match."""
+    problems = [f"{name} missing from the runtime's outputs" for name in expected if name not in got]
+    for name, value in got.items():
+        ref = expected.get(name)
+        if ref is None or ref.shape != value.shape:
+            problems.append(f"{name}: shape {value.shape}, stored {None if ref is None else ref.shape}")
+            continue
+        error = float(np.abs(value.astype(np.float64) - ref).max(initial=0.0))
+        allowed = tolerance(name) * max(1.0, float(np.abs(ref).max(initial=0.0)))
+        if not error <= allowed:
+            problems.append(f"{name} off by {error:.3g} (tolerance {allowed:.3g})")
+    return problems
+
+
+def _checked_runtime(entry: Path, crops: np.ndarray, device: torch.device) -> OnnxRuntime:
+    """The runtime of a cache entry whose outputs on ``crops`` match its stored torch outputs; StaleEntryError."""
     from .runtime import OnnxRuntime
 
     try:
-        with np.load(entry / _CHECK_FILE) as stored:
-            expected = {k: stored[k] for k in _CHECKED}
+        with np.load(entry / _CHECK_FILE, allow_pickle=False) as stored:
+            expected = {k: stored[k] for k in stored.files}
         runtime = OnnxRuntime(entry / "hamer.onnx", device)
-        error = _matches(runtime, expected, crops)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        log.warning("ONNX cache entry %s is unusable (%s): rebuilding it", entry, exc)
-        return None
-    if not error <= JOINT_TOLERANCE_M:
-        log.warning("ONNX cache entry %s is off by %.2e m from the torch outputs it stored: rebuilding it",
-                    entry, error)
-        return None
+        got = runtime(crops)
+    except (OSError, ValueError, KeyError, RuntimeError, EOFError, zipfile.BadZipFile) as exc:
+        raise StaleEntryError(f"unusable ({exc})") from None
+    problems = output_mismatches(got, expected)
+    if problems:
+        raise StaleEntryError("its outputs differ from the torch outputs stored with it: " + "; ".join(problems))
     return runtime
 
 
-def _build_entry(model: HaMeRNet, cfg: CfgNode, entry: Path, crops: np.ndarray) -> None:
-    """Export into a temporary folder, check to ``JOINT_TOLERANCE_M``, then move it to ``entry`` in one rename."""
-    from .export import export_onnx
-    from .runtime import OnnxRuntime
+def available_memory() -> tuple[int, str] | None:
+    """Bytes this process may still allocate, and where that figure comes from: ``MEMINFO``'s MemAvailable, or
+    the cgroup's ``memory.max`` minus ``memory.current`` (under ``CGROUP_ROOT``) when lower; None if unknown."""
+    found: list[tuple[int, str]] = []
+    try:
+        for line in MEMINFO.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append((int(line.split()[1]) * 1024, f"MemAvailable in {MEMINFO}"))
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        own = Path("/proc/self/cgroup").read_text().splitlines()
+        relative = next((line[3:] for line in own if line.startswith("0::")), "/").strip("/")
+    except OSError:
+        relative = ""
+    folder = CGROUP_ROOT / relative if (CGROUP_ROOT / relative / "memory.max").is_file() else CGROUP_ROOT
+    try:
+        limit = (folder / "memory.max").read_text().strip()
+        if limit != "max":
+            used = int((folder / "memory.current").read_text().strip())
+            found.append((max(0, int(limit) - used), f"the memory limit of cgroup {folder}"))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
 
+
+def _export_fits(checkpoint: Path) -> bool:
+    """Whether the free memory covers the export's need; if not, a WARNING naming both figures."""
+    needed = EXPORT_MEMORY_PER_BYTE * checkpoint.stat().st_size
+    available = available_memory()
+    if available is None or available[0] >= needed:
+        return True
+    log.warning("not enough free memory for the one-time ONNX export of %s: it needs about %.1f GB, %.1f GB is "
+                "free (%s). Running the network with torch this time (slower; same outputs); the export is tried "
+                "again on a later run. backend='torch' (CLI: --backend torch) skips it.", checkpoint, needed / 1e9,
+                available[0] / 1e9, available[1])
+    return False
+
+
+def _release_freed_memory() -> None:
+    """Collect garbage, then hand freed heap memory back to the system (glibc's ``malloc_trim``; elsewhere a
+    no-op): freed tensors the allocator keeps would otherwise stay resident while ONNX Runtime loads its copy."""
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _build_entry(build: Callable[[], HaMeRNet], cfg: CfgNode, entry: Path, crops: np.ndarray,
+                 checkpoint: Path, device: torch.device) -> OnnxRuntime:
+    """Export into a temporary folder, move it to ``entry`` in one rename, then check it; RuntimeError if off.
+
+    The memory peak stays near one copy of the weights: torch's outputs are computed first, the model is exported
+    consuming its weights (``write_onnx(consume=True)``) and freed before ONNX Runtime opens the file."""
+    from .export import write_onnx
+
+    size = checkpoint.stat().st_size
     start = time.perf_counter()
+    seconds = size / 1e9 * EXPORT_SECONDS_PER_GB
+    log.warning("First use of checkpoint %s: exporting the network to ONNX, once, for the fast CPU path (ONNX "
+                "Runtime runs it faster than torch). This takes about %s for this %.2f GB checkpoint (%.0f s per GB "
+                "on 2 free cores; longer on a busy machine) and about %.1f GB of memory; the export is cached in %s "
+                "and later runs start in seconds. backend='torch' (CLI: --backend torch) skips it.", checkpoint,
+                f"{seconds / 60:.0f} min" if seconds >= 90 else f"{max(seconds, 1):.0f} s", size / 1e9,
+                EXPORT_SECONDS_PER_GB, size * EXPORT_MEMORY_PER_BYTE / 1e9, entry)
+
+    def phase(number: int, what: str) -> None:
+        log.warning("ONNX export %d/4: %s (%.0f s so far)", number, what, time.perf_counter() - start)
+
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}-"))
     try:
-        export_onnx(model, cfg, tmp / "hamer.onnx", crops)
+        phase(1, "loading the checkpoint and running torch on 2 check crops")
+        model = build()
         with torch.inference_mode():
-            expected = {k: model(torch.from_numpy(crops))[k].float().numpy() for k in _CHECKED}
-        error = _matches(OnnxRuntime(tmp / "hamer.onnx", torch.device("cpu")), expected, crops)
-        if not error <= JOINT_TOLERANCE_M:
-            raise RuntimeError(f"the ONNX export differs from torch by {error:.2e} m (joints/vertices; tolerance "
-                               f"{JOINT_TOLERANCE_M:.0e} m): use backend='torch'")
+            expected = {k: v.float().numpy() for k, v in model(torch.from_numpy(crops)).items()}
         np.savez(tmp / _CHECK_FILE, **expected)
+        phase(2, "tracing the network (torch.onnx.export)")
+        write_onnx(model, cfg, tmp / "hamer.onnx", crops, consume=True,
+                   on_saving=lambda: phase(3, f"writing the weights to {entry / 'hamer.onnx.data'}"))
+        del model
+        _release_freed_memory()  # the weights go before ONNX Runtime reads its copy
         shutil.rmtree(entry, ignore_errors=True)
         try:
             os.replace(tmp, entry)
-        except OSError:  # another process has just cached the same checkpoint: its entry is checked on opening
+        except OSError:  # another process has just cached the same checkpoint: its entry is checked below
             if not entry.is_dir():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log.info("cached the ONNX export of the checkpoint in %s (%.0f s, once per checkpoint)", entry,
-             time.perf_counter() - start)
+    phase(4, "checking every output of ONNX Runtime against torch's")
+    try:
+        runtime = _checked_runtime(entry, crops, device)
+    except StaleEntryError as exc:
+        shutil.rmtree(entry, ignore_errors=True)
+        raise RuntimeError(f"the ONNX export of {checkpoint} is off: {exc}; use backend='torch'") from None
+    log.warning("ONNX export done in %.0f s, cached in %s (once per checkpoint)", time.perf_counter() - start, entry)
+    return runtime
 
 
 def default_runtime(build: Callable[[], HaMeRNet], cfg: CfgNode, checkpoint: Path, device: torch.device,
-                    precision: str):
+                    precision: str) -> OnnxRuntime | None:
     """The runtime ``HAMER(backend="auto")`` uses: ONNX Runtime on the cached export on CPU in fp32 when
-    onnxruntime is installed; None otherwise (the caller then runs torch). ``build``: the torch model of
-    ``checkpoint``, called only to export it when the cache has no usable entry (a hit needs no torch model)."""
+    onnxruntime is installed; None otherwise, or when the export does not fit in memory (the caller then runs
+    torch). ``build``: the torch model of ``checkpoint``, called only to export it when the cache has no usable
+    entry (a hit needs no torch model); the export frees its weights, so it must not be shared."""
     if device.type != "cpu" or precision != "fp32":
         return None
     try:
@@ -134,11 +298,15 @@ def default_runtime(build: Callable[[], HaMeRNet], cfg: CfgNode, checkpoint: Pat
         return None
     entry = cache_dir() / cache_key(checkpoint, cfg)
     crops = check_crops(cfg)
-    runtime = _open_entry(entry, crops, device) if (entry / _CHECK_FILE).is_file() else None
+    runtime = None
+    if (entry / _CHECK_FILE).is_file():
+        try:
+            runtime = _checked_runtime(entry, crops, device)
+        except StaleEntryError as exc:
+            log.warning("ONNX cache entry %s rejected, %s: rebuilding it", entry, exc)
     if runtime is None:
-        _build_entry(build(), cfg, entry, crops)
-        runtime = _open_entry(entry, crops, device)
-        if runtime is None:
-            raise RuntimeError(f"the ONNX export just written to {entry} does not reproduce torch: use backend='torch'")
+        if not _export_fits(checkpoint):
+            return None
+        runtime = _build_entry(build, cfg, entry, crops, checkpoint, device)
     log.info("running the network with ONNX Runtime from %s (backend='torch' for torch)", entry)
     return runtime

@@ -6,7 +6,6 @@ import json
 import logging
 from contextlib import nullcontext
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -148,7 +147,8 @@ def onnx_faces(session: ort.InferenceSession, path: Path) -> np.ndarray | None:
     try:
         faces = np.array(json.loads(text), dtype=np.int64)
     except (json.JSONDecodeError, TypeError, ValueError) as exc:
-        raise ValueError(f"ONNX model {path}: metadata '{FACES_METADATA_KEY}' is not a list of triangles ({exc})") from None
+        raise ValueError(f"ONNX model {path}: metadata '{FACES_METADATA_KEY}' is not a list of triangles "
+                         f"({exc})") from None
     if faces.ndim != 2 or faces.shape[1] != 3 or faces.min(initial=0) < 0 or faces.max(initial=0) >= 778:
         raise ValueError(f"ONNX model {path}: metadata '{FACES_METADATA_KEY}' is not MANO's triangles")
     return faces
