@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 from conftest import SHARED_IMAGES as IMAGES
 
-from hamer.corpus import MANIFEST, TEMP_FILE
+from hamer.manifest import MANIFEST, TEMP_FILE
 
 
 def pan_zoom(photo: str, frames: int, size=(320, 240)) -> list[np.ndarray]:

@@ -178,9 +178,10 @@ class LocalEngine:
     # ------------------------------------------------------------------------------------------------ the run
 
     def run(self, units: list[Unit], out: Path, finished: Callable[[dict[str, Any]], None],
-            progress: Progress | None = None) -> None:
-        """Run ``units``, writing into ``out``; ``finished(record)`` for each unit as it ends (in the writer
-        thread). An interrupt stops every stage; the units in flight leave no file."""
+            progress: Progress | None = None, started: Callable[[Unit], None] | None = None) -> None:
+        """Run ``units``, writing into ``out``; ``started(unit)`` as each begins (in its detection thread, before
+        it is read), ``finished(record)`` as each ends (in the writer thread). An interrupt stops every stage; the
+        units in flight leave no file."""
         o = self.options
         todo: queue.Queue[Unit | None] = queue.Queue()
         for unit in units:
@@ -217,6 +218,8 @@ class LocalEngine:
                         return
                     if unit.kind != "video" and images is None:
                         images = HandDetector(self._detector_options("IMAGE"))
+                    if started is not None:
+                        started(unit)
                     self._detect_unit(unit, images, work, stop)
             finally:
                 if images is not None:
@@ -370,12 +373,12 @@ class LocalEngine:
             status, error = outcome(unit, job.decoded)
             files = []
             if status != "failed":
-                if writer is None:  # no frame at all (e.g. every image of a folder unreadable)
-                    writer = UnitWriter(unit, out, self.options, self.faces).__enter__()
                 try:
+                    if writer is None:  # no frame at all (e.g. every image of a folder unreadable)
+                        writer = UnitWriter(unit, out, self.options, self.faces).__enter__()
                     writer.__exit__(None, None, None)
                     files = [f for f in writer.files if (out / f).exists()]
-                except OSError as exc:
+                except (OSError, ValueError) as exc:  # a full disk, a damaged --pose-base, a link in the way
                     status, error = "failed", f"cannot write its outputs: {exc}"
         frames = 0 if writer is None else writer.frames
         hands = 0 if writer is None else writer.hands
