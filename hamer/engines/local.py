@@ -348,13 +348,13 @@ class LocalEngine:
                     failed.add(job)
                     broken = writers.pop(job, None)
                     if broken is not None:
-                        broken.__exit__(type(exc), exc, exc.__traceback__)
+                        _discard(broken, exc)
                 self.stats.add("write", time.perf_counter() - start, frames=1)
                 if progress is not None:
                     progress.frames(1)
         finally:
             for writer in writers.values():  # interrupted: no partial file
-                writer.__exit__(_Stop, _Stop(), None)
+                _discard(writer, _Stop())
 
     def _result(self, item: _Item) -> Any:
         hands = item.hands if item.done is None else item.done
@@ -367,7 +367,7 @@ class LocalEngine:
         unit = job.unit
         if job.error is not None or write_failed:
             if writer is not None:
-                writer.__exit__(_Stop, _Stop(), None)
+                _discard(writer, _Stop())
             status, error, files = "failed", job.error, []
         else:
             status, error = outcome(unit, job.decoded)
@@ -387,6 +387,14 @@ class LocalEngine:
 
 
 _EMPTY = object()
+
+
+def _discard(writer: UnitWriter, exc: BaseException) -> None:
+    """Close ``writer`` without its files; an error doing so (the full disk that failed it) is the unit's already."""
+    try:
+        writer.__exit__(type(exc), exc, exc.__traceback__)
+    except (OSError, ValueError) as again:
+        log.debug("%s: %s while discarding its outputs", writer.unit.path, again)
 
 
 def _get_nowait(q: queue.Queue) -> Any:
