@@ -350,11 +350,15 @@ def _run_locked(units: list[Unit], problems: list[tuple[str, str]], out: Path, o
     stat = {os.path.abspath(u.path): input_stat(u) for u in units}
     records: list[dict[str, Any]] = []
 
-    def started(unit: Unit) -> None:
+    in_flight: dict[str, Unit] = {}
+
+    def started(unit: Unit, status: str = "started") -> None:
+        in_flight[os.path.abspath(unit.path)] = unit
         manifest.append({"input": os.path.abspath(unit.path), "name": unit.name, "kind": unit.kind,
-                         "status": "started", **this_run(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                         "status": status, **this_run(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
     def finished(rec: dict[str, Any]) -> None:
+        in_flight.pop(rec["input"], None)
         rec = {**rec, **extra, "stat": stat.get(rec["input"])}
         manifest.append(rec)
         records.append(rec)
@@ -378,6 +382,10 @@ def _run_locked(units: list[Unit], problems: list[tuple[str, str]], out: Path, o
             from .engines.ray import run_ray
 
             run_ray(todo.todo, out, options, finished, progress, stats)
+    except (KeyboardInterrupt, SystemExit):  # stopped by the user: the units in flight were not at fault
+        for unit in list(in_flight.values()):
+            started(unit, "interrupted")
+        raise
     finally:
         manifest.close()
     clean_temp_files(out)

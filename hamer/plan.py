@@ -4,7 +4,8 @@ Without flags, a new input is run; an input done (or truncated) earlier with the
 are all there and whose input has not changed, is skipped; one that failed is skipped unless its input changed
 (``--resume`` retries it); outputs of other options are not replaced (OverwriteError naming the flag); files in
 the way that no record of the folder accounts for (someone's files) are not replaced either. ``resume`` also
-retries failed and truncated units. ``overwrite`` runs every unit again. A unit whose latest record is ``started``
+retries failed and truncated units. ``overwrite`` runs every unit again. A unit whose latest record is
+``interrupted`` (the user stopped the run while it ran) runs again. A unit whose latest record is ``started``
 (a run died while running it) is a *suspect*: it runs first, alone, in a child process (:mod:`hamer.engines.isolated`),
 so that an input that kills the process fails once instead of killing every run.
 """
@@ -68,7 +69,7 @@ def plan(units: Sequence[Unit], out: Path, options: Options, known: dict[str, di
             if theirs:
                 raise OverwriteError(f"{out / theirs[0]} exists and no record of {out / MANIFEST} accounts for it: "
                                      "it is not replaced; pass --overwrite to replace it, or choose another --out")
-        if rec is not None and status != "started" and not overwrite:
+        if rec is not None and status not in ("started", "interrupted") and not overwrite:
             changed = rec.get("stat") is None or rec["stat"] != input_stat(unit)
             present = status in ("done", "truncated") and all(os.path.lexists(out / f) for f in rec["files"])
             flags = differences(rec.get("options"), now) if present else []
