@@ -15,11 +15,11 @@ decides::
 
 ``truncated``: fewer frames decoded than the container announces (``CAP_PROP_FRAME_COUNT``); the decoded frames
 are written. ``failed``: nothing usable (unreadable input, an error while running it, a process that died running
-it); its files are not written. ``interrupted``: the user stopped the run (Ctrl-C, SIGTERM) while it ran. ``pid``, ``host``: the process that wrote the line. ``stat``: the input's
-``[size, mtime_ns]`` when it ran (:func:`hamer.units.input_stat`; null when it could not be read), telling whether
-it changed since. ``options``: the options that decide the outputs (:func:`hamer.units.fingerprint`). What a run
-does with an input the manifest knows: :mod:`hamer.plan`. :func:`run_corpus` is the Python entry point; ``hamer run``
-calls it.
+it); its files are not written. ``interrupted``: the user stopped the run (Ctrl-C, SIGTERM) while it ran. ``pid``,
+``host``: the process that wrote the line. ``stat``: the input's ``[size, mtime_ns]`` when it ran
+(:func:`hamer.units.input_stat`; null when it could not be read), telling whether it changed since. ``options``:
+the options that decide the outputs (:func:`hamer.units.fingerprint`). What a run does with an input the manifest
+knows: :mod:`hamer.plan`. :func:`run_corpus` is the Python entry point; ``hamer run`` calls it.
 """
 
 from __future__ import annotations
