@@ -16,7 +16,6 @@ import cv2
 import numpy as np
 import pytest
 from conftest import SHARED_IMAGES as IMAGES
-
 from videos import manifest, pan_zoom, temp_files, write_video
 
 from hamer.cli import main
