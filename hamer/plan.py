@@ -70,7 +70,8 @@ def plan(units: Sequence[Unit], out: Path, options: Options, known: dict[str, di
                 raise OverwriteError(f"{out / theirs[0]} exists and no record of {out / MANIFEST} accounts for it: "
                                      "it is not replaced; pass --overwrite to replace it, or choose another --out")
         if rec is not None and status not in ("started", "interrupted") and not overwrite:
-            changed = rec.get("stat") is None or rec["stat"] != input_stat(unit)
+            stat = input_stat(unit)
+            changed = rec.get("stat", stat) != stat  # a record without one (an older manifest): unchanged
             present = status in ("done", "truncated") and all(os.path.lexists(out / f) for f in rec["files"])
             flags = differences(rec.get("options"), now) if present else []
             if flags:

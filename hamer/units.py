@@ -95,7 +95,7 @@ def fingerprint(options: Options) -> dict[str, Any]:
         camera = {"type": type(camera).__name__, **dataclasses.asdict(camera)}
     elif camera is not None:
         camera = getattr(camera, "__qualname__", type(camera).__qualname__)
-    return {"formats": list(o.formats), "overlay": o.overlay, "bbox_only": o.bbox_only, "vertices": o.vertices,
+    return {"formats": sorted(o.formats), "overlay": o.overlay, "bbox_only": o.bbox_only, "vertices": o.vertices,
             "camera": camera, "smooth": o.smooth, "min_cutoff": o.min_cutoff, "beta": o.beta,
             "label_hold": o.label_hold, "rescale_factor": o.rescale_factor, "max_hands": o.max_hands,
             "backend": o.backend, "precision": o.precision, "model": model,
