@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 
 from .images import IMAGE_SUFFIXES, opencv_path, read_image
-from .manifest import MANIFEST, TEMP_FILE, FolderLock, Manifest, clean_temp_files, refuse_link, this_run
+from .manifest import MANIFEST, TEMP_FILE, FolderLock, Manifest, RunError, clean_temp_files, refuse_link, this_run
 from .outputs import Frame, VideoFileWriter, write_image
 from .plan import plan
 from .units import DEFAULT_FPS, Options, Unit, fingerprint, input_stat
@@ -318,7 +318,10 @@ def run_corpus(inputs: Iterable[str], out: str | os.PathLike, options: Options |
     out = Path(out)
     units, problems = collect_units(inputs)
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunError(f"cannot create the output folder {out}: {exc.strerror or exc}") from None
     try:
         with FolderLock(out):
             return _run_locked(units, problems, out, options, resume, overwrite, progress, stats, skipped)

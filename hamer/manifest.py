@@ -129,14 +129,20 @@ class FolderLock:
     def __enter__(self) -> FolderLock:
         refuse_link(self.path, "lock")
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+            except OSError as exc:  # a link put there since (ELOOP), a folder not writable...
+                raise RunError(f"cannot open {self.path}: {exc.strerror}") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
                 holder = _read_holder(fd)
+                unsupported = exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN)
+                if unsupported and not (holder and _alive(holder)):  # a file system without flock: the pid decides
+                    log.warning("%s: no flock on this file system (%s); the lock relies on the pid it names",
+                                self.path, exc.strerror)
+                    break
                 os.close(fd)
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    raise RunError(f"cannot lock {self.path}: {exc.strerror}") from None
                 raise FolderBusy(f"{self.path.parent} is in use by another run ({_describe(holder)}); wait for it "
                                  "to end or choose another --out") from None
             try:
@@ -168,6 +174,19 @@ def _read_holder(fd: int) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return holder if isinstance(holder, dict) else {}
+
+
+def _alive(holder: dict[str, Any]) -> bool:
+    """Whether the run a lock names may be alive: on this host, its process exists; on another, it cannot be told."""
+    if holder.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(holder.get("pid", 0)), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, TypeError, OverflowError):
+        return True
+    return True
 
 
 def _describe(holder: dict[str, Any]) -> str:
