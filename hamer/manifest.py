@@ -77,7 +77,11 @@ class Manifest:
         refuse_link(self.path, "manifest")
         if not self.path.is_file():
             return records
-        for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            text = self.path.read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            raise RunError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+        for number, line in enumerate(text.splitlines(), 1):
             try:
                 record = json.loads(line)
                 records[record["input"]] = record
