@@ -134,6 +134,13 @@ def test_same_names_from_two_folders_stay_distinct(tmp_path, capsys):
     assert records[-1]["name"] == "x-2" and json.loads((out / "x-2.jsonl").read_text())["source"] == str(second)
     assert (out / "x.jsonl").stat().st_mtime_ns == before
     assert json.loads((out / "x.jsonl").read_text())["source"] == str(first)
+    (tmp_path / "three").mkdir()
+    third = noise_png(tmp_path / "three" / "x.png", 2)
+    assert run(out, str(third), "--quiet") == 0  # alone, a third: the names of the others are taken
+    assert manifest(out)[-1]["name"] == "x-3" and json.loads((out / "x.jsonl").read_text())["source"] == str(first)
+    assert run(out, str(second), str(first), "--overwrite", "--quiet") == 0  # in another order: the same names
+    assert sorted((Path(r["input"]).parent.name, r["name"]) for r in manifest(out)[-2:]) == [("one", "x"),
+                                                                                            ("two", "x-2")]
 
 
 def test_a_video_one_frame_short_of_its_header_is_truncated(tmp_path):
