@@ -157,6 +157,10 @@ def test_a_video_one_frame_short_of_its_header_is_truncated(tmp_path):
     (rec,) = manifest(out)
     assert (rec["status"], rec["frames"], rec["expected_frames"]) == ("truncated", 5, 6)
     assert "5 of the 6 frames" in rec["error"] and len((out / "clip.jsonl").read_text().splitlines()) == 5
+    assert run(out, str(clip), "--quiet") == 0  # kept as it is: the same would be decoded again
+    assert len(manifest(out)) == 1
+    assert run(out, str(clip), "--quiet", "--resume") == 1  # retried
+    assert [r["status"] for r in manifest(out)] == ["truncated", "truncated"]
 
 
 def test_npz_axis_angle_of_a_global_rotation_other_than_the_joints():
@@ -176,6 +180,27 @@ def test_npz_axis_angle_of_a_global_rotation_other_than_the_joints():
     expected[np.arange(15), np.arange(15) % 3] = 0.1 * (np.arange(15) + 1)
     np.testing.assert_allclose(arrays["hand_pose_aa"][0, 0], expected, atol=1e-6)
     assert np.isnan(arrays["global_orient_aa"][0, 1]).all()
+
+
+def test_a_unit_a_run_died_in_runs_alone_in_a_child(tmp_path, capsys, caplog):
+    a, b = noise_png(tmp_path / "a.png", 0), noise_png(tmp_path / "b.png", 1)
+    out = tmp_path / "out"
+    assert run(out, str(a), str(b), "--quiet") == 0
+    done = {r["name"]: r for r in manifest(out)}
+    with open(out / MANIFEST, "a") as f:  # a run started a, then died; b died in a child (a native crash)
+        f.write(json.dumps({"input": done["a"]["input"], "name": "a", "kind": "image", "status": "started",
+                            "pid": 1, "host": "elsewhere", "time": "2026-01-01T00:00:00+0000"}) + "\n")
+        f.write(json.dumps({**done["b"], "status": "failed", "files": [],
+                            "error": "the process died while running it: SIGSEGV (a native crash)"}) + "\n")
+    with caplog.at_level("WARNING", logger="hamer"):
+        assert run(out, str(a), str(b), "--quiet") == 0
+    assert f"{a}: an earlier run died while running it; running it alone in a child process" in caplog.text
+    assert str(b) not in caplog.text  # died, unchanged: skipped
+    assert [(r["name"], r["status"]) for r in manifest(out)[2:]] == [("b", "failed"), ("a", "done")]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hamer"):
+        assert run(out, str(b), "--quiet", "--resume") == 0  # retried, alone again
+    assert f"{b}: an earlier run died" in caplog.text and manifest(out)[-1]["status"] == "done"
 
 
 # ---------------------------------------------------------------------------------------------------- two runs

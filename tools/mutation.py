@@ -39,6 +39,8 @@ RUN_TESTS = [f"tests/test_runs.py::test_{name}" for name in (
     "same_names_from_two_folders_stay_distinct",
     "no_writes_through_links_out_of_the_folder",
     "a_dead_runs_temporary_files_and_folders_are_removed",
+    "a_video_one_frame_short_of_its_header_is_truncated",
+    "a_unit_a_run_died_in_runs_alone_in_a_child",
 )] + ["tests/test_corpus.py::test_skips_what_is_done_refuses_other_options_then_resumes_or_overwrites",
       "tests/test_cli.py::test_video_interrupted_leaves_no_partial_file"]
 
