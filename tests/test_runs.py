@@ -141,6 +141,14 @@ def test_same_names_from_two_folders_stay_distinct(tmp_path, capsys):
     assert run(out, str(second), str(first), "--overwrite", "--quiet") == 0  # in another order: the same names
     assert sorted((Path(r["input"]).parent.name, r["name"]) for r in manifest(out)[-2:]) == [("one", "x"),
                                                                                             ("two", "x-2")]
+    (tmp_path / "four").mkdir()
+    fourth = noise_png(tmp_path / "four" / "x.png", 3)
+    assert run(out, str(first), str(fourth), "--quiet") == 0  # beside the input that has "x": a new name
+    assert manifest(out)[-1]["name"] == "x-4"
+    shots = tmp_path / "shots.2024"  # a folder is named whole, dots and all
+    shots.mkdir()
+    noise_png(shots / "x.png", 4)
+    assert run(out, str(shots), "--quiet") == 0 and manifest(out)[-1]["name"] == "shots.2024"
 
 
 def test_a_video_one_frame_short_of_its_header_is_truncated(tmp_path):
