@@ -69,7 +69,7 @@ def plan(units: Sequence[Unit], out: Path, options: Options, known: dict[str, di
             if theirs:
                 raise OverwriteError(f"{out / theirs[0]} exists and no record of {out / MANIFEST} accounts for it: "
                                      "it is not replaced; pass --overwrite to replace it, or choose another --out")
-        if rec is not None and status not in ("started", "interrupted") and not overwrite:
+        if rec is not None and not overwrite:  # (started, interrupted: neither present nor failed: run)
             stat = input_stat(unit)
             changed = rec.get("stat", stat) != stat  # a record without one (an older manifest): unchanged
             present = status in ("done", "truncated") and all(os.path.lexists(out / f) for f in rec["files"])

@@ -69,6 +69,11 @@ def test_a_new_input_is_added_and_a_done_one_skipped(tmp_path, capsys):
     assert said.count("done earlier") == 2 and "--overwrite" in said and "0 unit(s) run now, 2 skipped" in said
     assert [(r["name"], r["status"]) for r in manifest(out)] == [("a", "done"), ("b", "done")]
     assert (out / "a.jsonl").stat().st_mtime_ns == before
+    time.sleep(0.01)
+    noise_png(a, 2)  # changed since: its results are stale, run again
+    assert run(out, str(a), "--quiet") == 0
+    assert [(r["name"], r["status"]) for r in manifest(out)] == [("a", "done"), ("b", "done"), ("a", "done")]
+    assert (out / "a.jsonl").stat().st_mtime_ns > before
 
 
 def test_outputs_without_a_record_are_protected(tmp_path, capsys):
@@ -76,10 +81,13 @@ def test_outputs_without_a_record_are_protected(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "a.npz").write_text("someone's file")
+    (out / "b.overlay.jpg").write_text("someone's picture")
     assert run(out, str(a)) == 1
     err = capsys.readouterr().err
-    assert f"{out / 'a.npz'} exists" in err and "--overwrite" in err
-    assert (out / "a.npz").read_text() == "someone's file" and sorted(p.name for p in out.iterdir()) == ["a.npz"]
+    assert f"{out / 'a.npz'} exists" in err and "it is not replaced; pass --overwrite" in err
+    assert run(out, str(b), "--overlay") == 1 and f"{out / 'b.overlay.jpg'} exists" in capsys.readouterr().err
+    assert (out / "a.npz").read_text() == "someone's file"
+    assert sorted(p.name for p in out.iterdir()) == ["a.npz", "b.overlay.jpg"]
     assert run(out, str(b)) == 0  # a manifest of other inputs does not account for it either
     assert run(out, str(a)) == 1 and (out / "a.npz").read_text() == "someone's file"
     assert run(out, str(a), "--overwrite") == 0 and (out / "a.npz").read_bytes()[:2] == b"PK"
@@ -110,10 +118,17 @@ def test_a_failed_input_fixed_runs_again_on_resume_and_ends_done(tmp_path, capsy
     assert run(out, str(a)) == 1
     assert run(out, str(a), "--resume") == 1  # --resume retries a failed one, unchanged: fails again
     assert [r["status"] for r in manifest(out)] == ["failed", "failed"]
+    b = tmp_path / "b.png"
+    b.write_bytes(a.read_bytes())
+    assert run(out, str(b), "--quiet") == 1
+    capsys.readouterr()
+    assert run(out, str(b)) == 0 and "failed earlier" in capsys.readouterr().out  # unchanged: not retried
     time.sleep(0.01)
+    noise_png(b)  # fixed: changed, so run again without --resume
+    assert run(out, str(b), "--quiet") == 0 and manifest(out)[-1]["status"] == "done"
     noise_png(a)  # fixed
     assert run(out, str(a), "--resume") == 0
-    records = manifest(out)
+    records = [r for r in manifest(out) if r["name"] == "a"]
     assert [r["status"] for r in records] == ["failed", "failed", "done"] and records[-1]["files"] == ["a.jsonl",
                                                                                                       "a.npz"]
     assert len((out / "a.jsonl").read_text().splitlines()) == 1
