@@ -84,11 +84,12 @@ def data_folder(work: Path, small: bool) -> Path:
 
 def run_frame_by_frame(data: Path, inputs: list[str], out: Path, batch_size: int) -> dict:
     """Today's loop: per video, VideoHands frame after frame, the same writer as the engines."""
-    from hamer.corpus import Decoded, Options, UnitWriter, assign_names, collect_units, read_frames
+    from hamer.corpus import Decoded, Options, UnitWriter, collect_units, read_frames
     from hamer.detection import HAND_TASK_PATH, POSE_TASK_PATH, DetectorOptions, HandDetector
     from hamer.engines.local import StageStats, TimedNetwork, load_reconstructor
     from hamer.outputs import Frame
     from hamer.pipeline import Reconstructor
+    from hamer.plan import assign_names
     from hamer.tracking import HandTracker, OneEuroFilter, VideoHands
 
     del batch_size

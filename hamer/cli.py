@@ -33,7 +33,7 @@ from . import configs
 from .corpus import ENGINES
 from .download import DEFAULT_URL
 from .images import BYTES_PER_PIXEL, MAX_IMAGE_PIXELS, METADATA_BYTES
-from .units import format_bytes
+from .sizes import format_bytes
 from .version import __version__
 
 if TYPE_CHECKING:
@@ -150,7 +150,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from .corpus import ModelError, Options, OverwriteError, read_list, run_corpus
+    from .corpus import ModelError, Options, read_list, run_corpus
+    from .manifest import RunError
 
     if args.rerun and "rerun" not in args.formats:
         args.formats = (*args.formats, "rerun")
@@ -186,20 +187,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         detect_workers=args.detect_workers, workers=args.workers or 1, ray_address=args.ray_address,
         formats=args.formats, vertices=args.vertices, pose_base=args.pose_base, camera=args.intrinsics or args.fov_deg,
         max_image_pixels=args.max_image_pixels)
+    skipped: list[str] = []
     with logging_redirect_tqdm(), tqdm(unit="frame", disable=args.quiet, dynamic_ncols=True) as bar:
         progress = _Bar(bar, args.quiet)
         try:
             records = run_corpus(inputs, args.out, options, resume=args.resume, overwrite=args.overwrite,
-                                 progress=progress)
-        except OverwriteError as exc:
+                                 progress=progress, skipped=lambda unit, why: skipped.append(f"{unit.path}: {why}"))
+        except RunError as exc:
             bar.write(f"error: {exc}", file=sys.stderr)
             return 1
         except ModelError as exc:
             hint = "\n       (`hamer check` tells what the data folder lacks)" if exc.data_problem else ""
             bar.write(f"error: cannot set up the model: {exc}{hint}", file=sys.stderr)
             return 1
-    if args.resume and not args.quiet:
-        print(f"{len(records)} unit(s) run now; the others were done by an earlier run (--resume)")
+    if skipped and not args.quiet:
+        more = f" (and {len(skipped) - 3} more input(s) like it)" if len(skipped) > 3 else ""
+        print("\n".join(skipped[:3]) + more)
+    if (args.resume or skipped) and not args.quiet:
+        print(f"{len(records)} unit(s) run now, {len(skipped)} skipped (results of an earlier run in {args.out})")
     return 1 if progress.failed else 0
 
 

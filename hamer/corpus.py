@@ -1,47 +1,56 @@
-"""A corpus run: many inputs, one unit of work each, a manifest of finished units, resumable after any kill.
+"""A corpus run: many inputs, one unit of work each, a manifest of their records, resumable after any kill.
 
-A *unit* is one video, one image, or one folder of images. Each unit's outputs (``<name>.jsonl``, ``<name>.npz``
-and with overlays ``<name>.overlay.*``) are written whole through atomic renames (:func:`hamer.outputs.atomic_path`);
-``OUT/manifest.jsonl`` gets one line per finished unit, flushed and fsynced as it is written::
+A *unit* is one video, one image, or one folder of images (:mod:`hamer.units`). Each unit's outputs
+(``<name>.jsonl``, ``<name>.npz`` and with overlays ``<name>.overlay.*``) are written whole through atomic renames
+(:func:`hamer.outputs.atomic_path`); ``OUT/manifest.jsonl`` (:mod:`hamer.manifest`) gets a ``started`` line before a
+unit runs and a line when it ends, each flushed and fsynced as it is written; for each input the latest line
+decides::
 
+    {"input": "/data/a.mp4", "name": "a", "kind": "video", "status": "started", "pid": 4242, "host": "node1",
+     "time": "2026-12-06T01:02:03+0000"}
     {"input": "/data/a.mp4", "name": "a", "kind": "video", "status": "done" | "failed" | "truncated",
      "frames": 300, "expected_frames": 300, "hands": 512, "seconds": 12.3, "error": null,
-     "files": ["a.jsonl", "a.npz"]}
+     "files": ["a.jsonl", "a.npz"], "pid": 4242, "host": "node1", "stat": [1048576, 1733446923000000000],
+     "options": {"formats": ["jsonl", "npz"], "overlay": false, ..., "model": "/home/me/.hamer/hamer.ckpt"}}
 
 ``truncated``: fewer frames decoded than the container announces (``CAP_PROP_FRAME_COUNT``); the decoded frames
-are written. ``failed``: nothing usable (unreadable input, an error while running it); its files are not written.
-:func:`run_corpus` is the Python entry point; ``hamer run`` calls it.
+are written. ``failed``: nothing usable (unreadable input, an error while running it, a process that died running
+it); its files are not written. ``interrupted``: the user stopped the run (Ctrl-C, SIGTERM) while it ran. ``pid``,
+``host``: the process that wrote the line. ``stat``: the input's ``[size, mtime_ns]`` when it ran
+(:func:`hamer.units.input_stat`; null when it could not be read), telling whether it changed since. ``options``:
+the options that decide the outputs (:func:`hamer.units.fingerprint`). What a run does with an input the manifest
+knows: :mod:`hamer.plan`. :func:`run_corpus` is the Python entry point; ``hamer run`` calls it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
 
 from .images import IMAGE_SUFFIXES, ImageError, opencv_path, read_image
-from .outputs import TEMP_PREFIX, Frame, VideoFileWriter, write_image
+from .manifest import MANIFEST, TEMP_FILE, FolderLock, Manifest, RunError, clean_temp_files, refuse_link, this_run
+from .outputs import Frame, VideoFileWriter, write_image
+from .plan import plan
+from .units import DEFAULT_FPS, Options, Unit, fingerprint, input_stat
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.jsonl"
+__all__ = ["MANIFEST", "TEMP_FILE", "InputError", "ModelError", "Options", "Progress", "Unit", "UnitWriter",
+           "collect_units", "read_frames", "record", "run_corpus"]
 ENGINES = ("local", "ray")
 # Files of a folder taken as videos (a file given by path is probed whatever its suffix).
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv",
                             ".ts", ".mts", ".3gp", ".ogv"})
-DEFAULT_FPS = 30.0
-# The temporary files of hamer.outputs.atomic_path: ".hamer-tmp-<pid>-<n><suffix>".
-TEMP_FILE = re.compile(rf"^{re.escape(TEMP_PREFIX)}(\d+)-\d+(\.[A-Za-z0-9]+)?$")
 
 
 class InputError(Exception):
@@ -54,67 +63,6 @@ class ModelError(Exception):
     def __init__(self, message: str, data_problem: bool = False) -> None:
         super().__init__(message)
         self.data_problem = data_problem
-
-
-class OverwriteError(Exception):
-    """The run would overwrite the results of an earlier run in the output folder."""
-
-
-@dataclass
-class Unit:
-    """One unit of work. kind: "image", "folder" (its images, sorted by name) or "video"; ``name``: the stem of
-    its output files in the output folder; ``frames``: frames or images announced (0 if unknown)."""
-
-    path: str
-    kind: str
-    name: str = ""
-    images: list[str] = field(default_factory=list)
-    frames: int = 0
-    fps: float = DEFAULT_FPS
-
-    def files(self, formats: Sequence[str], overlay: bool) -> list[str]:
-        """The names of the files (and folders) it writes in the output folder."""
-        from .formats import UnitInfo, output_paths
-
-        names = [p.name for p in output_paths(formats, UnitInfo(Path("."), self.name))]
-        if overlay:
-            from .outputs import VIDEO_CODECS, browser_codec
-
-            video = ".overlay" + VIDEO_CODECS[browser_codec()]
-            names.append(self.name + {"image": ".overlay.jpg", "folder": ".overlay", "video": video}[self.kind])
-        return names
-
-
-@dataclass
-class Options:
-    """The options of a corpus run (the ``hamer run`` flags, docs/CLI.md)."""
-
-    data: str | None = None
-    checkpoint: str | None = None
-    device: str = "cpu"
-    backend: str = "auto"
-    onnx: str | None = None
-    precision: str = "fp32"
-    rescale_factor: float = 2.0
-    max_hands: int = 2
-    bbox_only: bool = False
-    overlay: bool = False
-    overlay_style: str = "mesh"  # hamer.overlay.STYLES; "boxes" whatever is asked with bbox_only
-    side_view: bool = False
-    label_hold: int = 5
-    smooth: bool = False
-    min_cutoff: float = 1.0
-    beta: float = 10.0
-    formats: tuple[str, ...] = ("jsonl", "npz")
-    vertices: bool = False
-    pose_base: str | None = None
-    camera: Any = None  # a hamer.results.CameraSpec: Camera, FieldOfView, or a callable of (W, H)
-    engine: str = "local"
-    batch_size: int = 8
-    detect_workers: int = 2
-    workers: int = 1
-    ray_address: str | None = None
-    max_image_pixels: int | None = None  # None: hamer.images.MAX_IMAGE_PIXELS
 
 
 class Progress(Protocol):
@@ -198,27 +146,6 @@ def collect_units(inputs: Iterable[str]) -> tuple[list[Unit], list[tuple[str, st
     return units, problems
 
 
-def assign_names(units: Sequence[Unit], known: dict[str, dict[str, Any]]) -> None:
-    """Give each unit a unique output name: the one the manifest (``known``, by absolute input path) has for its
-    input, else its file (folder) name, with ``-2``, ``-3``... when taken."""
-    paths = {os.path.abspath(u.path) for u in units}
-    used = {rec["name"] for path, rec in known.items() if path not in paths}
-    for unit in units:
-        rec = known.get(os.path.abspath(unit.path))
-        if rec is not None and rec["name"]:
-            unit.name = rec["name"]
-            used.add(unit.name)
-    for unit in units:
-        if not unit.name:
-            stem = Path(unit.path).resolve().name if unit.kind == "folder" else Path(unit.path).stem
-            name, n = stem, 1
-            while name in used:
-                n += 1
-                name = f"{stem}-{n}"
-            unit.name = name
-            used.add(name)
-
-
 def pose_base(option: str | None, unit: Unit) -> Path | None:
     """The Holistic .pose to upgrade for ``unit``: ``--pose-base FILE``, or ``DIR/<name>.pose`` when that exists."""
     if option is None:
@@ -231,94 +158,12 @@ def pose_base(option: str | None, unit: Unit) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-# ---------------------------------------------------------------------------------------------------- manifest
-
-class Manifest:
-    """``OUT/manifest.jsonl``: one JSON line per finished unit, each flushed and fsynced as it is written."""
-
-    def __init__(self, out: Path) -> None:
-        self.path = Path(out) / MANIFEST
-        self._file: IO[str] | None = None
-
-    def load(self) -> dict[str, dict[str, Any]]:
-        """The latest record of each input; a torn last line (a kill while writing) is ignored."""
-        records: dict[str, dict[str, Any]] = {}
-        if not self.path.is_file():
-            return records
-        for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
-            try:
-                record = json.loads(line)
-                records[record["input"]] = record
-            except (ValueError, KeyError, TypeError):
-                log.warning("%s line %d is not a record (a run killed while writing it?); ignored", self.path,
-                            number)
-        return records
-
-    def append(self, record: dict[str, Any]) -> None:
-        """Write ``record`` as one line, on disk when this returns."""
-        if self._file is None:
-            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (held for the run)
-            if self._file.tell() > 0:  # a torn last line of a killed run: end it
-                with open(self.path, "rb") as f:
-                    f.seek(-1, os.SEEK_END)
-                    if f.read(1) != b"\n":
-                        self._file.write("\n")
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-
-def clean_temp_files(out: Path) -> list[Path]:
-    """Remove the temporary files a killed run left in ``out`` (and its overlay folders); returns them.
-
-    One run at a time per output folder: a run in progress has temporary files too."""
-    removed = []
-    for folder in [out, *(p for p in out.glob("*.overlay") if p.is_dir())]:
-        for path in folder.iterdir():
-            if TEMP_FILE.match(path.name) and path.is_file():
-                path.unlink(missing_ok=True)
-                removed.append(path)
-    if removed:
-        log.info("removed %d temporary file(s) of an interrupted run in %s", len(removed), out)
-    return removed
-
-
-def plan(units: Sequence[Unit], out: Path, options: Options, resume: bool, overwrite: bool
-         ) -> tuple[list[Unit], list[Unit]]:
-    """(units to run, units already done) in ``out``; OverwriteError when earlier results would be overwritten
-    without ``resume`` or ``overwrite``."""
-    manifest = Manifest(out)
-    known = {} if overwrite else manifest.load()
-    assign_names(units, known)
-    if overwrite:
-        return list(units), []
-    if resume:
-        done = [u for u in units if _is_done(known.get(os.path.abspath(u.path)), out)]
-        skipped = {id(u) for u in done}
-        return [u for u in units if id(u) not in skipped], done
-    existing = [f for u in units for f in u.files(options.formats, options.overlay) if (out / f).exists()]
-    if manifest.path.exists() or existing:
-        what = f"{manifest.path} exists" if manifest.path.exists() else f"{out / existing[0]} exists"
-        raise OverwriteError(f"{what}: earlier results would be overwritten; pass --resume to skip the inputs done "
-                             "and run the rest, or --overwrite to run everything again")
-    return list(units), []
-
-
-def _is_done(rec: dict[str, Any] | None, out: Path) -> bool:
-    return rec is not None and rec["status"] == "done" and all((out / f).exists() for f in rec["files"])
-
-
 def record(unit: Unit, status: str, frames: int, hands: int, seconds: float, error: str | None,
-           files: Sequence[str]) -> dict[str, Any]:
-    """The manifest line of a finished unit (its input as an absolute path)."""
+           files: Sequence[str], **extra: Any) -> dict[str, Any]:
+    """The manifest line of a finished unit (its input as an absolute path); ``extra``: more fields."""
     return {"input": os.path.abspath(unit.path), "name": unit.name, "kind": unit.kind, "status": status,
-            "frames": frames, "expected_frames": unit.frames, "hands": hands, "seconds": round(seconds, 3), "error": error,
-            "files": list(files)}
+            "frames": frames, "expected_frames": unit.frames, "hands": hands, "seconds": round(seconds, 3),
+            "error": error, "files": list(files), **extra}
 
 
 # ---------------------------------------------------------------------------------------------------- frames
@@ -411,6 +256,8 @@ class UnitWriter:
     def __enter__(self) -> UnitWriter:
         from .formats import UnitInfo, open_writers
 
+        for name in self.files:
+            refuse_link(self.out / name, "output", OSError)
         o = self.options
         info = UnitInfo(self.out, self.unit.name, self.unit.fps if self.unit.kind == "video" else None, self.faces,
                         pose_base(o.pose_base, self.unit), o.vertices)
@@ -453,20 +300,23 @@ class UnitWriter:
 
 def run_corpus(inputs: Iterable[str], out: str | os.PathLike, options: Options | None = None, *,
                resume: bool = False, overwrite: bool = False, progress: Progress | None = None,
-               stats: Any = None) -> list[dict[str, Any]]:
+               stats: Any = None, skipped: Callable[[Unit, str], None] | None = None) -> list[dict[str, Any]]:
     """Run HaMeR on a corpus: the manifest records of the units run now (inputs that cannot be read included,
-    as ``failed``), in the order they finished; units a resumed run skips are not repeated.
+    as ``failed``), in the order they finished. What is run, skipped or refused: :mod:`hamer.plan`.
 
     Args:
         inputs: images, folders (their images as one unit, and each of their videos) and videos.
-        out: the output folder (created); ``out/manifest.jsonl`` collects the records of every run into it.
+        out: the output folder (created); ``out/manifest.jsonl`` collects the records of every run into it. The
+            run holds it (``out/.hamer-lock``) and first removes what dead runs left (``.hamer-tmp-*``).
         options: model, video and engine options (default :class:`Options`).
-        resume: skip the units the manifest has as done whose files exist; run the rest.
-        overwrite: run everything again, replacing earlier results (and the manifest).
+        resume: also retry the units that failed or were truncated.
+        overwrite: run every unit again, replacing earlier results as the new ones are written.
         progress: told of written frames and finished units.
         stats: a ``hamer.engines.local.StageStats`` to accumulate per-stage seconds into.
+        skipped: told of each unit not run now, with why.
     Raises:
-        OverwriteError: earlier results exist and neither ``resume`` nor ``overwrite`` was given.
+        hamer.manifest.RunError: the folder is in use by another run (FolderBusy), earlier results would be
+            replaced (OverwriteError), a link is in the way, or the manifest cannot be written (ManifestError).
         ModelError: the network or MediaPipe cannot be set up.
     """
     options = options or Options()
@@ -476,29 +326,52 @@ def run_corpus(inputs: Iterable[str], out: str | os.PathLike, options: Options |
         raise ValueError(f"engine must be one of {ENGINES}, got {options.engine!r}")
     out = Path(out)
     units, problems = collect_units(inputs)
-    todo, done = plan(units, out, options, resume, overwrite)
-    if done:
-        log.info("resuming: %d unit(s) done earlier are skipped", len(done))
-    engine = None
-    if todo and options.engine == "local":
-        from .engines.local import LocalEngine
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunError(f"cannot create the output folder {out}: {exc.strerror or exc}") from None
+    try:
+        with FolderLock(out):
+            return _run_locked(units, problems, out, options, resume, overwrite, progress, stats, skipped)
+    finally:
+        if created and not any(out.iterdir()):
+            out.rmdir()  # nothing was written (refused, or the model could not load)
 
-        engine = LocalEngine(options, stats=stats)  # the network loads before anything is written
-    elif todo:
+
+def _run_locked(units: list[Unit], problems: list[tuple[str, str]], out: Path, options: Options, resume: bool,
+                overwrite: bool, progress: Progress | None, stats: Any, skipped: Callable[[Unit, str], None] | None
+                ) -> list[dict[str, Any]]:
+    """The run, holding the output folder's lock."""
+    manifest = Manifest(out)
+    todo = plan(units, out, options, manifest.load(), resume, overwrite)
+    for unit, why in todo.skipped:
+        log.info("%s: %s", unit.path, why)
+        if skipped is not None:
+            skipped(unit, why)
+    if options.engine == "ray" and (todo.todo or todo.suspects):
         from .engines.ray import check_model_files
 
         check_model_files(options)
-    out.mkdir(parents=True, exist_ok=True)
     clean_temp_files(out)
     if progress is not None:
-        frames = None if any(u.frames == 0 for u in todo) else sum(u.frames for u in todo)
-        progress.start(len(todo) + len(problems), frames)
-    manifest = Manifest(out)
-    if overwrite and manifest.path.exists():
-        manifest.path.unlink()
+        every = todo.suspects + todo.todo
+        frames = None if any(u.frames == 0 for u in every) else sum(u.frames for u in every)
+        progress.start(len(every) + len(problems), frames)
+    extra = {**this_run(), "options": fingerprint(options)}
+    stat = {os.path.abspath(u.path): input_stat(u) for u in units}
     records: list[dict[str, Any]] = []
 
+    in_flight: dict[str, Unit] = {}
+
+    def started(unit: Unit, status: str = "started") -> None:
+        in_flight[os.path.abspath(unit.path)] = unit
+        manifest.append({"input": os.path.abspath(unit.path), "name": unit.name, "kind": unit.kind,
+                         "status": status, **this_run(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
     def finished(rec: dict[str, Any]) -> None:
+        in_flight.pop(rec["input"], None)
+        rec = {**rec, **extra, "stat": stat.get(rec["input"])}
         manifest.append(rec)
         records.append(rec)
         if progress is not None:
@@ -508,12 +381,23 @@ def run_corpus(inputs: Iterable[str], out: str | os.PathLike, options: Options |
         for arg, why in problems:
             finished({"input": os.path.abspath(arg), "name": None, "kind": None, "status": "failed", "frames": 0,
                       "expected_frames": 0, "hands": 0, "seconds": 0.0, "error": why, "files": []})
-        if engine is not None:
-            engine.run(todo, out, finished, progress)
-        elif todo:
+        if todo.suspects:  # first, and before the network loads here: each in a process of its own
+            from .engines.isolated import run_isolated
+
+            for unit in todo.suspects:
+                finished(run_isolated(unit, out, options, progress))
+        if todo.todo and options.engine == "local":
+            from .engines.local import LocalEngine
+
+            LocalEngine(options, stats=stats).run(todo.todo, out, finished, progress, started=started)
+        elif todo.todo:
             from .engines.ray import run_ray
 
-            run_ray(todo, out, options, finished, progress, stats)
+            run_ray(todo.todo, out, options, finished, progress, stats)
+    except (KeyboardInterrupt, SystemExit):  # stopped by the user: the units in flight were not at fault
+        for unit in list(in_flight.values()):
+            started(unit, "interrupted")
+        raise
     finally:
         manifest.close()
     clean_temp_files(out)

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .units import format_bytes
+from .sizes import format_bytes
 
 COLORS = ("BGR", "RGB")
 

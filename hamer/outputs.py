@@ -110,6 +110,17 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 @contextmanager
+def naming(path: Path | None) -> Iterator[None]:
+    """Name ``path`` in an OSError of the block that names no file (a full disk while writing it: EFBIG, ENOSPC)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None or path is None:
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+
+
+@contextmanager
 def atomic_folder(path: Path) -> Iterator[Path]:
     """A temporary folder beside ``path`` that replaces ``path`` (an earlier one removed) if the block completes;
     removed with its files otherwise."""
@@ -261,18 +272,24 @@ class FrameWriter:
 
     def add(self, frame: Frame) -> None:
         if self._jsonl is not None:
-            self._jsonl.write(json.dumps(frame_json(frame), separators=(",", ":")) + "\n")
+            with naming(self.jsonl_path):
+                self._jsonl.write(json.dumps(frame_json(frame), separators=(",", ":")) + "\n")
         if self.npz_path is not None:
             self._rows.append(_npz_row(frame, self.vertices))
         self.frames += 1
         self.hands += len(frame.result.hands)
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is not None or self.npz_path is None:
+        if exc_type is not None:
             self._stack.__exit__(exc_type, exc, tb)
             return
-        with self._stack, atomic_path(self.npz_path) as tmp, open(tmp, "wb") as f:
-            np.savez_compressed(f, **_stack_rows(self._rows, self.vertices))
+        with self._stack:
+            if self._jsonl is not None:
+                with naming(self.jsonl_path):
+                    self._jsonl.close()  # flushed before the NPZ is written: a full disk leaves neither
+            if self.npz_path is not None:
+                with naming(self.npz_path), atomic_path(self.npz_path) as tmp, open(tmp, "wb") as f:
+                    np.savez_compressed(f, **_stack_rows(self._rows, self.vertices))
 
 
 VIDEO_CODECS = {"h264": ".mp4", "vp9": ".webm", "mp4v": ".mp4"}  # codec -> file suffix

@@ -1,17 +1,128 @@
-"""Sizes as the command line and the logs print them: decimal SI units (1 kB = 1000 bytes, 1 GB = 10^9 bytes),
-the units disk makers, download pages and the README use."""
+"""The units of a corpus run and the options they run with: what a unit is, the options that decide its outputs.
+
+A *unit* is one video, one image, or one folder of images (:class:`Unit`); :class:`Options` are the ``hamer run``
+flags. :func:`fingerprint` is the part of the options that changes a unit's outputs, as recorded in the manifest
+(``"options"``): a unit done with other options is not taken as done. The engine, batch size and worker counts
+are left out: they change results only by float rounding.
+"""
 
 from __future__ import annotations
 
-_UNITS = ((10**12, "TB"), (10**9, "GB"), (10**6, "MB"), (10**3, "kB"))
+import dataclasses
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_FPS = 30.0
+
+# fingerprint key -> the flags that set it (the message naming what differs)
+FINGERPRINT_FLAGS = {
+    "formats": "--formats", "overlay": "--overlay", "bbox_only": "--bbox-only", "vertices": "--vertices",
+    "camera": "--intrinsics/--fov-deg", "smooth": "--smooth", "min_cutoff": "--min-cutoff", "beta": "--beta",
+    "label_hold": "--label-hold", "rescale_factor": "--rescale-factor", "max_hands": "--max-hands",
+    "backend": "--backend", "precision": "--precision", "model": "--data/--checkpoint/--onnx",
+    "pose_base": "--pose-base", "overlay_style": "--overlay STYLE", "side_view": "--side-view",
+}
 
 
-def format_bytes(size: int) -> str:
-    """``size`` bytes, e.g. ``2683273819`` -> ``"2.68 GB"``, ``1536`` -> ``"1.54 kB"``, ``12`` -> ``"12 bytes"``:
-    three significant figures (more for sizes of 1000 TB or more)."""
-    for scale, unit in _UNITS:
-        if abs(size) >= scale:
-            value = size / scale
-            digits = len(str(int(abs(value))))  # before the point: 1 to 3 (more in TB)
-            return f"{value:.{max(0, 3 - digits)}f} {unit}"
-    return f"{size} byte" + ("" if size == 1 else "s")
+@dataclass
+class Unit:
+    """One unit of work. kind: "image", "folder" (its images, sorted by name) or "video"; ``name``: the stem of
+    its output files in the output folder; ``frames``: frames or images announced (0 if unknown)."""
+
+    path: str
+    kind: str
+    name: str = ""
+    images: list[str] = field(default_factory=list)
+    frames: int = 0
+    fps: float = DEFAULT_FPS
+
+    def files(self, formats: Sequence[str], overlay: bool) -> list[str]:
+        """The names of the files (and folders) it writes in the output folder."""
+        from .formats import UnitInfo, output_paths
+
+        names = [p.name for p in output_paths(formats, UnitInfo(Path("."), self.name))]
+        if overlay:
+            from .outputs import VIDEO_CODECS, browser_codec
+
+            video = ".overlay" + VIDEO_CODECS[browser_codec()]
+            names.append(self.name + {"image": ".overlay.jpg", "folder": ".overlay", "video": video}[self.kind])
+        return names
+
+
+@dataclass
+class Options:
+    """The options of a corpus run (the ``hamer run`` flags, docs/CLI.md)."""
+
+    data: str | None = None
+    checkpoint: str | None = None
+    device: str = "cpu"
+    backend: str = "auto"
+    onnx: str | None = None
+    precision: str = "fp32"
+    rescale_factor: float = 2.0
+    max_hands: int = 2
+    bbox_only: bool = False
+    overlay: bool = False
+    overlay_style: str = "mesh"  # hamer.overlay.STYLES; "boxes" whatever is asked with bbox_only
+    side_view: bool = False
+    label_hold: int = 5
+    smooth: bool = False
+    min_cutoff: float = 1.0
+    beta: float = 10.0
+    formats: tuple[str, ...] = ("jsonl", "npz")
+    vertices: bool = False
+    pose_base: str | None = None
+    camera: Any = None  # a hamer.results.CameraSpec: Camera, FieldOfView, or a callable of (W, H)
+    engine: str = "local"
+    batch_size: int = 8
+    detect_workers: int = 2
+    workers: int = 1
+    ray_address: str | None = None
+    max_image_pixels: int | None = None  # None: hamer.images.MAX_IMAGE_PIXELS
+
+
+def fingerprint(options: Options) -> dict[str, Any]:
+    """The options that change a unit's outputs, as JSON values: the model by its file paths (the checkpoint,
+    resolved; the ONNX file if given; None with ``bbox_only``), a camera by its values (a function by its name)."""
+    from .configs import data_paths
+
+    o = options
+    model = None
+    if not o.bbox_only:
+        model = str(data_paths(o.data, o.checkpoint).checkpoint)
+        if o.onnx is not None:
+            model += f" ({os.path.abspath(o.onnx)})"
+    camera = o.camera
+    if dataclasses.is_dataclass(camera):
+        camera = {"type": type(camera).__name__, **dataclasses.asdict(camera)}
+    elif camera is not None:
+        camera = getattr(camera, "__qualname__", type(camera).__qualname__)
+    return {"formats": sorted(o.formats), "overlay": o.overlay, "bbox_only": o.bbox_only, "vertices": o.vertices,
+            "camera": camera, "smooth": o.smooth, "min_cutoff": o.min_cutoff, "beta": o.beta,
+            "label_hold": o.label_hold, "rescale_factor": o.rescale_factor, "max_hands": o.max_hands,
+            "backend": o.backend, "precision": o.precision, "model": model,
+            "pose_base": None if o.pose_base is None else os.path.abspath(o.pose_base),
+            "overlay_style": o.overlay_style if o.overlay else None, "side_view": o.overlay and o.side_view}
+
+
+def differences(recorded: dict[str, Any] | None, now: dict[str, Any]) -> list[str]:
+    """The flags whose values differ between a recorded fingerprint and ``now`` (none for a record without one:
+    a manifest written before fingerprints)."""
+    if recorded is None:
+        return []
+    return [FINGERPRINT_FLAGS.get(key, key) for key in now if recorded.get(key) != now[key]]
+
+
+def input_stat(unit: Unit) -> list[int] | None:
+    """``[size, mtime_ns]`` of a unit's input (a folder: its images' total size and latest mtime, the folder's
+    own included): the record's ``"stat"``, telling whether the input changed since. None if it cannot be read."""
+    folder = unit.kind == "folder"
+    try:
+        stats = [os.stat(p) for p in ([unit.path, *unit.images] if folder else [unit.path])]
+    except OSError:
+        return None
+    size = sum(s.st_size for s in stats[1:]) if folder else stats[0].st_size
+    return [size, max(s.st_mtime_ns for s in stats)]

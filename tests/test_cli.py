@@ -192,7 +192,9 @@ def test_video_interrupted_leaves_no_partial_file(data_dir, tmp_path, monkeypatc
     assert main(["run", str(tmp_path / "noise.mp4"), "--data", str(data_dir), "--out", str(out), "--overlay",
                  "--quiet"]) == 130
     assert "interrupted" in capsys.readouterr().err
-    assert [p.name for p in out.iterdir()] == []  # no JSONL, NPZ or MP4, whole or temporary; no manifest line
+    assert [p.name for p in out.iterdir()] == ["manifest.jsonl"]  # no JSONL, NPZ or MP4, whole or temporary
+    assert [json.loads(line)["status"] for line in (out / "manifest.jsonl").read_text().splitlines()] == [
+        "started", "interrupted"]  # in flight when stopped: not a suspect of a crash
     monkeypatch.undo()
     assert main(["run", str(tmp_path / "noise.mp4"), "--data", str(data_dir), "--out", str(out), "--overlay",
                  "--quiet"]) == 0

@@ -16,7 +16,6 @@ import cv2
 import numpy as np
 import pytest
 from conftest import SHARED_IMAGES as IMAGES
-
 from videos import manifest, pan_zoom, temp_files, write_video
 
 from hamer.cli import main
@@ -149,16 +148,21 @@ def test_corrupt_and_truncated_inputs_are_recorded_and_the_rest_done(data_dir, c
     assert all(r["seconds"] >= 0 and r["error"] is None for r in records.values() if r["status"] == "done")
 
 
-def test_refuses_to_overwrite_then_resumes_or_overwrites(data_dir, clips, tmp_path, capsys):
+def test_skips_what_is_done_refuses_other_options_then_resumes_or_overwrites(data_dir, clips, tmp_path, capsys):
     out = tmp_path / "out"
-    base = ["run", str(clips["noise"]), "--data", str(data_dir), "--out", str(out), "--quiet"]
-    assert main(base) == 0
+    base = ["run", str(clips["noise"]), "--data", str(data_dir), "--out", str(out)]
+    assert main([*base, "--quiet"]) == 0
     before = (out / "noise.jsonl").stat().st_mtime_ns
     capsys.readouterr()
-    assert main(base) == 1
-    err = capsys.readouterr().err
-    assert "--resume" in err and "--overwrite" in err and "manifest.jsonl exists" in err
+    assert main(base) == 0  # the same options: done, skipped, said so
+    said = capsys.readouterr().out
+    assert f"{clips['noise']}: done earlier" in said and "--overwrite" in said and "0 unit(s) run now" in said
     assert (out / "noise.jsonl").stat().st_mtime_ns == before and len(manifest(out)) == 1
+    lines = (out / MANIFEST).read_bytes()
+    assert main([*base, "--formats", "jsonl"]) == 1  # other options: refused, nothing touched
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and "--formats" in err and "noise.jsonl" in err
+    assert (out / MANIFEST).read_bytes() == lines and (out / "noise.jsonl").stat().st_mtime_ns == before
     listed = tmp_path / "list.txt"
     listed.write_text(f"# the corpus\n{clips['noise']}\n\n{clips['corrupt']}\n")
     assert main(["run", "--list", str(listed), "--resume", "--data", str(data_dir), "--out", str(out),
@@ -166,8 +170,11 @@ def test_refuses_to_overwrite_then_resumes_or_overwrites(data_dir, clips, tmp_pa
     assert [(Path(r["input"]).name, r["status"]) for r in manifest(out)] == [("noise.mp4", "done"),
                                                                              ("corrupt.mp4", "failed")]
     assert (out / "noise.jsonl").stat().st_mtime_ns == before
-    assert main([*base, "--overwrite"]) == 0
-    assert [(Path(r["input"]).name, r["status"]) for r in manifest(out)] == [("noise.mp4", "done")]
+    assert main([*base, "--overwrite", "--formats", "jsonl", "--quiet"]) == 0
+    records = manifest(out)  # appended: the old records stay, the latest decides
+    assert [(Path(r["input"]).name, r["status"]) for r in records] == [("noise.mp4", "done"),
+                                                                       ("corrupt.mp4", "failed"), ("noise.mp4", "done")]
+    assert records[-1]["files"] == ["noise.jsonl"] and records[-1]["options"]["formats"] == ["jsonl"]
     assert (out / "noise.jsonl").stat().st_mtime_ns > before
 
 

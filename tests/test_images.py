@@ -259,7 +259,7 @@ def test_the_max_image_pixels_flag(tmp_path):
     out = tmp_path / "out"
     run = hamer_run(str(folder), "--bbox-only", "--quiet", "--out", str(out), "--max-image-pixels", "600")
     assert run.returncode == 1, run.stderr
-    record = json.loads((out / "manifest.jsonl").read_text())
+    record = json.loads((out / "manifest.jsonl").read_text().splitlines()[-1])  # after the unit's "started" line
     assert record["status"] == "truncated"
     assert record["error"] == (f"cannot read 1 image(s), skipped: {folder / 'b_large.png'}: 320 x 240 = 76800 pixels, "
                                "over the limit of 600: not decoded")

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 from conftest import SHARED_IMAGES as IMAGES
 
-from hamer.corpus import MANIFEST, TEMP_FILE
+from hamer.manifest import MANIFEST, TEMP_FILE
 
 
 def pan_zoom(photo: str, frames: int, size=(320, 240)) -> list[np.ndarray]:
@@ -33,8 +33,10 @@ def write_video(path: Path, frames: list[np.ndarray], fps: float = 10.0, fourcc:
     return path
 
 
-def manifest(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / MANIFEST).read_text().splitlines()]
+def manifest(out: Path, started: bool = False) -> list[dict]:
+    """The records of ``out``'s manifest, in order (the ``started`` ones too when asked)."""
+    records = [json.loads(line) for line in (out / MANIFEST).read_text().splitlines()]
+    return [r for r in records if started or r["status"] != "started"]
 
 
 def temp_files(out: Path) -> list[Path]:

@@ -30,6 +30,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / ".mutation"
 
+# the in-process runs of tests/test_runs.py (--bbox-only: seconds each)
+RUN_TESTS = [f"tests/test_runs.py::test_{name}" for name in (
+    "a_new_input_is_added_and_a_done_one_skipped",
+    "outputs_without_a_record_are_protected",
+    "the_latest_record_decides",
+    "a_failed_input_fixed_runs_again_on_resume_and_ends_done",
+    "same_names_from_two_folders_stay_distinct",
+    "no_writes_through_links_out_of_the_folder",
+    "a_dead_runs_temporary_files_and_folders_are_removed",
+    "a_video_one_frame_short_of_its_header_is_truncated",
+    "a_unit_a_run_died_in_runs_alone_in_a_child",
+)] + ["tests/test_corpus.py::test_skips_what_is_done_refuses_other_options_then_resumes_or_overwrites",
+      "tests/test_cli.py::test_video_interrupted_leaves_no_partial_file"]
+
 # group -> (module file, mutant name patterns (fnmatch; None: all of the module), tests)
 GROUPS: dict[str, tuple[str, list[str] | None, list[str]]] = {
     "cropping": ("hamer/cropping.py", None,
@@ -55,6 +69,12 @@ GROUPS: dict[str, tuple[str, list[str] | None, list[str]]] = {
                   "tests/test_process.py", "tests/test_frame_result.py", "tests/test_formats.py"]),
     "outputs": ("hamer/outputs.py", None, ["tests/test_outputs.py", "tests/test_formats.py", "tests/test_cli.py"]),
     "gptq": ("hamer/quantize/gptq.py", None, ["tests/test_gptq.py"]),
+    # the corpus runner's bookkeeping: what a run does with each input (plan), the manifest, lock and leftovers
+    "plan": ("hamer/plan.py", None, RUN_TESTS),
+    "manifest": ("hamer/manifest.py", None,
+                 [*RUN_TESTS, *(f"tests/test_runs.py::test_{name}" for name in (
+                     "a_second_run_on_the_folder_is_refused_and_a_dead_runs_lock_taken_over",
+                     "a_full_disk_fails_the_unit_and_an_unwritable_manifest_stops_the_run"))]),
     "quantize-search": ("hamer/quantize/search.py",
                         ["hamer.quantize.search.x_cheapest*", "hamer.quantize.search.x_fewest*"],
                         ["tests/test_onnx.py::test_leading_fp32_blocks_search_finds_the_fewest_that_pass",

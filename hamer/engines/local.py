@@ -35,6 +35,7 @@ from ..outputs import Frame
 from ..pipeline import Reconstructor, best_per_label, find_hands, frame_result
 from ..results import Hand
 from ..tracking import HandTracker, OneEuroFilter, TrackedFrame, VideoHands
+from .queues import EMPTY, Stopped, get, get_nowait, put
 
 if TYPE_CHECKING:
     from ..detection import HandDetector
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STAGES = ("decode", "detect", "crop", "network", "write")
-_POLL_S = 0.1
 
 
 class StageStats:
@@ -110,10 +110,6 @@ class _End:
     job: _Job
 
 
-class _Stop(Exception):
-    """The run is being stopped (an interrupt or an error elsewhere)."""
-
-
 def load_reconstructor(options: Options) -> Reconstructor | None:
     """The network of ``options``, loaded (None with ``bbox_only``); ModelError if it cannot be."""
     if options.bbox_only:
@@ -178,9 +174,10 @@ class LocalEngine:
     # ------------------------------------------------------------------------------------------------ the run
 
     def run(self, units: list[Unit], out: Path, finished: Callable[[dict[str, Any]], None],
-            progress: Progress | None = None) -> None:
-        """Run ``units``, writing into ``out``; ``finished(record)`` for each unit as it ends (in the writer
-        thread). An interrupt stops every stage; the units in flight leave no file."""
+            progress: Progress | None = None, started: Callable[[Unit], None] | None = None) -> None:
+        """Run ``units``, writing into ``out``; ``started(unit)`` as each begins (in its detection thread, before
+        it is read), ``finished(record)`` as each ends (in the writer thread). An interrupt stops every stage; the
+        units in flight leave no file."""
         o = self.options
         todo: queue.Queue[Unit | None] = queue.Queue()
         for unit in units:
@@ -195,7 +192,7 @@ class LocalEngine:
             def body() -> None:
                 try:
                     target()
-                except _Stop:
+                except Stopped:
                     pass
                 except BaseException as exc:  # noqa: BLE001 (re-raised in the calling thread)
                     errors.append(exc)
@@ -217,6 +214,8 @@ class LocalEngine:
                         return
                     if unit.kind != "video" and images is None:
                         images = HandDetector(self._detector_options("IMAGE"))
+                    if started is not None:
+                        started(unit)
                     self._detect_unit(unit, images, work, stop)
             finally:
                 if images is not None:
@@ -224,7 +223,7 @@ class LocalEngine:
                 with live_lock:
                     live[0] -= 1
                     if live[0] == 0:
-                        _put(work, None, stop)
+                        put(work, None, stop)
 
         workers = [threading.Thread(target=guarded(detect_loop), name=f"hamer-detect-{i}", daemon=True)
                    for i in range(o.detect_workers)]
@@ -235,7 +234,7 @@ class LocalEngine:
         try:
             self._network_loop(work, done, stop)
             writer.join()
-        except _Stop:
+        except Stopped:
             pass
         finally:
             stop.set()
@@ -276,13 +275,13 @@ class LocalEngine:
                         hands, detections = find_hands(img, detector=detector, select=best_per_label)
                     self.stats.add("decode", t1 - t0)
                     self.stats.add("detect", time.perf_counter() - t1)
-                    _put(work, _Item(job, index, time_s, source, img, tuple(hands), detections, tracked), stop)
-        except _Stop:
+                    put(work, _Item(job, index, time_s, source, img, tuple(hands), detections, tracked), stop)
+        except Stopped:
             raise
         except Exception as exc:  # noqa: BLE001 (recorded: the unit failed, the run goes on)
             log.debug("unit %s failed", unit.path, exc_info=True)
             job.error = f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
-        _put(work, _End(job), stop)
+        put(work, _End(job), stop)
 
     def _network_loop(self, work: queue.Queue, done: queue.Queue, stop: threading.Event) -> None:
         """Stage 2: the crops of consecutive frames (up to ``batch_size``) through the network at once; a batch
@@ -291,16 +290,16 @@ class LocalEngine:
         batch: list[_Item] = []
         crops = 0
         while True:
-            item = _get(work, stop) if not batch else _get_nowait(work)
+            item = get(work, stop) if not batch else get_nowait(work)
             full = isinstance(item, _Item) and (crops + len(item.hands) > size or len(batch) >= size)
-            if item is _EMPTY or not isinstance(item, _Item) or full:
+            if item is EMPTY or not isinstance(item, _Item) or full:
                 self._reconstruct(batch, done, stop)  # a unit's end or the run's follows its frames
                 batch, crops = [], 0
             if isinstance(item, _Item):
                 batch.append(item)
                 crops += len(item.hands)
-            elif item is not _EMPTY:
-                _put(done, item, stop)
+            elif item is not EMPTY:
+                put(done, item, stop)
                 if item is None:
                     return
 
@@ -315,7 +314,7 @@ class LocalEngine:
             for item, hands in zip(batch, results, strict=True):
                 item.done = hands
         for item in batch:
-            _put(done, item, stop)
+            put(done, item, stop)
 
     def _write_loop(self, out: Path, done: queue.Queue, finished: Callable[[dict[str, Any]], None],
                     progress: Progress | None, stop: threading.Event) -> None:
@@ -324,7 +323,7 @@ class LocalEngine:
         failed: set[_Job] = set()
         try:
             while True:
-                item = _get(done, stop)
+                item = get(done, stop)
                 if item is None:
                     return
                 if isinstance(item, _End):
@@ -345,13 +344,13 @@ class LocalEngine:
                     failed.add(job)
                     broken = writers.pop(job, None)
                     if broken is not None:
-                        broken.__exit__(type(exc), exc, exc.__traceback__)
+                        _discard(broken, exc)
                 self.stats.add("write", time.perf_counter() - start, frames=1)
                 if progress is not None:
                     progress.frames(1)
         finally:
             for writer in writers.values():  # interrupted: no partial file
-                writer.__exit__(_Stop, _Stop(), None)
+                _discard(writer, Stopped())
 
     def _result(self, item: _Item) -> Any:
         hands = item.hands if item.done is None else item.done
@@ -364,18 +363,18 @@ class LocalEngine:
         unit = job.unit
         if job.error is not None or write_failed:
             if writer is not None:
-                writer.__exit__(_Stop, _Stop(), None)
+                _discard(writer, Stopped())
             status, error, files = "failed", job.error, []
         else:
             status, error = outcome(unit, job.decoded)
             files = []
             if status != "failed":
-                if writer is None:  # no frame at all (e.g. every image of a folder unreadable)
-                    writer = UnitWriter(unit, out, self.options, self.faces).__enter__()
                 try:
+                    if writer is None:  # no frame at all (e.g. every image of a folder unreadable)
+                        writer = UnitWriter(unit, out, self.options, self.faces).__enter__()
                     writer.__exit__(None, None, None)
                     files = [f for f in writer.files if (out / f).exists()]
-                except OSError as exc:
+                except (OSError, ValueError) as exc:  # a full disk, a damaged --pose-base, a link in the way
                     status, error = "failed", f"cannot write its outputs: {exc}"
         frames = 0 if writer is None else writer.frames
         hands = 0 if writer is None else writer.hands
@@ -383,32 +382,9 @@ class LocalEngine:
         finished(record(unit, status, frames, hands, time.perf_counter() - job.start, error, files))
 
 
-_EMPTY = object()
-
-
-def _get_nowait(q: queue.Queue) -> Any:
+def _discard(writer: UnitWriter, exc: BaseException) -> None:
+    """Close ``writer`` without its files; an error doing so (the full disk that failed it) is the unit's already."""
     try:
-        return q.get_nowait()
-    except queue.Empty:
-        return _EMPTY
-
-
-def _get(q: queue.Queue, stop: threading.Event) -> Any:
-    while True:
-        if stop.is_set():
-            raise _Stop
-        try:
-            return q.get(timeout=_POLL_S)
-        except queue.Empty:
-            continue
-
-
-def _put(q: queue.Queue, item: Any, stop: threading.Event) -> None:
-    while True:
-        if stop.is_set():
-            raise _Stop
-        try:
-            q.put(item, timeout=_POLL_S)
-            return
-        except queue.Full:
-            continue
+        writer.__exit__(type(exc), exc, exc.__traceback__)
+    except (OSError, ValueError) as again:
+        log.debug("%s: %s while discarding its outputs", writer.unit.path, again)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..outputs import Frame, atomic_folder
+from ..outputs import Frame, atomic_folder, naming
 from ..results import Hand
 
 
@@ -41,7 +41,8 @@ class ObjWriter:
         for hand in frame.result.hands:
             if hand.reconstructed:
                 path = self._staging / f"frame_{frame.index:06d}_{hand.label}.obj"
-                path.write_text(obj_text(hand, self.faces), encoding="ascii")
+                with naming(self.folder / path.name):
+                    path.write_text(obj_text(hand, self.faces), encoding="ascii")
 
     def __exit__(self, *exc: Any) -> None:
         self._context.__exit__(*exc)

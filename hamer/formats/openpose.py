@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..outputs import Frame, atomic_folder
+from ..outputs import Frame, atomic_folder, naming
 from ..results import Hand
 
 NUM_JOINTS = 21
@@ -60,7 +60,8 @@ class OpenPoseWriter:
 
     def add(self, frame: Frame) -> None:
         path = self._staging / f"{self.name}_{frame.index:012d}_keypoints.json"
-        path.write_text(json.dumps(frame_people(frame)), encoding="utf-8")
+        with naming(self.folder / path.name):
+            path.write_text(json.dumps(frame_people(frame)), encoding="utf-8")
 
     def __exit__(self, *exc: Any) -> None:
         self._context.__exit__(*exc)

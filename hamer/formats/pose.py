@@ -4,8 +4,9 @@ The file has MediaPipe Holistic's hand components, ``LEFT_HAND_LANDMARKS`` and `
 each with MediaPipe's hand landmark names (``WRIST``, ``THUMB_CMC`` ... ``PINKY_TIP``, the same order as ours) and
 limbs, format ``XYZC``, one person. x, y: image pixels (``keypoints_2d``). z: depth relative to the wrist, on the
 pixel scale of x and y at the hand (metres times the hand's image scale, the pixels of ``keypoints_2d`` per metre
-of ``keypoints_3d``), so that x, y, z form one isotropic space for pose-format's 3D hand tools. C: the detector's score (1 for a box the user gave);
-an absent hand has C = 0 and is masked. The header has the frame size; the body the video's fps (1 for images).
+of ``keypoints_3d``), so that x, y, z form one isotropic space for pose-format's 3D hand tools. C: the detector's
+score (1 for a box the user gave); an absent hand has C = 0 and is masked. The header has the frame size; the body
+the video's fps (1 for images).
 
 With a *base* (a user's MediaPipe-Holistic ``.pose`` of the same video), the file written is the base with the
 data of its two hand components replaced by HaMeR's, frame by frame: every other component is left as it was.
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..outputs import Frame, atomic_path
+from ..outputs import Frame, atomic_path, naming
 from ..results import Hand
 
 HAND_POINTS = (
@@ -95,7 +96,7 @@ class PoseWriter:
         if exc_type is not None:
             return
         pose = self._upgraded_base() if self.base is not None else self._new_pose()
-        with atomic_path(self.path) as tmp, open(tmp, "wb") as f:
+        with naming(self.path), atomic_path(self.path) as tmp, open(tmp, "wb") as f:
             pose.write(f)
 
     def _new_pose(self) -> Any:
@@ -117,8 +118,9 @@ class PoseWriter:
 
         try:
             pose = Pose.read(self.base.read_bytes())
-        except (OSError, ValueError, EOFError, IndexError, KeyError) as exc:
-            raise ValueError(f"--pose-base {self.base}: cannot read it as a .pose file ({exc})") from None
+        except Exception as exc:  # noqa: BLE001 (any damage a reader of a foreign file can meet: the unit fails)
+            raise ValueError(f"--pose-base {self.base}: cannot read it as a .pose file ({type(exc).__name__}: "
+                             f"{exc})") from None
         names = [c.name for c in pose.header.components]
         frames, people, points, dims = pose.body.data.shape
         problems = [f"it has no {n} component" for n in COMPONENTS.values() if n not in names]

@@ -1,4 +1,4 @@
-"""Sizes printed in one unit system, decimal SI (hamer.units.format_bytes): `hamer check`, `convert`, `download`."""
+"""Sizes printed in one unit system, decimal SI (hamer.sizes.format_bytes): `hamer check`, `convert`, `download`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 import pytest
 
 from hamer.cli import main
-from hamer.units import format_bytes
+from hamer.sizes import format_bytes
 
 
 @pytest.mark.parametrize("size, text", [

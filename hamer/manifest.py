@@ -1,0 +1,220 @@
+"""The bookkeeping of an output folder: its manifest, the lock a run holds on it, the temporary files of dead runs.
+
+``OUT/manifest.jsonl`` has one JSON line per event, flushed and fsynced as it is written; for each input the latest
+line decides. A unit gets a ``started`` line before it runs and a finished line (``done``, ``truncated``,
+``failed``) when it ends; the fields are in :mod:`hamer.corpus`. ``OUT/.hamer-lock`` is held (``flock``) by the run
+writing into the folder and names it (pid, host, start time); the kernel releases it when that process dies, however
+it dies, so a lock left by a dead run is taken over. Nothing is written through a symbolic link: a manifest or lock
+that is a link is refused.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from .outputs import TEMP_PREFIX
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.jsonl"
+LOCK = ".hamer-lock"
+# The temporary files and folders of hamer.outputs.atomic_path / atomic_folder: ".hamer-tmp-<pid>-<n><suffix>".
+TEMP_FILE = re.compile(rf"^{re.escape(TEMP_PREFIX)}(\d+)-\d+(\.[A-Za-z0-9]+)?$")
+# The error of a unit whose process died while running it (a native crash, an out-of-memory kill).
+DIED = "the process died while running it"
+
+
+class RunError(Exception):
+    """The output folder cannot be used for this run (nothing was written)."""
+
+
+class OverwriteError(RunError):
+    """The run would overwrite results it was not asked to replace."""
+
+
+class FolderBusy(RunError):
+    """Another run holds the output folder."""
+
+
+class ManifestError(RunError):
+    """The manifest cannot be written: the run stops (the units finished so far keep their records)."""
+
+
+def this_run() -> dict[str, Any]:
+    """The ``pid`` and ``host`` fields of the records this process writes."""
+    return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+def refuse_link(path: Path, what: str, error: type[Exception] = RunError) -> None:
+    """``error`` when ``path`` is a symbolic link (writing through it could write outside the output folder)."""
+    if path.is_symlink():
+        raise error(f"{path} is a symbolic link (to {os.readlink(path)}): the {what} is not written through "
+                    "links; remove it or choose another --out")
+
+
+class Manifest:
+    """``OUT/manifest.jsonl``: one JSON line per record, each flushed and fsynced as it is written (thread-safe)."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = Path(out) / MANIFEST
+        self._file: IO[str] | None = None
+        self._lock = threading.Lock()
+
+    def load(self) -> dict[str, dict[str, Any]]:
+        """The latest record of each input; a torn last line (a kill while writing) is ignored."""
+        records: dict[str, dict[str, Any]] = {}
+        refuse_link(self.path, "manifest")
+        if not self.path.is_file():
+            return records
+        try:
+            text = self.path.read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            raise RunError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+        for number, line in enumerate(text.splitlines(), 1):
+            try:
+                record = json.loads(line)
+                records[record["input"]] = record
+            except (ValueError, KeyError, TypeError):
+                log.warning("%s line %d is not a record (a run killed while writing it?); ignored", self.path,
+                            number)
+        return records
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Write ``record`` as one line, on disk when this returns; ManifestError when it cannot be."""
+        with self._lock:
+            try:
+                self._write(json.dumps(record) + "\n")
+            except OSError as exc:
+                raise ManifestError(f"cannot write {self.path}: {exc.strerror or exc}; the run stops (the units "
+                                    "recorded so far are kept)") from None
+
+    def _write(self, line: str) -> None:
+        if self._file is None:
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+            self._file = os.fdopen(fd, "a", encoding="utf-8")
+            size = os.fstat(fd).st_size
+            if size > 0 and os.pread(fd, 1, size - 1) != b"\n":  # a torn last line of a killed run: end it
+                line = "\n" + line
+        self._file.write(line)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                try:
+                    self._file.close()
+                except OSError:  # an unwritable manifest already stopped the run
+                    pass
+                self._file = None
+
+
+class FolderLock:
+    """The lock of a run on its output folder (``OUT/.hamer-lock``, see the module); a context manager.
+
+    FolderBusy, naming the holder, when another live run has it; a lock a dead run left is taken over (logged).
+    """
+
+    def __init__(self, out: Path) -> None:
+        self.path = Path(out) / LOCK
+        self._fd: int | None = None
+
+    def __enter__(self) -> FolderLock:
+        refuse_link(self.path, "lock")
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+            except OSError as exc:  # a link put there since (ELOOP), a folder not writable...
+                raise RunError(f"cannot open {self.path}: {exc.strerror}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                holder = _read_holder(fd)
+                unsupported = exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN)
+                if unsupported and not (holder and _alive(holder)):  # a file system without flock: the pid decides
+                    log.warning("%s: no flock on this file system (%s); the lock relies on the pid it names",
+                                self.path, exc.strerror)
+                    break
+                os.close(fd)
+                raise FolderBusy(f"{self.path.parent} is in use by another run ({_describe(holder)}); wait for it "
+                                 "to end or choose another --out") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path, follow_symlinks=False).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the run before removed the file as we opened it: lock the new one
+        holder = _read_holder(fd)
+        if holder:
+            log.warning("%s: took over the lock of a run that ended without releasing it (%s)", self.path.parent,
+                        _describe(holder))
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({**this_run(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self._fd)
+            self._fd = None
+
+
+def _read_holder(fd: int) -> dict[str, Any]:
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _alive(holder: dict[str, Any]) -> bool:
+    """Whether the run a lock names may be alive: on this host, its process exists; on another, it cannot be told."""
+    if holder.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(holder.get("pid", 0)), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, TypeError, OverflowError):
+        return True
+    return True
+
+
+def _describe(holder: dict[str, Any]) -> str:
+    if not holder:
+        return "pid and host unknown"
+    return f"pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}"
+
+
+def clean_temp_files(out: Path) -> list[Path]:
+    """Remove the temporary files and folders (``.hamer-tmp-*``) in ``out`` and its overlay folders; returns them.
+
+    Call it holding the folder's lock: then no other run is writing, and every one of them is a dead run's (or
+    this run's own, between its units)."""
+    removed = []
+    folders = [out, *(p for p in out.glob("*.overlay") if p.is_dir() and not p.is_symlink())]
+    for folder in folders:
+        for path in folder.iterdir():
+            if not TEMP_FILE.match(path.name):
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+    if removed:
+        log.info("removed %d temporary file(s) and folder(s) of an interrupted run in %s", len(removed), out)
+    return removed
