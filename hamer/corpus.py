@@ -110,6 +110,7 @@ class Options:
     detect_workers: int = 2
     workers: int = 1
     ray_address: str | None = None
+    gpus_per_worker: float | None = None  # Ray: GPUs per worker (None: 1 with a CUDA device, 0 otherwise)
 
 
 class Progress(Protocol):

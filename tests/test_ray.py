@@ -23,11 +23,11 @@ pytestmark = pytest.mark.skipif(not IMAGES.is_dir(), reason=f"test photographs n
 
 @pytest.fixture(scope="session")
 def local_ray():
-    from hamer.engines.ray import init_local
+    from hamer.engines.ray import LocalRay
 
-    init_local(num_cpus=2)
+    local = LocalRay(num_cpus=2)
     yield
-    ray.shutdown()
+    local.shutdown()
 
 
 def test_ray_equals_the_local_engine_and_records_a_failure(local_ray, data_dir, tmp_path):

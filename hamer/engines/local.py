@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import socket
 import threading
 import time
 from collections import defaultdict
@@ -380,7 +381,8 @@ class LocalEngine:
         frames = 0 if writer is None else writer.frames
         hands = 0 if writer is None else writer.hands
         self.stats.units += 1
-        finished(record(unit, status, frames, hands, time.perf_counter() - job.start, error, files))
+        finished({**record(unit, status, frames, hands, time.perf_counter() - job.start, error, files),
+                  "node": {"host": socket.gethostname()}})
 
 
 _EMPTY = object()
