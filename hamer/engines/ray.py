@@ -141,6 +141,32 @@ def ray_env(extra: dict[str, str]) -> Iterator[None]:
             signal.signal(signal.SIGTERM, sigterm)
 
 
+@contextmanager
+def sigterm_through_ray() -> Iterator[None]:
+    """The caller's SIGTERM handler (the command line's: exit status 143 after cleanup) still decides: Ray's
+    blocking calls turn the exception a signal handler raises into ``SystemExit(1)``, so a SIGTERM is noted and its
+    handler called again when one comes out. Nothing to do outside the main thread or without a Python handler."""
+    previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    if not callable(previous):
+        yield
+        return
+    caught: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        caught.append(signum)
+        previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    except SystemExit:
+        if caught:
+            previous(signal.SIGTERM, None)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def quiet_init_args() -> dict[str, Any]:
     """``ray.init`` arguments: the "ray" loggers at WARNING with -v (workers' output forwarded), else at ERROR
     (Ray's token-authentication notice and Ray Data's notices are warnings)."""
@@ -171,10 +197,17 @@ def run_ray(units: list[Unit], out: Path, options: Options, finished: Callable[[
     which Ray places on any node with the resources; a unit whose worker died ``MAX_ATTEMPTS`` times is recorded
     ``failed``. ``stats``: the workers' stage seconds, ``peak_rss_mib`` by worker pid, and as ``wall`` the time
     from the first unit's start on any worker to the last record (workers' start-up excluded)."""
-    import ray
 
     check_model_files(options)
     gpus = gpus_per_worker(options)
+    with sigterm_through_ray():
+        _run(units, out, options, gpus, finished, progress, stats)
+
+
+def _run(units: list[Unit], out: Path, options: Options, gpus: float, finished: Callable[[dict[str, Any]], None],
+         progress: Progress | None, stats: StageStats | None) -> None:
+    import ray
+
     started: LocalRay | bool | None = None
     if not ray.is_initialized():
         if options.ray_address is None:
