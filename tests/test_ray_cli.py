@@ -10,8 +10,18 @@ import time
 
 import pytest
 from conftest import SHARED_IMAGES as IMAGES
-from ray_helpers import (REPO, hamer_cmd, hamer_env, kill_marked, marked_processes, new_mark, run_cli,
-                         short_temp_dir, stderr_lines, wait_until_gone)
+from ray_helpers import (
+    REPO,
+    hamer_cmd,
+    hamer_env,
+    kill_marked,
+    marked_processes,
+    new_mark,
+    run_cli,
+    short_temp_dir,
+    stderr_lines,
+    wait_until_gone,
+)
 from videos import pan_zoom, temp_files, write_video
 
 pytest.importorskip("ray")

@@ -1,5 +1,5 @@
-"""`hamer run --engine ray --ray-address ADDR` on a multi-node Ray cluster started by the test on 127.0.0.1 (one
-process per node, as on separate machines: its own raylet and workers): each record names the node that ran it, a
+"""`hamer run --engine ray --ray-address ADDR` on a multi-node Ray cluster started by the test on this machine
+(each node its own raylet and workers, as on separate machines): each record names the node that ran it, a
 GPU request reaches Ray's scheduler, and a node lost mid-run costs only its unfinished unit, run again on a
 surviving node, with every input done exactly once.
 
@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from conftest import SHARED_IMAGES as IMAGES
-from ray_helpers import (REPO, TEST_MARK, hamer_cmd, hamer_env, kill_marked, new_mark, run_cli, short_temp_dir)
+from ray_helpers import REPO, TEST_MARK, hamer_cmd, hamer_env, kill_marked, new_mark, run_cli, short_temp_dir
 from videos import manifest, pan_zoom, temp_files, write_video
 
 from hamer.corpus import MANIFEST, TEMP_FILE
@@ -27,7 +27,9 @@ from hamer.corpus import MANIFEST, TEMP_FILE
 pytest.importorskip("ray")
 pytestmark = pytest.mark.skipif(not IMAGES.is_dir(), reason=f"test photographs not found at {IMAGES}")
 
-NODE = {"num_cpus": 1, "node_ip_address": "127.0.0.1"}
+# (no node_ip_address="127.0.0.1": a driver's ray.init resolves 127.0.0.1 to this machine's address, where such a
+# cluster's GCS does not listen; every node here is a process of this machine on its own address)
+NODE = {"num_cpus": 1}
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +82,8 @@ def test_a_two_node_run_names_the_node_of_each_unit(cluster, data_dir, onnx_cach
     # one worker of 1 CPU per node of 1 CPU: both nodes ran units
     assert {r["node"]["ray_node_id"] for r in records} == set(nodes)
     for r in records:
-        assert r["node"]["ip"] == "127.0.0.1" and r["node"]["host"] == socket.gethostname()
+        assert r["node"]["ip"] == nodes[r["node"]["ray_node_id"]].node_ip_address
+        assert r["node"]["host"] == socket.gethostname()
         assert r["node"]["gpus"] == []  # none asked for
 
 

@@ -39,6 +39,7 @@ from .local import LocalEngine, StageStats
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3  # runs of a unit whose Ray worker dies each time, before it is recorded failed
+_REST_S = 1.0  # between pings of a worker Ray is restarting
 
 
 class UnitWorker:
@@ -62,6 +63,9 @@ class UnitWorker:
         self.stats = StageStats()
         self.engine = LocalEngine(options, stats=self.stats)
         self.out = Path(out)
+
+    def ping(self) -> None:
+        """Nothing: answers once the worker is up."""
 
     def run(self, units: list[str]) -> list[str]:
         if self.first_unit is None:
@@ -193,10 +197,11 @@ def run_ray(units: list[Unit], out: Path, options: Options, finished: Callable[[
     ``workers`` actors of :func:`gpus_per_worker` GPUs each, with 0 CPUs on a CUDA device, else 1, each taking
     ``options.detect_workers`` units a call; ``finished(record)`` on the driver for each unit as its call ends.
 
-    A call whose worker dies (the process killed, its node lost) runs again unit by unit on the restarted worker,
-    which Ray places on any node with the resources; a unit whose worker died ``MAX_ATTEMPTS`` times is recorded
-    ``failed``. ``stats``: the workers' stage seconds, ``peak_rss_mib`` by worker pid, and as ``wall`` the time
-    from the first unit's start on any worker to the last record (workers' start-up excluded)."""
+    The units of a call whose worker dies (the process killed, its node lost) run again one by one, on any worker:
+    Ray restarts the dead one on any node with the resources; a unit whose worker died ``MAX_ATTEMPTS`` times
+    running it is recorded ``failed``. ``stats``: the workers' stage seconds,
+    ``peak_rss_mib`` by worker pid, and as ``wall`` the time from the first unit's start on any worker to the last
+    record (workers' start-up excluded)."""
 
     check_model_files(options)
     gpus = gpus_per_worker(options)
@@ -249,36 +254,58 @@ def _run(units: list[Unit], out: Path, options: Options, gpus: float, finished: 
 def _run_calls(calls: deque[tuple[int, list[str]]], pool: list[Any], finished: Callable[[dict[str, Any]], None],
                progress: Progress | None) -> dict[int, dict[str, Any]]:
     """Run ``calls`` ((worker deaths so far, units as JSON)) on the ``pool`` of workers, one call in flight per
-    worker; the workers' ``_worker`` stats by pid."""
+    worker; the workers' ``_worker`` stats by pid.
+
+    A worker that died is pinged every ``_REST_S`` until Ray has restarted it (a call sent earlier would fail at
+    once, ``ActorUnavailableError``, and count as a death); one that cannot be restarted leaves the pool."""
     import ray
 
     idle = list(pool)
+    resting: list[tuple[float, Any]] = []  # (when to ping it, worker)
+    pinging: dict[Any, Any] = {}
     running: dict[Any, tuple[Any, int, list[str]]] = {}
     workers: dict[int, dict[str, Any]] = {}
     while calls or running:
+        now = time.monotonic()
+        for when, worker in [r for r in resting if r[0] <= now]:
+            resting.remove((when, worker))
+            pinging[worker.ping.remote()] = worker
         while idle and calls:
             worker = idle.pop()
             deaths, call = calls.popleft()
             running[worker.run.remote(call)] = (worker, deaths, call)
-        (ref,), _ = ray.wait(list(running), num_returns=1)
+        if not (idle or resting or pinging or running):
+            raise ModelError(f"every Ray worker died; {sum(len(c) for _, c in calls)} unit(s) not run")
+        ready, _ = ray.wait([*running, *pinging], num_returns=1, timeout=_REST_S)
+        if not ready:
+            continue
+        (ref,) = ready
+        worker = pinging.pop(ref, None)
+        if worker is not None:
+            try:
+                ray.get(ref)
+                idle.append(worker)
+            except ray.exceptions.ActorUnavailableError:
+                resting.append((time.monotonic() + _REST_S, worker))
+            except ray.exceptions.RayActorError as exc:
+                _raise_model_error(exc)
+                log.warning("a Ray worker cannot be restarted: %s", exc)
+            continue
         worker, deaths, call = running.pop(ref)
-        idle.append(worker)  # a dead worker is restarted by Ray, on another node if its node is gone
         try:
             texts = ray.get(ref)
         except ray.exceptions.RayActorError as exc:
-            found = re.findall(r"ModelError: (.*)", str(exc))
-            if found:  # the network does not load: every worker would fail the same way
-                raise ModelError(f"the Ray workers cannot start: {found[-1]}") from exc
+            _raise_model_error(exc)
+            resting.append((time.monotonic() + _REST_S, worker))
+            log.info("a Ray worker died running %d unit(s); they run again: %s", len(call), exc)
             for text in call:  # one by one, so that a unit that kills its worker fails alone
                 if deaths + 1 < MAX_ATTEMPTS:
                     calls.append((deaths + 1, [text]))
-                    continue
-                unit = Unit(**json.loads(text))
-                rec = record(unit, "failed", 0, 0, 0.0, f"its Ray worker died {deaths + 1} times running it "
-                             f"(the last time: {type(exc).__name__})", [])
-                finished(rec)
-            log.info("a Ray worker died running %d unit(s); they run again: %s", len(call), exc)
+                else:
+                    finished(record(Unit(**json.loads(text)), "failed", 0, 0, 0.0,
+                                    f"its Ray worker died {MAX_ATTEMPTS} times running it", []))
             continue
+        idle.append(worker)
         for text in texts:
             rec = json.loads(text)
             worker_stats = rec.pop("_worker")
@@ -287,6 +314,13 @@ def _run_calls(calls: deque[tuple[int, list[str]]], pool: list[Any], finished: C
                 progress.frames(rec["frames"])
             finished(rec)
     return workers
+
+
+def _raise_model_error(exc: Exception) -> None:
+    """ModelError when a worker died because the network does not load (every worker would fail the same way)."""
+    found = re.findall(r"ModelError: (.*)", str(exc))
+    if found:
+        raise ModelError(f"the Ray workers cannot start: {found[-1]}") from exc
 
 
 def gpus_per_worker(options: Options) -> float:
