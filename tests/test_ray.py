@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -19,6 +20,24 @@ from hamer.corpus import TEMP_FILE, Options, run_corpus
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.skipif(not IMAGES.is_dir(), reason=f"test photographs not found at {IMAGES}")
+
+
+class Recorder:
+    """A progress listener (hamer.corpus.Progress) that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.started: tuple | None = None
+        self.counts: list[int] = []
+        self.units: list[dict] = []
+
+    def start(self, units: int, frames: int | None) -> None:
+        self.started = (units, frames)
+
+    def frames(self, count: int) -> None:
+        self.counts.append(count)
+
+    def unit(self, record: dict) -> None:
+        self.units.append(record)
 
 
 @pytest.fixture(scope="session")
@@ -38,9 +57,19 @@ def test_ray_equals_the_local_engine_and_records_a_failure(local_ray, data_dir, 
     inputs = [str(clips[0]), str(corrupt), str(clips[1])]
     options = Options(data=str(data_dir), smooth=True)
     local = run_corpus(inputs, tmp_path / "local", options)
-    remote = run_corpus(inputs, tmp_path / "ray", Options(**{**vars(options), "engine": "ray", "workers": 2}))
+    progress = Recorder()
+    remote = run_corpus(inputs, tmp_path / "ray", Options(**{**vars(options), "engine": "ray", "workers": 2}),
+                        progress=progress)
     assert sorted((r["input"], r["status"], r["frames"], r["hands"], r["files"]) for r in remote) == sorted(
         (r["input"], r["status"], r["frames"], r["hands"], r["files"]) for r in local)
+    # the bookkeeping: the frames reported add up to the frames recorded and to the lines written
+    assert progress.started == (3, None)  # the corrupt video announces no frame count
+    assert sum(progress.counts) == sum(r["frames"] for r in remote) == 9 == sum(
+        len((tmp_path / "ray" / f"{name}.jsonl").read_text().splitlines()) for name in ("a", "b"))
+    assert sorted(r["input"] for r in progress.units) == sorted(r["input"] for r in remote)
+    assert all(r["node"] == {"host": socket.gethostname()} for r in local)
+    node_id = ray.get_runtime_context().get_node_id()
+    assert all(r["node"]["ray_node_id"] == node_id and r["node"]["host"] == socket.gethostname() for r in remote)
     assert {Path(r["input"]).name: r["status"] for r in manifest(tmp_path / "ray")} == {
         "a.mp4": "done", "b.mp4": "done", "corrupt.mp4": "failed"}
     for name in ("a", "b"):
