@@ -1,9 +1,11 @@
-"""The Ray engine on a local Ray with 2 CPUs (one per pytest session): the local engine's outputs, a failing
-video recorded while the rest finish, and a worker running two videos at once killed mid-way, whose videos are
-still written once."""
+"""The Ray engine on a local Ray with 2 CPUs (one per pytest session): the local engine's outputs (and progress
+that adds up to the frames written), a failing video recorded while the rest finish, a worker running two videos at
+once killed mid-way, whose videos are still written once, and a video whose worker dies each time it runs it,
+recorded failed after three runs while the other video is done."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -133,3 +135,35 @@ def test_workers_that_cannot_load_the_network_fail_the_run_with_a_model_error(lo
         run_corpus([str(clip)], tmp_path / "out", Options(data=str(data_dir), engine="ray", device="banana"))
     with pytest.raises(ModelError, match="no GPU"):  # rather than waiting for one forever
         run_corpus([str(clip)], tmp_path / "out", Options(data=str(data_dir), engine="ray", device="cuda"))
+
+
+def test_a_unit_whose_worker_dies_each_time_fails_alone_after_three_runs(local_ray, data_dir, tmp_path):
+    poison = write_video(tmp_path / "poison.mp4", pan_zoom("test4.jpg", 40))
+    fine = write_video(tmp_path / "fine.mp4", pan_zoom("test5.jpeg", 3))
+    out = tmp_path / "out"
+    result: list = []
+    # both videos in one call of the one worker: the first death sends them back one by one
+    run = threading.Thread(target=lambda: result.append(run_corpus([str(poison), str(fine)], out, Options(
+        data=str(data_dir), engine="ray", workers=1, detect_workers=2))))
+    run.start()
+    killed: set[int] = set()
+    deadline = time.monotonic() + 300
+    while run.is_alive() and time.monotonic() < deadline:
+        for path in temp_files(out) if out.is_dir() else []:  # a worker writing poison.mp4's frames dies
+            try:
+                line, whole, _ = path.read_text().partition("\n") if path.suffix == ".jsonl" else ("", "", "")
+            except FileNotFoundError:
+                continue
+            pid = int(TEMP_FILE.match(path.name).group(1))
+            if whole and Path(json.loads(line)["source"]).name == "poison.mp4" and pid not in killed:
+                os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+        time.sleep(0.005)
+    run.join(timeout=60)
+    assert len(killed) == 3  # and not a fourth time
+    (records,) = result
+    assert sorted((Path(r["input"]).name, r["status"], r["frames"], r["error"]) for r in records) == [
+        ("fine.mp4", "done", 3, None), ("poison.mp4", "failed", 0, "its Ray worker died 3 times running it")]
+    assert [(Path(r["input"]).name, r["status"]) for r in manifest(out)] == [
+        (Path(r["input"]).name, r["status"]) for r in records]
+    assert sorted(p.name for p in out.iterdir()) == ["fine.jsonl", "fine.npz", "manifest.jsonl"]
