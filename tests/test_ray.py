@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import SHARED_IMAGES as IMAGES
+from ray_helpers import short_temp_dir
 from videos import manifest, pan_zoom, temp_files, write_video
 
 from hamer.corpus import TEMP_FILE, Options, run_corpus
@@ -46,7 +47,7 @@ class Recorder:
 def local_ray():
     from hamer.engines.ray import LocalRay
 
-    local = LocalRay(num_cpus=2)
+    local = LocalRay(num_cpus=2, temp_dir=str(short_temp_dir()))
     yield
     local.shutdown()
 

@@ -1,14 +1,20 @@
 """The Ray engine: the units of a corpus spread over the workers of a Ray cluster (``pip install "hamer[ray]"``).
 
-Ray Data maps the units through :class:`UnitWorker`, a callable class: each of the ``workers`` actors loads the
-network once and takes ``detect_workers`` units a call (a batch of whole units, so each video stays whole and in
-order on one worker), which it runs as one local engine does: ``detect_workers`` detection threads feeding one
-batched network and a writer, so one worker does what one ``--engine local`` process does. Workers write the units'
-files into the output folder, which on a cluster must be storage every machine shares. The driver writes the
-manifest and reports progress as calls finish. A worker process that dies mid-call is restarted and the call's
-units run again by Ray's retries; their files appear once (atomic renames; a unit finished before the kill is
-written again, whole, over its first copy), and the temporary files of the dead attempt are removed when the run
-ends.
+``workers`` Ray actors (:class:`UnitWorker`) each load the network once and take ``detect_workers`` units a call
+(whole units, so each video stays whole and in order on one worker), which they run as one local engine does:
+``detect_workers`` detection threads feeding one batched network and a writer. One call is in flight per worker, so
+calls go to the workers free for them. Workers write the units' files into the output folder, which on a cluster
+must be storage every machine shares; the driver writes the manifest (each record naming the node that ran it)
+and reports progress as calls finish.
+
+A worker that dies mid-call (its process killed, its node lost) is restarted by Ray, on any node with the resources;
+the call's units run again one by one (a unit finished before the death is written again, whole, over its first
+copy: atomic renames), and the temporary files of the dead attempt are removed when the run ends. A unit whose
+worker dies ``MAX_ATTEMPTS`` times is recorded failed.
+
+A local Ray that the run starts (:class:`LocalRay`) is killed with it, however the driver ends (a watchdog,
+:mod:`hamer.engines.ray_watchdog`). Ray's own messages (its token-authentication notice, its loggers) show only when
+this module logs at INFO (``hamer -v``).
 """
 
 from __future__ import annotations
@@ -85,7 +91,8 @@ class LocalRay:
     def __init__(self, num_cpus: int | None = None, num_gpus: float | None = None,
                  temp_dir: str | None = None) -> None:
         """Start it: workers import this copy of ``hamer`` (its folder on their PYTHONPATH); Ray's own messages
-        only when this module logs at INFO (``hamer -v``)."""
+        only when this module logs at INFO (``hamer -v``). ``temp_dir``: Ray's sessions (default /tmp/ray; short:
+        Ray's Unix sockets live there)."""
         import ray
 
         token = secrets.token_hex(16)
@@ -96,9 +103,13 @@ class LocalRay:
                                              start_new_session=True)
         package_root = str(Path(__file__).resolve().parents[2])
         path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
-        with ray_env({watchdog.MARK: token}):
-            ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, _temp_dir=temp_dir,
-                     runtime_env={"env_vars": {"PYTHONPATH": path}}, **quiet_init_args())
+        try:
+            with ray_env({watchdog.MARK: token}):
+                ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, _temp_dir=temp_dir,
+                         runtime_env={"env_vars": {"PYTHONPATH": path}}, **quiet_init_args())
+        except BaseException:  # what did start goes now
+            self.shutdown()
+            raise
 
     def shutdown(self) -> None:
         """Shut Ray down, then have the watchdog kill what is left of it and wait for it (20 s at most)."""
@@ -173,7 +184,7 @@ def sigterm_through_ray() -> Iterator[None]:
 
 def quiet_init_args() -> dict[str, Any]:
     """``ray.init`` arguments: the "ray" loggers at WARNING with -v (workers' output forwarded), else at ERROR
-    (Ray's token-authentication notice and Ray Data's notices are warnings)."""
+    (Ray's notice that it enabled token authentication for a local cluster is a warning)."""
     loud = verbose()
     return {"log_to_driver": loud, "logging_level": logging.WARNING if loud else logging.ERROR}
 
@@ -199,10 +210,9 @@ def run_ray(units: list[Unit], out: Path, options: Options, finished: Callable[[
 
     The units of a call whose worker dies (the process killed, its node lost) run again one by one, on any worker:
     Ray restarts the dead one on any node with the resources; a unit whose worker died ``MAX_ATTEMPTS`` times
-    running it is recorded ``failed``. ``stats``: the workers' stage seconds,
-    ``peak_rss_mib`` by worker pid, and as ``wall`` the time from the first unit's start on any worker to the last
-    record (workers' start-up excluded)."""
-
+    running it is recorded ``failed``. ``stats``: the workers' stage seconds, ``peak_rss_mib`` by worker pid, and
+    as ``wall`` the time from the first unit's start on any worker to the last record (workers' start-up
+    excluded)."""
     check_model_files(options)
     gpus = gpus_per_worker(options)
     with sigterm_through_ray():
