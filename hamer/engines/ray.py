@@ -286,6 +286,9 @@ def _run_calls(calls: deque[tuple[int, list[str]]], pool: list[Any], finished: C
             running[worker.run.remote(call)] = (worker, deaths, call)
         if not (idle or resting or pinging or running):
             raise ModelError(f"every Ray worker died; {sum(len(c) for _, c in calls)} unit(s) not run")
+        if not (running or pinging):  # only resting workers
+            time.sleep(max(0.0, min(when for when, _ in resting) - time.monotonic()))
+            continue
         ready, _ = ray.wait([*running, *pinging], num_returns=1, timeout=_REST_S)
         if not ready:
             continue
