@@ -137,10 +137,10 @@ def run_engine(data: Path, inputs: list[str], out: Path, engine: str, workers: i
     if engine == "ray":
         import ray
 
-        from hamer.engines.ray import init_local
+        from hamer.engines.ray import LocalRay
 
         t0 = time.perf_counter()
-        init_local(num_cpus=os.cpu_count())
+        LocalRay(num_cpus=os.cpu_count())  # shut down with this process (its watchdog)
         t1 = time.perf_counter()
         ray.data.range(4, override_num_blocks=2).map_batches(lambda b: b, batch_size=2).materialize()
         extra = {"ray_init_s": t1 - t0, "trivial_map_batches_s": time.perf_counter() - t1}

@@ -169,8 +169,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not inputs:
         print("error: no input: give INPUT paths or --list FILE", file=sys.stderr)
         return 2
-    if args.engine != "ray" and (args.workers is not None or args.ray_address is not None):
-        print("error: --workers and --ray-address go with --engine ray", file=sys.stderr)
+    if args.engine != "ray" and (args.workers is not None or args.ray_address is not None
+                                 or args.gpus_per_worker is not None):
+        print("error: --workers, --ray-address and --gpus-per-worker go with --engine ray", file=sys.stderr)
+        return 2
+    if args.gpus_per_worker == 0 and args.device.startswith("cuda"):
+        print(f"error: --gpus-per-worker must be > 0 with --device {args.device}", file=sys.stderr)
         return 2
     if args.engine == "ray":
         try:
@@ -185,6 +189,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         side_view=args.side_view, label_hold=args.label_hold, smooth=args.smooth,
         min_cutoff=args.min_cutoff, beta=args.beta, engine=args.engine, batch_size=args.batch_size,
         detect_workers=args.detect_workers, workers=args.workers or 1, ray_address=args.ray_address,
+        gpus_per_worker=args.gpus_per_worker,
         formats=args.formats, vertices=args.vertices, pose_base=args.pose_base, camera=args.intrinsics or args.fov_deg,
         max_image_pixels=args.max_image_pixels)
     skipped: list[str] = []
@@ -637,6 +642,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="--engine ray: workers, each with its own network (default: 1)")
     corpus.add_argument("--ray-address", metavar="ADDR",
                         help="--engine ray: the cluster (e.g. auto, ray://head:10001); default: start a local one")
+    corpus.add_argument("--gpus-per-worker", type=_non_negative, metavar="X",
+                        help="--engine ray: GPUs each worker claims, fractions allowed (default: 1 with --device "
+                             "cuda, else 0)")
     video = run.add_argument_group("videos")
     video.add_argument("--label-hold", type=_count, default=5, metavar="FRAMES",
                        help="frames MediaPipe must report the other label before a hand's label changes (default: 5)")

@@ -81,6 +81,7 @@ class Options:
     detect_workers: int = 2
     workers: int = 1
     ray_address: str | None = None
+    gpus_per_worker: float | None = None  # Ray: GPUs per worker (None: 1 with a CUDA device, 0 otherwise)
     max_image_pixels: int | None = None  # None: hamer.images.MAX_IMAGE_PIXELS
 
 

@@ -1,11 +1,14 @@
-"""The Ray engine on a local Ray with 2 CPUs (one per pytest session): the local engine's outputs, a failing
-video recorded while the rest finish, and a worker running two videos at once killed mid-way, whose videos are
-still written once."""
+"""The Ray engine on a local Ray with 2 CPUs (one per pytest session): the local engine's outputs (and progress
+that adds up to the frames written), a failing video recorded while the rest finish, a worker running two videos at
+once killed mid-way, whose videos are still written once, and a video whose worker dies each time it runs it,
+recorded failed after three runs while the other video is done."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -13,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import SHARED_IMAGES as IMAGES
+from ray_helpers import short_temp_dir
 from videos import manifest, pan_zoom, temp_files, write_video
 
 from hamer.corpus import TEMP_FILE, Options, run_corpus
@@ -21,13 +25,31 @@ ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.skipif(not IMAGES.is_dir(), reason=f"test photographs not found at {IMAGES}")
 
 
+class Recorder:
+    """A progress listener (hamer.corpus.Progress) that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.started: tuple | None = None
+        self.counts: list[int] = []
+        self.units: list[dict] = []
+
+    def start(self, units: int, frames: int | None) -> None:
+        self.started = (units, frames)
+
+    def frames(self, count: int) -> None:
+        self.counts.append(count)
+
+    def unit(self, record: dict) -> None:
+        self.units.append(record)
+
+
 @pytest.fixture(scope="session")
 def local_ray():
-    from hamer.engines.ray import init_local
+    from hamer.engines.ray import LocalRay
 
-    init_local(num_cpus=2)
+    local = LocalRay(num_cpus=2, temp_dir=str(short_temp_dir()))
     yield
-    ray.shutdown()
+    local.shutdown()
 
 
 def test_ray_equals_the_local_engine_and_records_a_failure(local_ray, data_dir, tmp_path):
@@ -38,9 +60,19 @@ def test_ray_equals_the_local_engine_and_records_a_failure(local_ray, data_dir, 
     inputs = [str(clips[0]), str(corrupt), str(clips[1])]
     options = Options(data=str(data_dir), smooth=True)
     local = run_corpus(inputs, tmp_path / "local", options)
-    remote = run_corpus(inputs, tmp_path / "ray", Options(**{**vars(options), "engine": "ray", "workers": 2}))
+    progress = Recorder()
+    remote = run_corpus(inputs, tmp_path / "ray", Options(**{**vars(options), "engine": "ray", "workers": 2}),
+                        progress=progress)
     assert sorted((r["input"], r["status"], r["frames"], r["hands"], r["files"]) for r in remote) == sorted(
         (r["input"], r["status"], r["frames"], r["hands"], r["files"]) for r in local)
+    # the bookkeeping: the frames reported add up to the frames recorded and to the lines written
+    assert progress.started == (3, None)  # the corrupt video announces no frame count
+    assert sum(progress.counts) == sum(r["frames"] for r in remote) == 9 == sum(
+        len((tmp_path / "ray" / f"{name}.jsonl").read_text().splitlines()) for name in ("a", "b"))
+    assert sorted(r["input"] for r in progress.units) == sorted(r["input"] for r in remote)
+    assert all(r["node"] == {"host": socket.gethostname()} for r in local)
+    node_id = ray.get_runtime_context().get_node_id()
+    assert all(r["node"]["ray_node_id"] == node_id and r["node"]["host"] == socket.gethostname() for r in remote)
     assert {Path(r["input"]).name: r["status"] for r in manifest(tmp_path / "ray")} == {
         "a.mp4": "done", "b.mp4": "done", "corrupt.mp4": "failed"}
     for name in ("a", "b"):
@@ -104,3 +136,35 @@ def test_workers_that_cannot_load_the_network_fail_the_run_with_a_model_error(lo
         run_corpus([str(clip)], tmp_path / "out", Options(data=str(data_dir), engine="ray", device="banana"))
     with pytest.raises(ModelError, match="no GPU"):  # rather than waiting for one forever
         run_corpus([str(clip)], tmp_path / "out", Options(data=str(data_dir), engine="ray", device="cuda"))
+
+
+def test_a_unit_whose_worker_dies_each_time_fails_alone_after_three_runs(local_ray, data_dir, tmp_path):
+    poison = write_video(tmp_path / "poison.mp4", pan_zoom("test4.jpg", 40))
+    fine = write_video(tmp_path / "fine.mp4", pan_zoom("test5.jpeg", 3))
+    out = tmp_path / "out"
+    result: list = []
+    # both videos in one call of the one worker: the first death sends them back one by one
+    run = threading.Thread(target=lambda: result.append(run_corpus([str(poison), str(fine)], out, Options(
+        data=str(data_dir), engine="ray", workers=1, detect_workers=2))))
+    run.start()
+    killed: set[int] = set()
+    deadline = time.monotonic() + 300
+    while run.is_alive() and time.monotonic() < deadline:
+        for path in temp_files(out) if out.is_dir() else []:  # a worker writing poison.mp4's frames dies
+            try:
+                line, whole, _ = path.read_text().partition("\n") if path.suffix == ".jsonl" else ("", "", "")
+            except FileNotFoundError:
+                continue
+            pid = int(TEMP_FILE.match(path.name).group(1))
+            if whole and Path(json.loads(line)["source"]).name == "poison.mp4" and pid not in killed:
+                os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+        time.sleep(0.005)
+    run.join(timeout=60)
+    assert len(killed) == 3  # and not a fourth time
+    (records,) = result
+    assert sorted((Path(r["input"]).name, r["status"], r["frames"], r["error"]) for r in records) == [
+        ("fine.mp4", "done", 3, None), ("poison.mp4", "failed", 0, "its Ray worker died 3 times running it")]
+    assert [(Path(r["input"]).name, r["status"]) for r in manifest(out)] == [
+        (Path(r["input"]).name, r["status"]) for r in records]
+    assert sorted(p.name for p in out.iterdir()) == ["fine.jsonl", "fine.npz", "manifest.jsonl"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import socket
 import threading
 import time
 from collections import defaultdict
@@ -379,7 +380,8 @@ class LocalEngine:
         frames = 0 if writer is None else writer.frames
         hands = 0 if writer is None else writer.hands
         self.stats.units += 1
-        finished(record(unit, status, frames, hands, time.perf_counter() - job.start, error, files))
+        finished({**record(unit, status, frames, hands, time.perf_counter() - job.start, error, files),
+                  "node": {"host": socket.gethostname()}})
 
 
 def _discard(writer: UnitWriter, exc: BaseException) -> None:

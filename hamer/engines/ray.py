@@ -1,14 +1,20 @@
 """The Ray engine: the units of a corpus spread over the workers of a Ray cluster (``pip install "hamer[ray]"``).
 
-Ray Data maps the units through :class:`UnitWorker`, a callable class: each of the ``workers`` actors loads the
-network once and takes ``detect_workers`` units a call (a batch of whole units, so each video stays whole and in
-order on one worker), which it runs as one local engine does: ``detect_workers`` detection threads feeding one
-batched network and a writer, so one worker does what one ``--engine local`` process does. Workers write the units'
-files into the output folder, which on a cluster must be storage every machine shares. The driver writes the
-manifest and reports progress as calls finish. A worker process that dies mid-call is restarted and the call's
-units run again by Ray's retries; their files appear once (atomic renames; a unit finished before the kill is
-written again, whole, over its first copy), and the temporary files of the dead attempt are removed when the run
-ends.
+``workers`` Ray actors (:class:`UnitWorker`) each load the network once and take ``detect_workers`` units a call
+(whole units, so each video stays whole and in order on one worker), which they run as one local engine does:
+``detect_workers`` detection threads feeding one batched network and a writer. One call is in flight per worker, so
+calls go to the workers free for them. Workers write the units' files into the output folder, which on a cluster
+must be storage every machine shares; the driver writes the manifest (each record naming the node that ran it)
+and reports progress as calls finish.
+
+A worker that dies mid-call (its process killed, its node lost) is restarted by Ray, on any node with the resources;
+the call's units run again one by one (a unit finished before the death is written again, whole, over its first
+copy: atomic renames), and the temporary files of the dead attempt are removed when the run ends. A unit whose
+worker dies ``MAX_ATTEMPTS`` times is recorded failed.
+
+A local Ray that the run starts (:class:`LocalRay`) is killed with it, however the driver ends (a watchdog,
+:mod:`hamer.engines.ray_watchdog`). Ray's own messages (its token-authentication notice, its loggers) show only when
+this module logs at INFO (``hamer -v``).
 """
 
 from __future__ import annotations
@@ -19,53 +25,168 @@ import logging
 import os
 import re
 import resource
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from ..corpus import ModelError, Options, Progress, Unit
+from ..corpus import ModelError, Options, Progress, Unit, record
+from . import ray_watchdog as watchdog
 from .local import LocalEngine, StageStats
 
 log = logging.getLogger(__name__)
 
+MAX_ATTEMPTS = 3  # runs of a unit whose Ray worker dies each time, before it is recorded failed
+_REST_S = 1.0  # between pings of a worker Ray is restarting
+
 
 class UnitWorker:
-    """A Ray Data worker: the network loaded once, then ``{"unit": [json]}`` batches of units, run together by a
-    local engine with ``options.detect_workers`` detection threads -> ``{"record": [json]}``, one per unit.
+    """A Ray worker (an actor): the network loaded once, then calls of a few units (JSON), run together by a local
+    engine with ``options.detect_workers`` detection threads -> their records (JSON), one per unit.
 
-    A record carries ``_worker``: this process's id, peak resident memory (MiB), stage seconds and frames so far,
-    and when (``time.time()``) its first unit started, which the driver takes off before the manifest.
+    A record names the node that ran it, ``node``: ``{"host": hostname, "ip": the node's IP, "ray_node_id": ...,
+    "gpus": the GPU ids Ray gave this worker}``. It carries ``_worker``: this process's id, peak resident memory
+    (MiB), stage seconds and frames so far, and when (``time.time()``) its first unit started, which the driver
+    takes off before the manifest.
     """
 
     def __init__(self, options: Options, out: str) -> None:
+        import ray
+
+        context = ray.get_runtime_context()
+        self.node = {"host": socket.gethostname(), "ip": ray.util.get_node_ip_address(),
+                     "ray_node_id": context.get_node_id(),
+                     "gpus": [str(g) for g in context.get_accelerator_ids().get("GPU", [])]}
         self.first_unit: float | None = None
         self.stats = StageStats()
         self.engine = LocalEngine(options, stats=self.stats)
         self.out = Path(out)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def ping(self) -> None:
+        """Nothing: answers once the worker is up."""
+
+    def run(self, units: list[str]) -> list[str]:
         if self.first_unit is None:
             self.first_unit = time.time()
         records: list[dict[str, Any]] = []
-        units = [Unit(**json.loads(text)) for text in batch["unit"]]
-        self.engine.run(units, self.out, records.append)
+        self.engine.run([Unit(**json.loads(text)) for text in units], self.out, records.append)
         worker = {"pid": os.getpid(), "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "seconds": dict(self.stats.seconds), "frames": self.stats.frames,
                   "first_unit": self.first_unit}
-        return {"record": np.array([json.dumps({**r, "_worker": worker}) for r in records], dtype=object)}
+        return [json.dumps({**r, "node": self.node, "_worker": worker}) for r in records]
 
 
-def init_local(num_cpus: int | None = None) -> None:
-    """Start a local Ray whose workers import this copy of ``hamer`` (its folder on their PYTHONPATH)."""
-    import ray
+class LocalRay:
+    """A Ray started on this machine by this process, and its watchdog (:mod:`hamer.engines.ray_watchdog`): when
+    this process ends, however it ends, every process of that Ray is killed."""
 
-    package_root = str(Path(__file__).resolve().parents[2])
-    path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-             runtime_env={"env_vars": {"PYTHONPATH": path}})
+    def __init__(self, num_cpus: int | None = None, num_gpus: float | None = None,
+                 temp_dir: str | None = None) -> None:
+        """Start it: workers import this copy of ``hamer`` (its folder on their PYTHONPATH); Ray's own messages
+        only when this module logs at INFO (``hamer -v``). ``temp_dir``: Ray's sessions (default /tmp/ray; short:
+        Ray's Unix sockets live there)."""
+        import ray
+
+        token = secrets.token_hex(16)
+        self.watchdog: subprocess.Popen | None = None
+        if sys.platform.startswith("linux"):  # it reads /proc
+            self.watchdog = subprocess.Popen([sys.executable, watchdog.__file__, token], stdin=subprocess.PIPE,
+                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                             start_new_session=True)
+        package_root = str(Path(__file__).resolve().parents[2])
+        path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+        try:
+            with ray_env({watchdog.MARK: token}):
+                ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, _temp_dir=temp_dir,
+                         runtime_env={"env_vars": {"PYTHONPATH": path}}, **quiet_init_args())
+        except BaseException:  # what did start goes now
+            self.shutdown()
+            raise
+
+    def shutdown(self) -> None:
+        """Shut Ray down, then have the watchdog kill what is left of it and wait for it (20 s at most)."""
+        import ray
+
+        try:
+            ray.shutdown()
+        finally:
+            if self.watchdog is not None:
+                self.watchdog.stdin.close()
+                try:
+                    self.watchdog.wait(timeout=watchdog.GIVE_UP_S + 5)
+                except subprocess.TimeoutExpired:
+                    log.warning("the Ray watchdog (pid %d) did not end", self.watchdog.pid)
+
+
+def verbose() -> bool:
+    """Whether Ray may speak: this module logs at INFO (``hamer -v``)."""
+    return log.isEnabledFor(logging.INFO)
+
+
+@contextmanager
+def ray_env(extra: dict[str, str]) -> Iterator[None]:
+    """Around ``ray.init``: ``extra`` in the environment while Ray starts (its processes inherit it), and this
+    thread's SIGTERM handler kept: Ray replaces it with one that exits with status 15 (and its core worker with
+    one that prints a stack trace), so that a SIGTERM would skip the caller's cleanup."""
+    before = {name: os.environ.get(name) for name in extra}
+    os.environ.update(extra)
+    main = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    except SystemExit as exc:  # Ray's handler, while Ray was starting
+        if exc.code == signal.SIGTERM and callable(sigterm):
+            sigterm(signal.SIGTERM, None)
+        raise
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        if main and sigterm is not None:
+            signal.signal(signal.SIGTERM, sigterm)
+
+
+@contextmanager
+def sigterm_through_ray() -> Iterator[None]:
+    """The caller's SIGTERM handler (the command line's: exit status 143 after cleanup) still decides: Ray's
+    blocking calls turn the exception a signal handler raises into ``SystemExit(1)``, so a SIGTERM is noted and its
+    handler called again when one comes out. Nothing to do outside the main thread or without a Python handler."""
+    previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    if not callable(previous):
+        yield
+        return
+    caught: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        caught.append(signum)
+        previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    except SystemExit:
+        if caught:
+            previous(signal.SIGTERM, None)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def quiet_init_args() -> dict[str, Any]:
+    """``ray.init`` arguments: the "ray" loggers at WARNING with -v (workers' output forwarded), else at ERROR
+    (Ray's notice that it enabled token authentication for a local cluster is a warning)."""
+    loud = verbose()
+    return {"log_to_driver": loud, "logging_level": logging.WARNING if loud else logging.ERROR}
 
 
 def check_model_files(options: Options) -> None:
@@ -83,51 +204,46 @@ def check_model_files(options: Options) -> None:
 
 def run_ray(units: list[Unit], out: Path, options: Options, finished: Callable[[dict[str, Any]], None],
             progress: Progress | None = None, stats: StageStats | None = None) -> None:
-    """Run ``units`` on Ray (``options.ray_address``; None: the running Ray, else a new local one), ``workers``
-    actors with one GPU each when ``options.device`` is CUDA, one CPU each otherwise, each taking
+    """Run ``units`` on Ray (``options.ray_address``; None: the running Ray, else a new :class:`LocalRay`):
+    ``workers`` actors of :func:`gpus_per_worker` GPUs each, with 0 CPUs on a CUDA device, else 1, each taking
     ``options.detect_workers`` units a call; ``finished(record)`` on the driver for each unit as its call ends.
-    ``stats``: the workers' stage seconds, ``peak_rss_mib`` by worker pid, and as ``wall`` the time from the
-    first unit's start on any worker to the last record (workers' start-up excluded)."""
-    import ray
-    from ray.data import ActorPoolStrategy, DataContext
 
+    The units of a call whose worker dies (the process killed, its node lost) run again one by one, on any worker:
+    Ray restarts the dead one on any node with the resources; a unit whose worker died ``MAX_ATTEMPTS`` times
+    running it is recorded ``failed``. ``stats``: the workers' stage seconds, ``peak_rss_mib`` by worker pid, and
+    as ``wall`` the time from the first unit's start on any worker to the last record (workers' start-up
+    excluded)."""
     check_model_files(options)
-    started = False
+    gpus = gpus_per_worker(options)
+    with sigterm_through_ray():
+        _run(units, out, options, gpus, finished, progress, stats)
+
+
+def _run(units: list[Unit], out: Path, options: Options, gpus: float, finished: Callable[[dict[str, Any]], None],
+         progress: Progress | None, stats: StageStats | None) -> None:
+    import ray
+
+    started: LocalRay | bool | None = None
     if not ray.is_initialized():
         if options.ray_address is None:
-            init_local()
+            started = LocalRay()
         else:
-            ray.init(address=options.ray_address, log_to_driver=False, logging_level=logging.WARNING)
-        started = True
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # the command line has its own progress bar
+            with ray_env({}):
+                ray.init(address=options.ray_address, **quiet_init_args())
+            started = True
+    pool: list[Any] = []
     try:
-        DataContext.get_current().enable_progress_bars = False
-        gpu = options.device.startswith("cuda")
-        if gpu and not ray.cluster_resources().get("GPU"):
-            raise ModelError(f"--device {options.device}, but the Ray cluster has no GPU")
-        # units a worker runs at once, as one local engine; one call in flight per worker, so that calls go to
-        # the workers free for them rather than queue on the first one started
+        have = ray.cluster_resources().get("GPU", 0)
+        if gpus > have:  # rather than waiting for one forever
+            raise ModelError(f"{gpus:g} GPU(s) per worker (--device {options.device}, --gpus-per-worker), but the "
+                             f"Ray cluster has {f'{have:g} GPU(s)' if have else 'no GPU'}")
         per_call = options.detect_workers
-        ds = ray.data.from_items([{"unit": json.dumps(dataclasses.asdict(u))} for u in units],
-                                 override_num_blocks=-(-len(units) // per_call))
-        ds = ds.map_batches(UnitWorker, fn_constructor_args=(options, str(out)), batch_size=per_call,
-                            compute=ActorPoolStrategy(size=options.workers, max_tasks_in_flight_per_actor=1),
-                            num_cpus=0 if gpu else 1,
-                            num_gpus=1 if gpu else 0, batch_format="numpy")
-        workers: dict[int, dict[str, Any]] = {}
-        try:
-            for row in ds.iter_rows():
-                rec = json.loads(row["record"])
-                worker = rec.pop("_worker")
-                workers[worker["pid"]] = worker
-                if progress is not None:
-                    progress.frames(rec["frames"])
-                finished(rec)
-        except ray.exceptions.ActorDiedError as exc:  # workers that cannot load the network: Ray gives up
-            found = re.findall(r"ModelError: (.*)", str(exc))
-            if not found:
-                raise
-            raise ModelError(f"the Ray workers cannot start: {found[-1]}") from exc
+        calls = deque((0, [json.dumps(dataclasses.asdict(u)) for u in units[i:i + per_call]])
+                      for i in range(0, len(units), per_call))
+        actor = ray.remote(UnitWorker).options(num_cpus=0 if options.device.startswith("cuda") else 1,
+                                               num_gpus=gpus, max_restarts=-1, max_task_retries=0)
+        pool = [actor.remote(options, str(out)) for _ in range(min(options.workers, len(calls)))]
+        workers = _run_calls(calls, pool, finished, progress)
         if stats is not None:
             stats.wall += time.time() - min(w["first_unit"] for w in workers.values()) if workers else 0.0
             stats.units += len(units)
@@ -137,5 +253,94 @@ def run_ray(units: list[Unit], out: Path, options: Options, finished: Callable[[
                 stats.add("decode", 0.0, frames=worker["frames"])
                 stats.peak_rss_mib[worker["pid"]] = worker["peak_rss_mib"]
     finally:
-        if started:
+        for worker in pool:  # on a Ray that outlives the run, its workers would hold their CPUs and GPUs
+            ray.kill(worker)
+        if isinstance(started, LocalRay):
+            started.shutdown()
+        elif started:
             ray.shutdown()
+
+
+def _run_calls(calls: deque[tuple[int, list[str]]], pool: list[Any], finished: Callable[[dict[str, Any]], None],
+               progress: Progress | None) -> dict[int, dict[str, Any]]:
+    """Run ``calls`` ((worker deaths so far, units as JSON)) on the ``pool`` of workers, one call in flight per
+    worker; the workers' ``_worker`` stats by pid.
+
+    A worker that died is pinged every ``_REST_S`` until Ray has restarted it (a call sent earlier would fail at
+    once, ``ActorUnavailableError``, and count as a death); one that cannot be restarted leaves the pool."""
+    import ray
+
+    idle = list(pool)
+    resting: list[tuple[float, Any]] = []  # (when to ping it, worker)
+    pinging: dict[Any, Any] = {}
+    running: dict[Any, tuple[Any, int, list[str]]] = {}
+    workers: dict[int, dict[str, Any]] = {}
+    while calls or running:
+        now = time.monotonic()
+        for when, worker in [r for r in resting if r[0] <= now]:
+            resting.remove((when, worker))
+            pinging[worker.ping.remote()] = worker
+        while idle and calls:
+            worker = idle.pop()
+            deaths, call = calls.popleft()
+            running[worker.run.remote(call)] = (worker, deaths, call)
+        if not (idle or resting or pinging or running):
+            raise ModelError(f"every Ray worker died; {sum(len(c) for _, c in calls)} unit(s) not run")
+        if not (running or pinging):  # only resting workers
+            time.sleep(max(0.0, min(when for when, _ in resting) - time.monotonic()))
+            continue
+        ready, _ = ray.wait([*running, *pinging], num_returns=1, timeout=_REST_S)
+        if not ready:
+            continue
+        (ref,) = ready
+        worker = pinging.pop(ref, None)
+        if worker is not None:
+            try:
+                ray.get(ref)
+                idle.append(worker)
+            except ray.exceptions.ActorUnavailableError:
+                resting.append((time.monotonic() + _REST_S, worker))
+            except ray.exceptions.RayActorError as exc:
+                _raise_model_error(exc)
+                log.warning("a Ray worker cannot be restarted: %s", exc)
+            continue
+        worker, deaths, call = running.pop(ref)
+        try:
+            texts = ray.get(ref)
+        except ray.exceptions.RayActorError as exc:
+            _raise_model_error(exc)
+            resting.append((time.monotonic() + _REST_S, worker))
+            log.info("a Ray worker died running %d unit(s); they run again: %s", len(call), exc)
+            for text in call:  # one by one, so that a unit that kills its worker fails alone
+                if deaths + 1 < MAX_ATTEMPTS:
+                    calls.append((deaths + 1, [text]))
+                else:
+                    finished(record(Unit(**json.loads(text)), "failed", 0, 0, 0.0,
+                                    f"its Ray worker died {MAX_ATTEMPTS} times running it", []))
+            continue
+        idle.append(worker)
+        for text in texts:
+            rec = json.loads(text)
+            worker_stats = rec.pop("_worker")
+            workers[worker_stats["pid"]] = worker_stats
+            if progress is not None:
+                progress.frames(rec["frames"])
+            finished(rec)
+    return workers
+
+
+def _raise_model_error(exc: Exception) -> None:
+    """ModelError when a worker died because the network does not load (every worker would fail the same way)."""
+    found = re.findall(r"ModelError: (.*)", str(exc))
+    if found:
+        raise ModelError(f"the Ray workers cannot start: {found[-1]}") from exc
+
+
+def gpus_per_worker(options: Options) -> float:
+    """The GPUs each worker claims (``options.gpus_per_worker``; default 1 with a CUDA device, else 0);
+    ValueError when a CUDA device gets none."""
+    gpu = options.device.startswith("cuda")
+    gpus = options.gpus_per_worker if options.gpus_per_worker is not None else (1.0 if gpu else 0.0)
+    if not (gpus >= 0 and (gpus > 0 or not gpu)):
+        raise ValueError(f"gpus_per_worker must be > 0 with device {options.device}, got {gpus}")
+    return gpus
