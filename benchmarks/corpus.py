@@ -84,13 +84,16 @@ def data_folder(work: Path, small: bool) -> Path:
 
 def run_frame_by_frame(data: Path, inputs: list[str], out: Path, batch_size: int) -> dict:
     """Today's loop: per video, VideoHands frame after frame, the same writer as the engines."""
-    from hamer.corpus import Decoded, Options, UnitWriter, collect_units, read_frames
+    from hamer.corpus import Options, collect_units
     from hamer.detection import HAND_TASK_PATH, POSE_TASK_PATH, DetectorOptions, HandDetector
-    from hamer.engines.local import StageStats, TimedNetwork, load_reconstructor
+    from hamer.engines import StageStats
+    from hamer.engines.local import TimedNetwork, load_reconstructor
+    from hamer.frames import Decoded, read_frames
     from hamer.outputs import Frame
     from hamer.pipeline import Reconstructor
     from hamer.plan import assign_names
     from hamer.tracking import HandTracker, OneEuroFilter, VideoHands
+    from hamer.unit_writer import UnitWriter
 
     del batch_size
     stats = StageStats()
@@ -130,7 +133,7 @@ def run_frame_by_frame(data: Path, inputs: list[str], out: Path, batch_size: int
 def run_engine(data: Path, inputs: list[str], out: Path, engine: str, workers: int, backend: str, batch_size: int,
                detect_workers: int) -> dict:
     from hamer.corpus import Options, run_corpus
-    from hamer.engines.local import StageStats
+    from hamer.engines import StageStats
 
     stats = StageStats()
     extra: dict = {}

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -27,8 +26,10 @@ import numpy as np
 from . import configs
 from .detection import HAND_TASK_PATH, POSE_TASK_PATH, DetectorOptions
 from .images import as_bgr
+from .model_options import ModelOptions
+from .network import load_reconstructor
 from .pipeline import Reconstructor, predict_frame
-from .results import Camera, CameraSpec, FrameResult
+from .results import CameraSpec, FrameResult
 
 if TYPE_CHECKING:
     from yacs.config import CfgNode
@@ -39,8 +40,6 @@ log = logging.getLogger(__name__)
 
 hand_path = HAND_TASK_PATH  # the bundled MediaPipe models (the seed's names)
 pose_path = POSE_TASK_PATH
-MAX_RESCALE_FACTOR = 100.0  # crop side / box side (HaMeR's demo: 2.0)
-BACKENDS = ("auto", "torch", "onnx")
 
 
 class HAMER:
@@ -90,38 +89,23 @@ class HAMER:
         download: bool = False,
         camera: CameraSpec | None = None,
     ) -> None:
-        from .runtime import check_precision, resolve_device
-
-        if not (isinstance(rescale_factor, (int, float)) and 0 < rescale_factor <= MAX_RESCALE_FACTOR):
-            raise ValueError(f"rescale_factor must be a number in (0, {MAX_RESCALE_FACTOR}], got {rescale_factor!r}")
         if task_paths is None:
             task_paths = {"hand": HAND_TASK_PATH, "pose": POSE_TASK_PATH}
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        if backend == "onnx" and (onnx_path is None or export_onnx is not None or precision != "fp32"):
-            raise ValueError("backend 'onnx' needs onnx_path and takes no export_onnx or precision (the file sets "
-                             "the weights' precision: see hamer.export.quantize_onnx)")
-        if camera is not None and not (isinstance(camera, Camera) or callable(camera)):
-            raise ValueError(f"camera must be a hamer.Camera, a hamer.FieldOfView or a callable (W, H) -> Camera, "
-                             f"got {type(camera).__name__}")
+        model = ModelOptions(device=device, backend=backend, precision=precision, checkpoint=checkpoint,
+                             onnx=onnx_path, rescale_factor=rescale_factor, camera=camera)
+        self.device = model.check()
+        if export_onnx is not None and backend == "onnx":
+            raise ValueError("backend 'onnx' takes no export_onnx (the file is the export)")
         unknown = set(task_paths) - {"hand", "pose"}
         if unknown:
             raise ValueError(f"task_paths keys must be 'hand' and/or 'pose', got {sorted(unknown)}")
         self.mode = mode
-        self.device = resolve_device(device)
-        check_precision(precision, self.device)
-        self.rescale_factor = float(rescale_factor)
-        self.precision = precision
-        self.backend = backend
-        self._onnx_path = onnx_path
+        self.model = dataclasses.replace(model, data=configs.data_dir(data_dir), rescale_factor=float(rescale_factor))
         self._export_onnx = export_onnx
-        self._camera = camera
-        self._data_dir = configs.data_dir(data_dir)
         if download and backend != "onnx" and checkpoint is None:
             from .download import ensure_downloaded
 
-            ensure_downloaded(self._data_dir)
-        self._checkpoint = checkpoint
+            ensure_downloaded(self.model.data)
         self._detector_options = DetectorOptions(
             hand_task_path=task_paths.get("hand"), pose_task_path=task_paths.get("pose"), mode=mode,
             num_hands=num_hands,
@@ -165,37 +149,20 @@ class HAMER:
         """Load the network now (otherwise the first call that needs it does). Thread-safe; loads once."""
         with self._lock:
             if self._reconstructor is None:
-                self._reconstructor = Reconstructor(*self._load_network(), self.rescale_factor, self._camera)
+                self._reconstructor = load_reconstructor(self.model, self.device, self._export_onnx)
 
-    def _load_network(self) -> tuple[Any, CfgNode]:
-        from .runtime import OnnxRuntime, TorchRuntime
+    @property
+    def rescale_factor(self) -> float:
+        """Crop side / box side."""
+        return self.model.rescale_factor
 
-        start = time.perf_counter()
-        if self.backend == "onnx":
-            runtime = OnnxRuntime(self._onnx_path, self.device)
-            log.info("HaMeR loaded from %s (ONNX Runtime) in %.1f s", self._onnx_path, time.perf_counter() - start)
-            return runtime, runtime.cfg
-        from .checkpoint import build_model, load_checkpoint, read_checkpoint
+    @property
+    def precision(self) -> str:
+        return self.model.precision
 
-        paths = configs.data_paths(self._data_dir, self._checkpoint)
-        read = read_checkpoint(paths)
-        cfg = read[1]
-        runtime = None
-        if self.backend == "auto" and self._export_onnx is None:
-            from .onnx_cache import default_runtime
-
-            # the export's model reads its weights into memory (not mapped), so that it can free them as it goes
-            runtime = default_runtime(lambda: build_model(paths, (load_checkpoint(paths.checkpoint, mmap=False),
-                                                                  cfg))[0], cfg, paths.checkpoint, self.device,
-                                      self.precision)
-        if runtime is None:
-            runtime = TorchRuntime(build_model(paths, read)[0], self.device, self.precision)
-        if self._export_onnx is not None:
-            from .export import ExportOnFirstCall
-
-            runtime = ExportOnFirstCall(runtime, cfg, self._export_onnx)
-        log.info("HaMeR loaded from %s in %.1f s", paths.checkpoint, time.perf_counter() - start)
-        return runtime, cfg
+    @property
+    def backend(self) -> str:
+        return self.model.backend
 
     @property
     def faces(self) -> np.ndarray | None:

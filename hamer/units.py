@@ -1,9 +1,10 @@
 """The units of a corpus run and the options they run with: what a unit is, the options that decide its outputs.
 
-A *unit* is one video, one image, or one folder of images (:class:`Unit`); :class:`Options` are the ``hamer run``
-flags. :func:`fingerprint` is the part of the options that changes a unit's outputs, as recorded in the manifest
-(``"options"``): a unit done with other options is not taken as done. The engine, batch size and worker counts
-are left out: they change results only by float rounding.
+A *unit* is one video, one image, or one folder of images (:class:`Unit`; its manifest line: :func:`record`);
+:class:`Options` are the ``hamer run`` flags. :func:`fingerprint` is the part of the options that changes a unit's
+outputs, as recorded in the manifest (``"options"``): a unit done with other options is not taken as done. The
+engine, batch size and worker counts are left out: they change results only by float rounding. The model's own
+options, checked once: :class:`hamer.model_options.ModelOptions` (:attr:`Options.model`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .model_options import ModelOptions
 
 DEFAULT_FPS = 30.0
 
@@ -84,18 +87,19 @@ class Options:
     gpus_per_worker: float | None = None  # Ray: GPUs per worker (None: 1 with a CUDA device, 0 otherwise)
     max_image_pixels: int | None = None  # None: hamer.images.MAX_IMAGE_PIXELS
 
+    @property
+    def model(self) -> ModelOptions:
+        """The model's options among these (checked by :meth:`ModelOptions.check`)."""
+        return ModelOptions(device=self.device, backend=self.backend, precision=self.precision, data=self.data,
+                            checkpoint=self.checkpoint, onnx=self.onnx, rescale_factor=self.rescale_factor,
+                            camera=self.camera)
+
 
 def fingerprint(options: Options) -> dict[str, Any]:
     """The options that change a unit's outputs, as JSON values: the model by its file paths (the checkpoint,
     resolved; the ONNX file if given; None with ``bbox_only``), a camera by its values (a function by its name)."""
-    from .configs import data_paths
-
     o = options
-    model = None
-    if not o.bbox_only:
-        model = str(data_paths(o.data, o.checkpoint).checkpoint)
-        if o.onnx is not None:
-            model += f" ({os.path.abspath(o.onnx)})"
+    model = None if o.bbox_only else o.model.fingerprint()
     camera = o.camera
     if dataclasses.is_dataclass(camera):
         camera = {"type": type(camera).__name__, **dataclasses.asdict(camera)}
@@ -127,3 +131,11 @@ def input_stat(unit: Unit) -> list[int] | None:
         return None
     size = sum(s.st_size for s in stats[1:]) if folder else stats[0].st_size
     return [size, max(s.st_mtime_ns for s in stats)]
+
+
+def record(unit: Unit, status: str, frames: int, hands: int, seconds: float, error: str | None,
+           files: Sequence[str], **extra: Any) -> dict[str, Any]:
+    """The manifest line of a finished unit (its input as an absolute path); ``extra``: more fields."""
+    return {"input": os.path.abspath(unit.path), "name": unit.name, "kind": unit.kind, "status": status,
+            "frames": frames, "expected_frames": unit.frames, "hands": hands, "seconds": round(seconds, 3),
+            "error": error, "files": list(files), **extra}

@@ -19,8 +19,9 @@ from conftest import SHARED_IMAGES as IMAGES
 from videos import manifest, pan_zoom, temp_files, write_video
 
 from hamer.cli import main
-from hamer.corpus import MANIFEST, Options, read_frames, run_corpus
-from hamer.engines.local import StageStats
+from hamer.corpus import MANIFEST, Options, run_corpus
+from hamer.engines import StageStats
+from hamer.frames import read_frames
 from hamer.hamer_module import HAMER
 from hamer.pipeline import best_per_label, find_hands
 from hamer.tracking import HandTracker, OneEuroFilter, VideoHands
@@ -118,7 +119,8 @@ def test_local_engine_equals_frame_by_frame(data_dir, clips, tmp_path):
 
 
 def test_read_frames_counts_a_truncated_video(clips):
-    from hamer.corpus import Decoded, classify, outcome
+    from hamer.corpus import classify
+    from hamer.frames import Decoded, outcome
 
     (unit,) = classify(clips["cut"])
     decoded = Decoded()

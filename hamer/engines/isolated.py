@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..corpus import ModelError, Options, Progress, Unit, record
 from ..manifest import DIED
+from ..run_types import ModelError, Progress
+from ..units import Options, Unit, record
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +78,13 @@ def _child(unit: Unit, out: str, options: Options, send: Any) -> None:
     """The child process: the model, then the unit; its record (or the model's error) to ``send``."""
     from .local import LocalEngine
 
+    engine = LocalEngine(options)
     try:
-        engine = LocalEngine(options)
+        engine.load()
     except ModelError as exc:
         send.send(("model", str(exc), exc.data_problem))
         return
-    engine.run([unit], Path(out), lambda rec: send.send(("record", rec)))
+    try:
+        engine.run([unit], Path(out), lambda rec: send.send(("record", rec)))
+    finally:
+        engine.close()

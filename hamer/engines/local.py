@@ -8,10 +8,11 @@ Stages, connected by bounded queues (memory is bounded by their sizes, not by th
 2. the calling thread: crops of up to ``batch_size`` hands, from consecutive frames of any units, through the
    network at once (:meth:`hamer.pipeline.Reconstructor.batch`);
 3. one writer thread: per unit, in frame order, the smoothing of :meth:`hamer.tracking.VideoHands.finish`, then
-   :class:`hamer.corpus.UnitWriter`; when a unit ends, its record goes to the manifest.
+   :class:`hamer.unit_writer.UnitWriter`; when a unit ends, its record goes to the manifest.
 
-The network is loaded once per engine. Outputs equal the frame-by-frame path's (``VideoHands`` called per frame)
-up to the float rounding of a different batch composition (README, *Corpora*).
+The network is loaded once per engine (:meth:`LocalEngine.load`, or its first run). Outputs equal the
+frame-by-frame path's (``VideoHands`` called per frame) up to the float rounding of a different batch composition
+(README, *Corpora*).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import queue
 import socket
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -31,38 +31,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..corpus import Decoded, ModelError, Options, Progress, Unit, UnitWriter, outcome, read_frames, record
+from ..frames import Decoded, outcome, read_frames
 from ..outputs import Frame
 from ..pipeline import Reconstructor, best_per_label, find_hands, frame_result
 from ..results import Hand
+from ..run_types import ModelError, Progress
 from ..tracking import HandTracker, OneEuroFilter, TrackedFrame, VideoHands
+from ..unit_writer import UnitWriter
+from ..units import Options, Unit, record
+from .base import Finished, StageStats, Started
 from .queues import EMPTY, Stopped, get, get_nowait, put
 
 if TYPE_CHECKING:
     from ..detection import HandDetector
 
 log = logging.getLogger(__name__)
-
-STAGES = ("decode", "detect", "crop", "network", "write")
-
-
-class StageStats:
-    """Seconds spent per stage (summed over threads and workers), frames, units, the wall time of the runs and
-    (Ray) the peak resident memory of each worker process, MiB by pid; thread-safe."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = defaultdict(float)
-        self.frames = 0
-        self.units = 0
-        self.wall = 0.0
-        self.peak_rss_mib: dict[int, float] = {}
-        self._lock = threading.Lock()
-
-    def add(self, stage: str, seconds: float, frames: int = 0) -> None:
-        with self._lock:
-            self.seconds[stage] += seconds
-            self.frames += frames
-
 
 class TimedNetwork:
     """The network runtime, timing its calls into ``stats``."""
@@ -112,41 +95,63 @@ class _End:
 
 
 def load_reconstructor(options: Options) -> Reconstructor | None:
-    """The network of ``options``, loaded (None with ``bbox_only``); ModelError if it cannot be."""
+    """The network of ``options.model``, loaded (None with ``bbox_only``); ModelError if it cannot be."""
     if options.bbox_only:
         return None
-    from ..hamer_module import HAMER
+    from ..network import load_reconstructor as load
 
+    model = options.model
     try:
-        hamer = HAMER(device=options.device, rescale_factor=options.rescale_factor, data_dir=options.data,
-                      checkpoint=options.checkpoint, precision=options.precision, backend=options.backend,
-                      onnx_path=options.onnx, camera=options.camera)
-    except (OSError, ValueError, RuntimeError) as exc:
+        device = model.check()
+    except ValueError as exc:
         raise ModelError(str(exc)) from exc
     try:
-        return hamer.reconstructor
+        return load(model, device)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelError(str(exc), data_problem=options.backend != "onnx") from exc
 
 
 class LocalEngine:
-    """Runs units on this machine: one network, ``options.detect_workers`` detection threads (see the module).
+    """Runs units on this machine: one network, ``options.detect_workers`` detection threads (see the module);
+    an :class:`~hamer.engines.base.Engine`.
 
-    The network is loaded here, once; MediaPipe detectors are opened and closed by each run's threads.
-    ``stats``: accumulates per-stage seconds.
+    The network and a first MediaPipe detector are loaded by :meth:`load` (or the first run), once; the other
+    MediaPipe detectors are opened and closed by each run's threads. ``stats``: accumulates per-stage seconds.
     """
 
     def __init__(self, options: Options, stats: StageStats | None = None) -> None:
-        if options.batch_size < 1 or options.detect_workers < 1:
-            raise ValueError("batch_size and detect_workers must be at least 1")
         self.options = options
         self.stats = stats if stats is not None else StageStats()
-        net = load_reconstructor(options)
-        self.reconstructor = None if net is None else Reconstructor(TimedNetwork(net.network, self.stats), net.cfg,
-                                                                    net.rescale_factor, net.camera_spec)
-        self.faces = None if net is None else net.faces
+        self.reconstructor: Reconstructor | None = None
+        self.faces: np.ndarray | None = None
+        self.loaded = False
         self._spare_lock = threading.Lock()
+        self._spare: HandDetector | None = None
+
+    def check(self) -> None:
+        """ValueError for a batch size or a detection thread count under 1 (the model is checked by loading it)."""
+        if self.options.batch_size < 1 or self.options.detect_workers < 1:
+            raise ValueError("batch_size and detect_workers must be at least 1")
+
+    def load(self) -> None:
+        """Load the network and check MediaPipe now (once); ModelError if either cannot be set up."""
+        if self.loaded:
+            return
+        self.check()
+        net = load_reconstructor(self.options)
+        if net is not None:
+            self.reconstructor = Reconstructor(TimedNetwork(net.network, self.stats), net.cfg, net.rescale_factor,
+                                               net.camera_spec)
+            self.faces = net.faces
         self._spare = self._detector_check()
+        self.loaded = True
+
+    def close(self) -> None:
+        """Close the MediaPipe detector kept from the check, if no video used it."""
+        with self._spare_lock:
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.close()
 
     def _detector_check(self) -> HandDetector:
         """A VIDEO-mode detector, made now to fail early (ModelError); kept for the first video, whose own
@@ -174,11 +179,12 @@ class LocalEngine:
 
     # ------------------------------------------------------------------------------------------------ the run
 
-    def run(self, units: list[Unit], out: Path, finished: Callable[[dict[str, Any]], None],
-            progress: Progress | None = None, started: Callable[[Unit], None] | None = None) -> None:
-        """Run ``units``, writing into ``out``; ``started(unit)`` as each begins (in its detection thread, before
-        it is read), ``finished(record)`` as each ends (in the writer thread). An interrupt stops every stage; the
-        units in flight leave no file."""
+    def run(self, units: list[Unit], out: Path, finished: Finished, progress: Progress | None = None,
+            started: Started | None = None) -> None:
+        """Run ``units``, writing into ``out`` (loading the model first, :meth:`load`); ``started(unit)`` as each
+        begins (in its detection thread, before it is read), ``finished(record)`` as each ends (in the writer
+        thread). An interrupt stops every stage; the units in flight leave no file."""
+        self.load()
         o = self.options
         todo: queue.Queue[Unit | None] = queue.Queue()
         for unit in units:

@@ -23,7 +23,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import resource
 import secrets
 import signal
@@ -38,9 +37,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..corpus import ModelError, Options, Progress, Unit, record
+from ..run_types import ModelError, Progress
+from ..units import Options, Unit, record
 from . import ray_watchdog as watchdog
-from .local import LocalEngine, StageStats
+from .base import Finished, StageStats, Started
+from .local import LocalEngine
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,9 @@ class UnitWorker:
     "gpus": the GPU ids Ray gave this worker}``. It carries ``_worker``: this process's id, peak resident memory
     (MiB), stage seconds and frames so far, and when (``time.time()``) its first unit started, which the driver
     takes off before the manifest.
+
+    A worker whose model cannot be set up stays up and answers :meth:`ping` with the error, which the driver
+    raises as ModelError (a constructor that raised would be restarted by Ray, again and again).
     """
 
     def __init__(self, options: Options, out: str) -> None:
@@ -69,11 +73,19 @@ class UnitWorker:
         self.stats = StageStats()
         self.engine = LocalEngine(options, stats=self.stats)
         self.out = Path(out)
+        self.model_error: tuple[str, bool] | None = None  # (message, data_problem)
+        try:
+            self.engine.load()
+        except ModelError as exc:
+            self.model_error = (str(exc), exc.data_problem)
 
-    def ping(self) -> None:
-        """Nothing: answers once the worker is up."""
+    def ping(self) -> tuple[str, bool] | None:
+        """Answers once the worker is up: None, or why its model cannot be set up (message, data_problem)."""
+        return self.model_error
 
     def run(self, units: list[str]) -> list[str]:
+        if self.model_error is not None:  # the driver sends none to such a worker
+            raise ModelError(*self.model_error)
         if self.first_unit is None:
             self.first_unit = time.time()
         records: list[dict[str, Any]] = []
@@ -189,34 +201,42 @@ def quiet_init_args() -> dict[str, Any]:
     return {"log_to_driver": loud, "logging_level": logging.WARNING if loud else logging.ERROR}
 
 
-def check_model_files(options: Options) -> None:
-    """ModelError now, on the driver, when the model file the workers would load is missing (each worker would
-    otherwise fail to start, again and again)."""
-    from .. import configs
+class RayEngine:
+    """Runs units on the workers of a Ray cluster (see the module); an :class:`~hamer.engines.base.Engine`.
+    ``stats``: the workers' stage seconds, ``peak_rss_mib`` by worker pid, and as ``wall`` the time from the first
+    unit's start on any worker to the last record (workers' start-up excluded)."""
 
-    if options.bbox_only:
-        return
-    path = Path(options.onnx) if options.backend == "onnx" and options.onnx else configs.data_paths(
-        options.data, options.checkpoint).checkpoint
-    if not path.is_file():
-        raise ModelError(f"{path} does not exist (the workers load it from the same path)")
+    def __init__(self, options: Options, stats: StageStats | None = None) -> None:
+        self.options, self.stats = options, stats
 
+    def check(self) -> None:
+        """On the driver: ValueError for options that cannot work (the device is the workers'), ModelError when the
+        model file the workers would load is missing (each worker would otherwise fail to start, again and
+        again); the GPUs per worker (:func:`gpus_per_worker`)."""
+        options = self.options
+        gpus_per_worker(options)
+        if options.bbox_only:
+            return
+        options.model.check(device_here=False)
+        path = options.model.model_file
+        if not path.is_file():
+            raise ModelError(f"{path} does not exist (the workers load it from the same path)")
 
-def run_ray(units: list[Unit], out: Path, options: Options, finished: Callable[[dict[str, Any]], None],
-            progress: Progress | None = None, stats: StageStats | None = None) -> None:
-    """Run ``units`` on Ray (``options.ray_address``; None: the running Ray, else a new :class:`LocalRay`):
-    ``workers`` actors of :func:`gpus_per_worker` GPUs each, with 0 CPUs on a CUDA device, else 1, each taking
-    ``options.detect_workers`` units a call; ``finished(record)`` on the driver for each unit as its call ends.
+    def run(self, units: list[Unit], out: Path, finished: Finished, progress: Progress | None = None,
+            started: Started | None = None) -> None:
+        """Run ``units`` on Ray (``options.ray_address``; None: the running Ray, else a new :class:`LocalRay`):
+        ``workers`` actors of :func:`gpus_per_worker` GPUs each, with 0 CPUs on a CUDA device, else 1, each taking
+        ``options.detect_workers`` units a call; ``finished(record)`` on the driver for each unit as its call ends
+        (``started``: not told; the workers do not report a unit's start).
 
-    The units of a call whose worker dies (the process killed, its node lost) run again one by one, on any worker:
-    Ray restarts the dead one on any node with the resources; a unit whose worker died ``MAX_ATTEMPTS`` times
-    running it is recorded ``failed``. ``stats``: the workers' stage seconds, ``peak_rss_mib`` by worker pid, and
-    as ``wall`` the time from the first unit's start on any worker to the last record (workers' start-up
-    excluded)."""
-    check_model_files(options)
-    gpus = gpus_per_worker(options)
-    with sigterm_through_ray():
-        _run(units, out, options, gpus, finished, progress, stats)
+        The units of a call whose worker dies (the process killed, its node lost) run again one by one, on any
+        worker: Ray restarts the dead one on any node with the resources; a unit whose worker died
+        ``MAX_ATTEMPTS`` times running it is recorded ``failed``. Workers that cannot set up the model: ModelError."""
+        with sigterm_through_ray():
+            _run(units, out, self.options, gpus_per_worker(self.options), finished, progress, self.stats)
+
+    def close(self) -> None:
+        """Nothing: a run's workers (and a Ray it started) end with it."""
 
 
 def _run(units: list[Unit], out: Path, options: Options, gpus: float, finished: Callable[[dict[str, Any]], None],
@@ -270,9 +290,9 @@ def _run_calls(calls: deque[tuple[int, list[str]]], pool: list[Any], finished: C
     once, ``ActorUnavailableError``, and count as a death); one that cannot be restarted leaves the pool."""
     import ray
 
-    idle = list(pool)
+    idle: list[Any] = []
     resting: list[tuple[float, Any]] = []  # (when to ping it, worker)
-    pinging: dict[Any, Any] = {}
+    pinging: dict[Any, Any] = {worker.ping.remote(): worker for worker in pool}  # its model set up, or why not
     running: dict[Any, tuple[Any, int, list[str]]] = {}
     workers: dict[int, dict[str, Any]] = {}
     while calls or running:
@@ -296,19 +316,21 @@ def _run_calls(calls: deque[tuple[int, list[str]]], pool: list[Any], finished: C
         worker = pinging.pop(ref, None)
         if worker is not None:
             try:
-                ray.get(ref)
-                idle.append(worker)
+                model_error = ray.get(ref)
             except ray.exceptions.ActorUnavailableError:
                 resting.append((time.monotonic() + _REST_S, worker))
             except ray.exceptions.RayActorError as exc:
-                _raise_model_error(exc)
                 log.warning("a Ray worker cannot be restarted: %s", exc)
+            else:
+                if model_error is not None:  # every worker would fail the same way
+                    message, data_problem = model_error
+                    raise ModelError(f"the Ray workers cannot start: {message}", data_problem)
+                idle.append(worker)
             continue
         worker, deaths, call = running.pop(ref)
         try:
             texts = ray.get(ref)
         except ray.exceptions.RayActorError as exc:
-            _raise_model_error(exc)
             resting.append((time.monotonic() + _REST_S, worker))
             log.info("a Ray worker died running %d unit(s); they run again: %s", len(call), exc)
             for text in call:  # one by one, so that a unit that kills its worker fails alone
@@ -327,13 +349,6 @@ def _run_calls(calls: deque[tuple[int, list[str]]], pool: list[Any], finished: C
                 progress.frames(rec["frames"])
             finished(rec)
     return workers
-
-
-def _raise_model_error(exc: Exception) -> None:
-    """ModelError when a worker died because the network does not load (every worker would fail the same way)."""
-    found = re.findall(r"ModelError: (.*)", str(exc))
-    if found:
-        raise ModelError(f"the Ray workers cannot start: {found[-1]}") from exc
 
 
 def gpus_per_worker(options: Options) -> float:

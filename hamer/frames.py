@@ -1,0 +1,70 @@
+"""Reading a unit's frames: each readable frame or image of a unit in order, and what reading it whole found."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from .images import ImageError, opencv_path, read_image
+from .run_types import InputError
+from .units import Unit
+
+
+@dataclass
+class Decoded:
+    """What reading a unit found: frames decoded, and the images skipped, each as "PATH: why"."""
+
+    frames: int = 0
+    unreadable: list[str] = field(default_factory=list)
+
+
+def read_frames(unit: Unit, decoded: Decoded, max_pixels: int | None = None
+                ) -> Iterator[tuple[int, float | None, str, np.ndarray]]:
+    """``(index, time_s, source, img_bgr)`` of each readable frame or image of ``unit``; ``decoded`` counts them
+    and lists the images skipped (unreadable, or refused by ``hamer.images.read_image`` with ``max_pixels``). A
+    video that cannot be opened raises InputError."""
+    if unit.kind != "video":
+        for index, path in enumerate(unit.images):
+            try:
+                img = read_image(path, max_pixels)
+            except ImageError as exc:
+                decoded.unreadable.append(str(exc))
+                continue
+            except OSError as exc:
+                decoded.unreadable.append(f"{path}: {exc.strerror or exc}")
+                continue
+            decoded.frames += 1
+            yield index, None, path, img
+        return
+    with opencv_path(unit.path) as name:
+        cap = cv2.VideoCapture(name)
+        try:
+            if not cap.isOpened():
+                raise InputError("not an image or a video that OpenCV can read")
+            while True:
+                ok, img = cap.read()
+                if not ok:
+                    return
+                index = decoded.frames
+                decoded.frames += 1
+                yield index, index / unit.fps, unit.path, img
+        finally:
+            cap.release()
+
+
+def outcome(unit: Unit, decoded: Decoded) -> tuple[str, str | None]:
+    """(status, error) of a unit read whole: truncated, failed (nothing read) or done."""
+    if unit.kind == "video":
+        if decoded.frames == 0:
+            return "failed", "not a video that OpenCV can decode (no frame)"
+        if unit.frames and decoded.frames < unit.frames:
+            return "truncated", (f"truncated: {decoded.frames} of the {unit.frames} frames the file announces "
+                                 "could be decoded; those were written")
+        return "done", None
+    if decoded.unreadable:
+        status = "failed" if decoded.frames == 0 else "truncated"
+        return status, f"cannot read {len(decoded.unreadable)} image(s), skipped: {'; '.join(decoded.unreadable)}"
+    return "done", None
