@@ -120,6 +120,8 @@ class LocalEngine:
     """
 
     def __init__(self, options: Options, stats: StageStats | None = None) -> None:
+        if options.batch_size < 1 or options.detect_workers < 1:
+            raise ValueError("batch_size and detect_workers must be at least 1")
         self.options = options
         self.stats = stats if stats is not None else StageStats()
         self.reconstructor: Reconstructor | None = None
@@ -129,15 +131,18 @@ class LocalEngine:
         self._spare: HandDetector | None = None
 
     def check(self) -> None:
-        """ValueError for a batch size or a detection thread count under 1 (the model is checked by loading it)."""
-        if self.options.batch_size < 1 or self.options.detect_workers < 1:
-            raise ValueError("batch_size and detect_workers must be at least 1")
+        """ModelError for model options that cannot work here (the device, the precision...), before anything
+        loads; the files are checked by loading them (:meth:`load`)."""
+        if not self.options.bbox_only:
+            try:
+                self.options.model.check()
+            except ValueError as exc:
+                raise ModelError(str(exc)) from exc
 
     def load(self) -> None:
         """Load the network and check MediaPipe now (once); ModelError if either cannot be set up."""
         if self.loaded:
             return
-        self.check()
         net = load_reconstructor(self.options)
         if net is not None:
             self.reconstructor = Reconstructor(TimedNetwork(net.network, self.stats), net.cfg, net.rescale_factor,
