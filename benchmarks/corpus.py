@@ -86,8 +86,8 @@ def run_frame_by_frame(data: Path, inputs: list[str], out: Path, batch_size: int
     """Today's loop: per video, VideoHands frame after frame, the same writer as the engines."""
     from hamer.corpus import Options, collect_units
     from hamer.detection import HAND_TASK_PATH, POSE_TASK_PATH, DetectorOptions, HandDetector
-    from hamer.engines import StageStats
-    from hamer.engines.local import TimedNetwork, load_reconstructor
+    from hamer.engines.base import StageStats, TimedNetwork
+    from hamer.engines.local import load_reconstructor
     from hamer.frames import Decoded, read_frames
     from hamer.outputs import Frame
     from hamer.pipeline import Reconstructor

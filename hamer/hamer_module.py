@@ -71,6 +71,10 @@ class HAMER:
             per image size) or a callable ``(W, H) -> Camera``. Default: HaMeR demo's camera (focal 5000 px at
             256 px, scaled to the image's longer side; principal point at the centre). It sets ``cam_t``; the 2D
             joints are HaMeR's and do not depend on it.
+
+    The model's arguments become one :class:`~hamer.model_options.ModelOptions` (``self.model``, the data folder
+    made absolute), checked at once (ValueError naming the argument) and loaded by :mod:`hamer.network`, as the
+    corpus engines do.
     """
 
     def __init__(
@@ -158,10 +162,12 @@ class HAMER:
 
     @property
     def precision(self) -> str:
+        """The precision: fp32, bf16 or fp16."""
         return self.model.precision
 
     @property
     def backend(self) -> str:
+        """The backend: auto, torch or onnx."""
         return self.model.backend
 
     @property

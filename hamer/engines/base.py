@@ -1,12 +1,16 @@
-"""What every engine is (:class:`Engine`) and the per-stage timings they fill in (:class:`StageStats`)."""
+"""What every engine is (:class:`Engine`) and the per-stage timings they fill in (:class:`StageStats`,
+:class:`TimedNetwork`)."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
+
+import numpy as np
 
 from ..run_types import Progress
 from ..units import Options, Unit
@@ -31,6 +35,20 @@ class StageStats:
         with self._lock:
             self.seconds[stage] += seconds
             self.frames += frames
+
+
+class TimedNetwork:
+    """The network runtime, timing its calls into ``stats``."""
+
+    def __init__(self, network: Callable[[np.ndarray], dict[str, np.ndarray]], stats: StageStats) -> None:
+        self.network, self.stats = network, stats
+
+    def __call__(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
+        start = time.perf_counter()
+        try:
+            return self.network(inputs)
+        finally:
+            self.stats.add("network", time.perf_counter() - start)
 
 
 class Engine(Protocol):

@@ -39,26 +39,13 @@ from ..run_types import ModelError, Progress
 from ..tracking import HandTracker, OneEuroFilter, TrackedFrame, VideoHands
 from ..unit_writer import UnitWriter
 from ..units import Options, Unit, record
-from .base import Finished, StageStats, Started
+from .base import Finished, StageStats, Started, TimedNetwork
 from .queues import EMPTY, Stopped, get, get_nowait, put
 
 if TYPE_CHECKING:
     from ..detection import HandDetector
 
 log = logging.getLogger(__name__)
-
-class TimedNetwork:
-    """The network runtime, timing its calls into ``stats``."""
-
-    def __init__(self, network: Callable[[np.ndarray], dict[str, np.ndarray]], stats: StageStats) -> None:
-        self.network, self.stats = network, stats
-
-    def __call__(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
-        start = time.perf_counter()
-        try:
-            return self.network(inputs)
-        finally:
-            self.stats.add("network", time.perf_counter() - start)
 
 
 @dataclass(eq=False)
