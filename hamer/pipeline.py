@@ -2,9 +2,9 @@
 
 Data flows one way. :func:`hands_from_boxes` (the user's boxes) or a selection of a detector's detections
 (:mod:`hamer.detectors`; :func:`best_per_label`, or a video tracker) gives detected-only
-:class:`~hamer.results.Hand` values; :class:`Reconstructor` crops them (:func:`make_inputs`), runs the network on one batch, un-mirrors left hands and
-places every hand in the full image with a :class:`~hamer.results.Camera`. :func:`predict_frame` strings these
-together; ``HAMER``, the video tracker and the command line all call it.
+:class:`~hamer.results.Hand` values; :class:`Reconstructor` crops them (:func:`make_inputs`), runs the network on
+one batch, un-mirrors left hands and places every hand in the full image with a :class:`~hamer.results.Camera`.
+:func:`predict_frame` strings these together; ``HAMER``, the video tracker and the command line all call it.
 """
 
 from __future__ import annotations
