@@ -268,3 +268,19 @@ def test_best_per_label_skips_a_box_that_misses_the_image():
     dets = [HandDetection("Left", 0.9, np.array([-90, 10, -50, 50], np.float32), None, "mine"), inside,
             HandDetection("Right", 0.9, np.array([10, 10, np.nan, 50], np.float32), None, "mine")]
     assert [h.box.tolist() for h in best_per_label(dets, SHAPE)] == [[10, 10, 50, 50]]
+
+
+def test_the_command_line_takes_boxes_from_a_file(data_dir, tmp_path, capsys, no_mediapipe):
+    from hamer.cli import main
+
+    video = write_video(tmp_path / "clip.mp4", [smooth_noise_image()] * 3)
+    good = write_lines(tmp_path / "good.jsonl", [{"frame": 1, "hands": [{"label": "Left", "box": TWO_BOXES["Left"]}]}])
+    assert main(["run", str(video), "--out", str(tmp_path / "out"), "--data", str(data_dir), "--bbox-only", "--quiet",
+                 "--boxes", str(good)]) == 0
+    lines = [json.loads(line) for line in (tmp_path / "out" / "clip.jsonl").read_text().splitlines()]
+    assert [[(h["label"], h["box"], h["detector"]) for h in line["hands"]] for line in lines] == [
+        [], [("Left", TWO_BOXES["Left"], "file")], []]
+    bad = write_lines(tmp_path / "bad.jsonl", [{"frame": 0, "hands": [{"label": "left", "box": [0, 0, 9, 9]}]}])
+    assert main(["run", str(video), "--out", str(tmp_path / "again"), "--data", str(data_dir), "--quiet",
+                 "--boxes", str(bad)]) == 1
+    assert "bad.jsonl line 1: label must be 'Right' or 'Left', got 'left'" in capsys.readouterr().err
