@@ -77,7 +77,7 @@ class BoxesFromFile:
             start, offset = offset, offset + len(raw)
             if not raw.strip():
                 continue
-            key = _check_line(raw, where)
+            key = _parse_line(raw, where)[0]
             if isinstance(key, str):
                 if key in self._images:
                     raise ValueError(f"{where}: image {key!r} again (first on line {self._images[key][1]})")
@@ -113,8 +113,11 @@ class BoxesFromFile:
             return []
         offset, number = found
         self._file.seek(offset)
-        hands = json.loads(self._file.readline(MAX_LINE_BYTES + 1))["hands"]
-        return [_detection(hand, img_bgr.shape, f"{self.path} line {number}") for hand in hands]
+        where = f"{self.path} line {number}"
+        key, hands = _parse_line(self._file.readline(MAX_LINE_BYTES + 1), where)  # checked again: files change
+        if key != (os.path.basename(frame.path) if self._images else index):
+            raise ValueError(f"{where}: the file changed since it was opened")
+        return [_detection(hand, img_bgr.shape, where) for hand in hands]
 
     def close(self) -> None:
         """Close the file; further :meth:`detect` calls raise. Safe to call twice."""
@@ -141,8 +144,8 @@ class BoxFileDetectors:
         return BoxesFromFile(self.path)
 
 
-def _check_line(raw: bytes, where: str) -> int | str:
-    """The key (frame index or image name) of a valid line; ValueError naming ``where`` otherwise."""
+def _parse_line(raw: bytes, where: str) -> tuple[int | str, list[dict[str, Any]]]:
+    """The key (frame index or image name) and hands of a valid line; ValueError naming ``where`` otherwise."""
     try:
         line = json.loads(raw)
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of too many digits
@@ -159,7 +162,7 @@ def _check_line(raw: bytes, where: str) -> int | str:
         raise ValueError(f'{where}: "hands" must be a list, got {type(hands).__name__}')
     for hand in hands:
         _check_hand(hand, where)
-    return key
+    return key, hands
 
 
 def _check_hand(hand: Any, where: str) -> None:

@@ -284,3 +284,14 @@ def test_the_command_line_takes_boxes_from_a_file(data_dir, tmp_path, capsys, no
     assert main(["run", str(video), "--out", str(tmp_path / "again"), "--data", str(data_dir), "--quiet",
                  "--boxes", str(bad)]) == 1
     assert "bad.jsonl line 1: label must be 'Right' or 'Left', got 'left'" in capsys.readouterr().err
+
+
+def test_a_file_changed_after_opening_is_noticed(tmp_path):
+    path = write_lines(tmp_path / "b.jsonl", [{"frame": 0, "hands": []}, {"frame": 5, "hands": []}])
+    with BoxesFromFile(path) as boxes:
+        write_lines(path, [{"frame": 0, "hands": []}, {"frame": 6, "hands": []}])
+        with pytest.raises(ValueError, match="b.jsonl line 2: the file changed since it was opened"):
+            boxes.detect(IMG, None, FrameRef("v.mp4", 5))
+        write_lines(path, [{"frame": 0, "hands": []}, {"frame": 5, "hands": [{"label": "Left"}]}])
+        with pytest.raises(ValueError, match="b.jsonl line 2: each hand must be an object"):
+            boxes.detect(IMG, None, FrameRef("v.mp4", 5))
