@@ -13,7 +13,10 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .detectors import DetectorFactory
 
 DEFAULT_FPS = 30.0
 
@@ -87,7 +90,7 @@ class Options:
     # and closed by the engine; picklable for Ray: a module-level class's instance or a module-level function, e.g.
     # hamer.boxfile.BoxFileDetectors(path), hamer.detection.MediaPipeDetectors(options)); None: MediaPipe's bundled
     # models with max_hands
-    detector: Any = None
+    detector: DetectorFactory | None = None
 
 
 def fingerprint(options: Options) -> dict[str, Any]:
