@@ -150,6 +150,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
+    from .boxfile import BoxFileDetectors
     from .corpus import ModelError, Options, read_list, run_corpus
     from .manifest import RunError
 
@@ -191,7 +192,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         detect_workers=args.detect_workers, workers=args.workers or 1, ray_address=args.ray_address,
         gpus_per_worker=args.gpus_per_worker,
         formats=args.formats, vertices=args.vertices, pose_base=args.pose_base, camera=args.intrinsics or args.fov_deg,
-        max_image_pixels=args.max_image_pixels)
+        max_image_pixels=args.max_image_pixels, detector=None if args.boxes is None else BoxFileDetectors(args.boxes))
     skipped: list[str] = []
     with logging_redirect_tqdm(), tqdm(unit="frame", disable=args.quiet, dynamic_ncols=True) as bar:
         progress = _Bar(bar, args.quiet)
@@ -610,6 +611,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="crop side / hand box side, as HaMeR's demo (default: 2.0)")
     run.add_argument("--max-hands", type=_count, default=2,
                      help="hands MediaPipe looks for (default: 2); at most one Right and one Left are reconstructed")
+    run.add_argument("--boxes", metavar="FILE", help="the hands' boxes from a JSON Lines file, per video frame or "
+                                                     "image name, instead of MediaPipe (format: docs/CLI.md)")
     run.add_argument("--max-image-pixels", type=_count, metavar="N",
                      help="an image file of more pixels (width x height, from its header) is skipped undecoded, one "
                           f"over {BYTES_PER_PIXEL} bytes a pixel + {format_bytes(METADATA_BYTES)} unread (default: "

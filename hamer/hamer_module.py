@@ -1,4 +1,4 @@
-"""``HAMER``: 3D hand joints from an image, with your boxes or MediaPipe's.
+"""``HAMER``: 3D hand joints from an image, with your boxes, MediaPipe's or another detector's.
 
     hamer = HAMER(mode="IMAGE", device="cpu")
     result = hamer.predict(img_bgr)                                   # FrameResult: typed hands
@@ -25,15 +25,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import configs
-from .detection import HAND_TASK_PATH, POSE_TASK_PATH, DetectorOptions
+from .detection import HAND_TASK_PATH, POSE_TASK_PATH, detector_options
+from .detectors import Detector
 from .images import as_bgr
 from .pipeline import Reconstructor, predict_frame
 from .results import Camera, CameraSpec, FrameResult
 
 if TYPE_CHECKING:
     from yacs.config import CfgNode
-
-    from .detection import HandDetector
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +51,9 @@ class HAMER:
         task_paths: MediaPipe bundles {"hand": path, "pose": path}; a missing key disables that landmarker.
             Default: both bundled models.
         num_hands: most hands the hand landmarker reports.
+        detector: another hand detector (a :class:`hamer.detectors.Detector`, e.g. ``hamer.boxfile.BoxesFromFile``
+            or your own) instead of MediaPipe, which then is never made (``task_paths`` and ``num_hands`` unused).
+            It sees the images with their ``timestamp_ms``; it stays yours to close: :meth:`close` leaves it open.
         rescale_factor: crop side = rescale_factor * max(h, 4/3 w) of the box (HaMeR's demo: 2.0).
         data_dir: the HaMeR data folder; default :func:`hamer.configs.data_dir` (``CACHE_DIR_HAMER`` if set, else
             ``$HAMER_HOME``, else the per-user cache), made absolute now, when the HAMER is made.
@@ -89,13 +91,17 @@ class HAMER:
         export_onnx: configs.PathLike | None = None,
         download: bool = False,
         camera: CameraSpec | None = None,
+        detector: Detector | None = None,
     ) -> None:
         from .runtime import check_precision, resolve_device
 
         if not (isinstance(rescale_factor, (int, float)) and 0 < rescale_factor <= MAX_RESCALE_FACTOR):
             raise ValueError(f"rescale_factor must be a number in (0, {MAX_RESCALE_FACTOR}], got {rescale_factor!r}")
-        if task_paths is None:
-            task_paths = {"hand": HAND_TASK_PATH, "pose": POSE_TASK_PATH}
+        if detector is not None and not isinstance(detector, Detector):
+            raise TypeError(f"detector must have detect(img_bgr, timestamp_ms, frame), close(), __enter__ and "
+                            f"__exit__ (hamer.detectors.Detector), got {type(detector).__name__}")
+        if detector is not None and task_paths is not None:
+            raise ValueError("task_paths choose MediaPipe's models: give them or a detector, not both")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if backend == "onnx" and (onnx_path is None or export_onnx is not None or precision != "fp32"):
@@ -104,9 +110,6 @@ class HAMER:
         if camera is not None and not (isinstance(camera, Camera) or callable(camera)):
             raise ValueError(f"camera must be a hamer.Camera, a hamer.FieldOfView or a callable (W, H) -> Camera, "
                              f"got {type(camera).__name__}")
-        unknown = set(task_paths) - {"hand", "pose"}
-        if unknown:
-            raise ValueError(f"task_paths keys must be 'hand' and/or 'pose', got {sorted(unknown)}")
         self.mode = mode
         self.device = resolve_device(device)
         check_precision(precision, self.device)
@@ -122,11 +125,9 @@ class HAMER:
 
             ensure_downloaded(self._data_dir)
         self._checkpoint = checkpoint
-        self._detector_options = DetectorOptions(
-            hand_task_path=task_paths.get("hand"), pose_task_path=task_paths.get("pose"), mode=mode,
-            num_hands=num_hands,
-        )
-        self._detector: HandDetector | None = None
+        self._detector_options = detector_options(task_paths, num_hands, mode)
+        self._detector: Detector | None = detector
+        self._own_detector = detector is None  # MediaPipe's, made here on first use and closed by close()
         self._reconstructor: Reconstructor | None = None
         self._lock = threading.RLock()
         self._last: FrameResult | None = None
@@ -153,7 +154,8 @@ class HAMER:
             return self._last_dict
 
     def set_mode(self, mode: str) -> None:
-        """Switch between "IMAGE" and "VIDEO" (MediaPipe's running mode); the loaded network is kept."""
+        """Switch between "IMAGE" and "VIDEO" (MediaPipe's running mode; a detector passed in is kept as it is);
+        the loaded network is kept."""
         options = dataclasses.replace(self._detector_options, mode=mode)  # ValueError for another mode
         with self._lock:
             if mode != self.mode:
@@ -222,8 +224,8 @@ class HAMER:
         return self._reconstructor
 
     @property
-    def detector(self) -> HandDetector:
-        """The MediaPipe hand detector (created on first use; closed by :meth:`close`)."""
+    def detector(self) -> Detector:
+        """The hand detector: the one passed in, else MediaPipe's (created on first use; closed by :meth:`close`)."""
         from .detection import HandDetector
 
         with self._lock:
@@ -238,8 +240,8 @@ class HAMER:
         Args:
             img_bgr: uint8 (H, W, 3) image in ``color`` order (BGR as ``cv2.imread`` gives; (H, W, 4) with alpha
                 and grayscale (H, W) are converted), or a PIL image.
-            boxes: ``{"Right"|"Left": [x1, y1, x2, y2]}`` pixels, the subject's own hands; None: MediaPipe finds
-                the hands and the most confident of each label is reconstructed.
+            boxes: ``{"Right"|"Left": [x1, y1, x2, y2]}`` pixels, the subject's own hands; None: the detector
+                (MediaPipe by default) finds the hands and the most confident of each label is reconstructed.
             bbox_only: detect only; HaMeR is neither loaded nor run (the hands have no joints).
             timestamp_ms: VIDEO mode: the frame's time, increasing from call to call (None: previous + 33 ms).
             color: "BGR" (default, OpenCV) or "RGB" (PIL, matplotlib, imageio): the channel order of ``img_bgr``.
@@ -283,9 +285,10 @@ class HAMER:
         return result.keypoints_3d, result.boxes
 
     def close(self) -> None:
-        """Close the MediaPipe landmarkers (the network needs no closing)."""
+        """Close the MediaPipe landmarkers, if made here (a detector passed in stays open; the network needs no
+        closing)."""
         with self._lock:
-            if self._detector is not None:
+            if self._detector is not None and self._own_detector:
                 self._detector.close()
                 self._detector = None
 

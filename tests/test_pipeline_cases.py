@@ -56,7 +56,7 @@ class ScriptedDetector:
         self.detections = detections
         self.timestamps: list[int | None] = []
 
-    def detect(self, img_bgr: np.ndarray, timestamp_ms: int | None = None) -> list[HandDetection]:
+    def detect(self, img_bgr: np.ndarray, timestamp_ms: int | None = None, frame=None) -> list[HandDetection]:
         self.timestamps.append(timestamp_ms)
         return list(self.detections)
 
