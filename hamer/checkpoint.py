@@ -23,8 +23,8 @@ import torch
 from yacs.config import CfgNode
 
 from .configs import CONFIG_METADATA_KEY, DataPaths, check_supported, download_hint, load_config, merge_config
+from .files import give_default_permissions
 from .models.mano import MANO, load_mano_pickle, mano_data_from_state_dict
-from .outputs import give_default_permissions
 
 if TYPE_CHECKING:
     from .models.hamer import HaMeRNet

@@ -320,7 +320,7 @@ def _check_manifest(root: Path) -> bool:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from .checkpoint import build_model, save_safetensors
-    from .outputs import atomic_path
+    from .files import atomic_path
 
     out = Path(args.output)
     if out.suffix != ".safetensors":

@@ -11,21 +11,19 @@ import cv2
 import numpy as np
 import pytest
 
+from hamer.files import give_default_permissions
 from hamer.outputs import (
     NPZ_ARRAYS,
-    VIDEO_CODECS,
     Frame,
     FrameWriter,
-    VideoFileWriter,
-    browser_codec,
     frame_json,
-    give_default_permissions,
     npz_arrays,
     rotations_to_axis_angle,
     write_image,
 )
 from hamer.overlay import FINGER_COLORS, LABEL_COLORS, draw_hands
 from hamer.results import Camera, FrameResult, Hand, ManoParams, frozen_array
+from hamer.video import VIDEO_CODECS, VideoFileWriter, browser_codec
 
 SIZE = (200, 100)  # W, H
 

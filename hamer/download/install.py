@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .. import configs
+from ..files import atomic_path
 from ..version import __version__
-from ..outputs import atomic_path
 from .archive import ARCHIVE_ROOT, extract
 from .common import WORK_DIR, BadArchiveError, DownloadError, Progress, sha256_file
 from .lock import staging_prefix
