@@ -13,7 +13,6 @@ from .args import data_options
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from ..checkpoint import build_model, save_safetensors
-    from ..files import atomic_path
 
     out = Path(args.output)
     if out.suffix != ".safetensors":
@@ -27,8 +26,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         return 1
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with atomic_path(out) as tmp:
-            save_safetensors(model, cfg, tmp, half=args.half)
+        save_safetensors(model, cfg, out, half=args.half)
     except (OSError, ValueError) as exc:
         print(f"error: cannot write {out}: {exc}", file=sys.stderr)
         return 1

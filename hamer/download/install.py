@@ -146,9 +146,8 @@ def to_safetensors(root: Path, half: bool = False) -> Manifest:
     paths = configs.data_paths(root)
     model, cfg = build_model(paths)
     target = root / configs.SAFETENSORS_FILE
-    with atomic_path(target) as tmp:
-        save_safetensors(model, cfg, tmp, half=half)
-        del model
+    save_safetensors(model, cfg, target, half=half)
+    del model
     manifest = Manifest.read(root)
     if manifest is None:
         raise DownloadError(f"{root / MANIFEST_FILE} is missing")
