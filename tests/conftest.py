@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 import pytest
+
 from synthetic import make_data_dir
 
 if TYPE_CHECKING:

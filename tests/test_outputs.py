@@ -26,6 +26,7 @@ from hamer.results import Camera, FrameResult, Hand, ManoParams, frozen_array
 from hamer.video import VIDEO_CODECS, VideoFileWriter, browser_codec
 
 SIZE = (200, 100)  # W, H
+CAMERA = Camera(800.0, 800.0, 100.0, 50.0)
 
 
 def has_color(pixels: np.ndarray, color: tuple[int, int, int], tol: int = 30) -> bool:
@@ -42,7 +43,7 @@ def left_hand(track_id: int = 3) -> Hand:
                 keypoints_2d=frozen_array(joints_2d), cam_t=frozen_array([0.1, -0.2, 3.0]))
 
 
-def frame(hands: tuple[Hand, ...], camera: Camera | None = Camera(800.0, 800.0, 100.0, 50.0)) -> Frame:
+def frame(hands: tuple[Hand, ...], camera: Camera | None = CAMERA) -> Frame:
     return Frame("clip.mp4", 7, 7 / 30, FrameResult(hands, SIZE, camera))
 
 
