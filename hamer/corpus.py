@@ -2,7 +2,7 @@
 
 A *unit* is one video, one image, or one folder of images (:mod:`hamer.units`). Each unit's outputs
 (``<name>.jsonl``, ``<name>.npz`` and with overlays ``<name>.overlay.*``) are written whole through atomic renames
-(:func:`hamer.outputs.atomic_path`); ``OUT/manifest.jsonl`` (:mod:`hamer.manifest`) gets a ``started`` line before a
+(:func:`hamer.files.atomic_path`); ``OUT/manifest.jsonl`` (:mod:`hamer.manifest`) gets a ``started`` line before a
 unit runs and a line when it ends, each flushed and fsynced as it is written; for each input the latest line
 decides::
 
@@ -39,9 +39,10 @@ import numpy as np
 
 from .images import IMAGE_SUFFIXES, ImageError, opencv_path, read_image
 from .manifest import MANIFEST, TEMP_FILE, FolderLock, Manifest, RunError, clean_temp_files, refuse_link, this_run
-from .outputs import Frame, VideoFileWriter, write_image
+from .outputs import Frame, write_image
 from .plan import plan
 from .units import DEFAULT_FPS, Options, Unit, fingerprint, input_stat
+from .video import VideoFileWriter
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +229,7 @@ def outcome(unit: Unit, decoded: Decoded) -> tuple[str, str | None]:
 class UnitWriter:
     """The outputs of one unit, whole or not at all: its ``options.formats`` (``hamer.formats.open_writers``:
     ``<name>.jsonl``, ``.npz``...) and with ``options.overlay`` the hands drawn (``.overlay.jpg``, ``.overlay/``,
-    ``.overlay.mp4`` or ``.overlay.webm``: :func:`hamer.outputs.browser_codec`) in ``options.overlay_style``.
+    ``.overlay.mp4`` or ``.overlay.webm``: :func:`hamer.video.browser_codec`) in ``options.overlay_style``.
     ``faces``: the MANO triangles (for obj, rerun and mesh overlays).
 
     The one place a unit's files are opened: a context manager with :meth:`add`; they appear when the block

@@ -106,7 +106,7 @@ class HAMER:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if backend == "onnx" and (onnx_path is None or export_onnx is not None or precision != "fp32"):
             raise ValueError("backend 'onnx' needs onnx_path and takes no export_onnx or precision (the file sets "
-                             "the weights' precision: see hamer.export.quantize_onnx)")
+                             "the weights' precision: see hamer.quantize.quantize_onnx)")
         if camera is not None and not (isinstance(camera, Camera) or callable(camera)):
             raise ValueError(f"camera must be a hamer.Camera, a hamer.FieldOfView or a callable (W, H) -> Camera, "
                              f"got {type(camera).__name__}")

@@ -49,7 +49,7 @@ class Unit:
 
         names = [p.name for p in output_paths(formats, UnitInfo(Path("."), self.name))]
         if overlay:
-            from .outputs import VIDEO_CODECS, browser_codec
+            from .video import VIDEO_CODECS, browser_codec
 
             video = ".overlay" + VIDEO_CODECS[browser_codec()]
             names.append(self.name + {"image": ".overlay.jpg", "folder": ".overlay", "video": video}[self.kind])

@@ -11,8 +11,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import TWO_BOXES, smooth_noise_image
-from videos import write_video
 
 import hamer.boxfile
 import hamer.detection
@@ -23,6 +21,9 @@ from hamer.detectors import Detector, FrameRef, HandDetection
 from hamer.hamer_module import HAMER
 from hamer.pipeline import best_per_label
 from hamer.units import differences, fingerprint
+
+from conftest import TWO_BOXES, smooth_noise_image
+from videos import write_video
 
 SHAPE = (240, 320, 3)
 IMG = np.zeros(SHAPE, np.uint8)
