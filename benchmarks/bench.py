@@ -168,13 +168,13 @@ def prepare(work: Path, small: bool, paths: list[str]) -> dict:
 
 def export_models(work: Path, small: bool) -> dict:
     """The random-weight data folder, its fp32 ONNX export and the default path's cache under ``work``; FLOPs."""
-    from synthetic import make_data_dir, training_config
-
     import hamer.configs
     from hamer.configs import data_paths, merge_config
     from hamer.export import export_onnx
     from hamer.onnx_cache import default_runtime
     from hamer.pipeline import make_inputs
+
+    from synthetic import make_data_dir, training_config
 
     work.mkdir(parents=True, exist_ok=True)
     print(f"writing random-weight {'small' if small else 'ViT-H'} model files to {work} ...", flush=True)

@@ -24,7 +24,6 @@ import numpy as np
 import torch
 from onnxruntime.quantization.calibrate import save_tensors_data
 
-from bench import machine  # also puts this checkout first on sys.path
 from hamer.quantize import FP32_NODES, calibration_sets, image_files
 from hamer.quantize.activations import calibrate
 from hamer.quantize.graph import ViTLayout, fp32_node_names, load_graph, quantized_matmuls
@@ -32,6 +31,8 @@ from hamer.quantize.qdq import quantize_qdq
 from hamer.quantize.report import joints
 from hamer.quantize.weights import GptqRounding
 from hamer.runtime import OnnxRuntime
+
+from bench import machine  # also puts this checkout first on sys.path
 
 IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
 

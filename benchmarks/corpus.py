@@ -57,6 +57,7 @@ def peak_rss_mib() -> float:
 
 def make_corpus(folder: Path, videos: int, frames: int) -> list[str]:
     import cv2
+
     from videos import pan_zoom, write_video
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -28,11 +28,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from bench import machine  # noqa: E402
-
 from hamer import HAMER, draw  # noqa: E402
 from hamer.raster import rasterize  # noqa: E402
 from hamer.results import Camera, FrameResult, Hand, frozen_array  # noqa: E402
+
+from bench import machine  # noqa: E402
 
 SIZE = (1280, 720)
 VIT_H_S_PER_HAND = 1.24  # benchmarks/results/bench.md, 'default-cpu', b=1, AMD EPYC (family/model 25/17)

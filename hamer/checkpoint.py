@@ -23,8 +23,8 @@ import torch
 from yacs.config import CfgNode
 
 from .configs import CONFIG_METADATA_KEY, DataPaths, check_supported, download_hint, load_config, merge_config
+from .files import atomic_path, give_default_permissions
 from .models.mano import MANO, load_mano_pickle, mano_data_from_state_dict
-from .outputs import give_default_permissions
 
 if TYPE_CHECKING:
     from .models.hamer import HaMeRNet
@@ -263,7 +263,8 @@ def save_safetensors(model: HaMeRNet, cfg: Mapping, path: Path, half: bool = Fal
     The tensors are ``model.state_dict()`` (backbone, head with its ``init_*`` mean parameters, MANO buffers); the
     config (e.g. the ``cfg`` :func:`build_model` returns) is stored as JSON under metadata key
     :data:`~hamer.configs.CONFIG_METADATA_KEY`. ``half`` stores floating tensors as float16 (``build_model`` casts
-    them back to float32); ValueError if a value would overflow float16.
+    them back to float32); ValueError if a value would overflow float16. The file is written whole or not at all
+    (:func:`~hamer.files.atomic_path`); ``hamer convert`` and ``hamer download --safetensors`` both write with it.
     """
     from safetensors.torch import save_file
 
@@ -276,5 +277,6 @@ def save_safetensors(model: HaMeRNet, cfg: Mapping, path: Path, half: bool = Fal
                 raise ValueError(f"{name} has values beyond float16's range; convert without half precision")
             tensor = halved
         tensors[name] = tensor.contiguous()
-    save_file(tensors, str(path), metadata={CONFIG_METADATA_KEY: json.dumps(cfg)})
-    give_default_permissions(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={CONFIG_METADATA_KEY: json.dumps(cfg)})
+        give_default_permissions(tmp)

@@ -61,12 +61,17 @@ class DataPaths:
     mean_params: Path
 
 
+def user_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/hamer``, else ``~/.cache/hamer`` (user expanded, not resolved): the default data folder and
+    the ONNX cache's parent."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "hamer"
+
+
 def default_data_dir() -> Path:
     """The per-user data folder: ``$HAMER_HOME``, else ``$XDG_CACHE_HOME/hamer``, else ``~/.cache/hamer``."""
     if os.environ.get("HAMER_HOME"):
         return Path(os.environ["HAMER_HOME"]).expanduser().resolve()
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return (Path(cache).expanduser() / "hamer").resolve()
+    return user_cache_dir().resolve()
 
 
 def data_dir(root: PathLike | None = None) -> Path:

@@ -2,7 +2,7 @@
 
 A *unit* is one video, one image, or one folder of images (:mod:`hamer.units`). Each unit's outputs
 (``<name>.jsonl``, ``<name>.npz`` and with overlays ``<name>.overlay.*``) are written whole through atomic renames
-(:func:`hamer.outputs.atomic_path`); ``OUT/manifest.jsonl`` (:mod:`hamer.manifest`) gets a ``started`` line before a
+(:func:`hamer.files.atomic_path`); ``OUT/manifest.jsonl`` (:mod:`hamer.manifest`) gets a ``started`` line before a
 unit runs and a line when it ends, each flushed and fsynced as it is written; for each input the latest line
 decides::
 

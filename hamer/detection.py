@@ -11,24 +11,30 @@ both landmarkers. Boxes are axis-aligned ``(x1, y1, x2, y2)`` in image pixels an
   (MediaPipe Holistic's hand-from-pose box, before its 2.7x re-crop expansion), grown to contain the four points:
   the whole hand lies within about one palm length of ``m`` at any in-plane rotation.
 
+:class:`HandDetector` implements :class:`hamer.detectors.Detector`; :class:`MediaPipeDetectors` makes them for a
+corpus run (a :data:`hamer.detectors.DetectorFactory`), and :func:`detector_options` builds their options from a
+user's settings (``HAMER``'s ``task_paths`` and ``num_hands``, a corpus run's ``max_hands``).
+
 Not thread-safe: use one detector per thread.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import weakref
+from collections.abc import Mapping
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from .configs import PathLike
+from .detectors import FrameRef, HandDetection
 from .images import as_bgr
 from .native_output import stderr_to_log
 
@@ -49,27 +55,6 @@ DEFAULT_FRAME_STEP_MS = 33
 MAX_TIMESTAMP_MS = 10**12  # about 31 years of video; MediaPipe counts microseconds in an int64
 MAX_PEOPLE = 100  # most hands (poses) a landmarker may be asked for
 QUIET_FIRST_CALLS = 3  # detect calls whose native stderr output is captured (the runtime logs while warming up)
-
-
-
-@dataclass(frozen=True, eq=False)
-class HandDetection:
-    """One detected hand.
-
-    Attributes:
-        label: "Right" or "Left", the subject's own hand.
-        score: handedness score (hand landmarker) or mean visibility of the pose points used (pose fallback).
-        box: float32 (4,) x1, y1, x2, y2 in image pixels.
-        landmarks: float32 (K, 2) image pixels: the 21 hand landmarks, or the pose wrist, pinky, index, thumb.
-        source: "hand" or "pose".
-    """
-
-    label: str
-    score: float
-    box: np.ndarray
-    landmarks: np.ndarray
-    source: str
-
 
 @dataclass
 class DetectorOptions:
@@ -106,6 +91,33 @@ class DetectorOptions:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
                 raise ValueError(f"{name} must be a number from 0 to 1, got {value!r}")
+
+
+def detector_options(task_paths: Mapping[str, PathLike | None] | None = None, num_hands: int = 2,
+                     mode: str = "IMAGE") -> DetectorOptions:
+    """MediaPipe's options from a user's settings: ``task_paths`` ``{"hand": path, "pose": path}`` (a missing key
+    disables that landmarker; None: both bundled models, as this module names them when called) and ``num_hands``.
+    ValueError for another key, mode or count."""
+    if task_paths is None:
+        task_paths = {"hand": HAND_TASK_PATH, "pose": POSE_TASK_PATH}
+    unknown = set(task_paths) - {"hand", "pose"}
+    if unknown:
+        raise ValueError(f"task_paths keys must be 'hand' and/or 'pose', got {sorted(unknown)}")
+    return DetectorOptions(hand_task_path=task_paths.get("hand"), pose_task_path=task_paths.get("pose"), mode=mode,
+                           num_hands=num_hands)
+
+
+@dataclass(frozen=True)
+class MediaPipeDetectors:
+    """A :data:`hamer.detectors.DetectorFactory` of MediaPipe detectors: ``factory(mode)`` is a new
+    :class:`HandDetector` with ``options`` in running mode ``mode`` ("IMAGE" or "VIDEO"). Picklable (Ray).
+
+    ``options``: default :func:`detector_options` (the bundled models, 2 hands) when the factory is made."""
+
+    options: DetectorOptions = field(default_factory=detector_options)
+
+    def __call__(self, mode: str) -> HandDetector:
+        return HandDetector(dataclasses.replace(self.options, mode=mode))
 
 
 def _check_task_path(path: PathLike | None) -> str | None:
@@ -196,12 +208,14 @@ class HandDetector:
         _open_detectors.add(self)
         _register_exit_hook()
 
-    def detect(self, img_bgr: np.ndarray, timestamp_ms: int | None = None) -> list[HandDetection]:
+    def detect(self, img_bgr: np.ndarray, timestamp_ms: int | None = None,
+               frame: FrameRef | None = None) -> list[HandDetection]:
         """All hands found in a BGR (or BGRA, grayscale) uint8 image, by score descending.
 
         ``timestamp_ms`` is the frame time in VIDEO mode and must increase strictly from call to call; when None it
-        is the previous one + 33 ms (0 for the first frame). It is ignored in IMAGE mode.
+        is the previous one + 33 ms (0 for the first frame). It is ignored in IMAGE mode, and ``frame`` always.
         """
+        del frame  # MediaPipe needs only the pixels (and the time)
         if self._closed:
             raise RuntimeError("HandDetector is closed")
         rgb = _to_rgb(img_bgr)

@@ -29,8 +29,8 @@ from torch import nn
 from yacs.config import CfgNode
 
 from .configs import CONFIG_METADATA_KEY, FACES_METADATA_KEY, PathLike
+from .files import give_default_permissions
 from .models.hamer import OUTPUT_NAMES, HaMeRNet
-from .outputs import give_default_permissions
 from .runtime import ONNX_INPUT, OnnxRuntime, TorchRuntime
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""``HAMER``: 3D hand joints from an image, with your boxes or MediaPipe's.
+"""``HAMER``: 3D hand joints from an image, with your boxes, MediaPipe's or another detector's.
 
     hamer = HAMER(mode="IMAGE", device="cpu")
     result = hamer.predict(img_bgr)                                   # FrameResult: typed hands
@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import configs
-from .detection import HAND_TASK_PATH, POSE_TASK_PATH, DetectorOptions
+from .detection import HAND_TASK_PATH, POSE_TASK_PATH, detector_options
+from .detectors import Detector
 from .images import as_bgr
 from .model_options import ModelOptions
 from .network import load_reconstructor
@@ -33,8 +34,6 @@ from .results import CameraSpec, FrameResult
 
 if TYPE_CHECKING:
     from yacs.config import CfgNode
-
-    from .detection import HandDetector
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +50,9 @@ class HAMER:
         task_paths: MediaPipe bundles {"hand": path, "pose": path}; a missing key disables that landmarker.
             Default: both bundled models.
         num_hands: most hands the hand landmarker reports.
+        detector: another hand detector (a :class:`hamer.detectors.Detector`, e.g. ``hamer.boxfile.BoxesFromFile``
+            or your own) instead of MediaPipe, which then is never made (``task_paths`` and ``num_hands`` unused).
+            It sees the images with their ``timestamp_ms``; it stays yours to close: :meth:`close` leaves it open.
         rescale_factor: crop side = rescale_factor * max(h, 4/3 w) of the box (HaMeR's demo: 2.0).
         data_dir: the HaMeR data folder; default :func:`hamer.configs.data_dir` (``CACHE_DIR_HAMER`` if set, else
             ``$HAMER_HOME``, else the per-user cache), made absolute now, when the HAMER is made.
@@ -92,17 +94,18 @@ class HAMER:
         export_onnx: configs.PathLike | None = None,
         download: bool = False,
         camera: CameraSpec | None = None,
+        detector: Detector | None = None,
     ) -> None:
-        if task_paths is None:
-            task_paths = {"hand": HAND_TASK_PATH, "pose": POSE_TASK_PATH}
+        if detector is not None and not isinstance(detector, Detector):
+            raise TypeError(f"detector must have detect(img_bgr, timestamp_ms, frame), close(), __enter__ and "
+                            f"__exit__ (hamer.detectors.Detector), got {type(detector).__name__}")
+        if detector is not None and task_paths is not None:
+            raise ValueError("task_paths choose MediaPipe's models: give them or a detector, not both")
         model = ModelOptions(device=device, backend=backend, precision=precision, checkpoint=checkpoint,
                              onnx=onnx_path, rescale_factor=rescale_factor, camera=camera)
         self.device = model.check()
         if export_onnx is not None and backend == "onnx":
             raise ValueError("backend 'onnx' takes no export_onnx (the file is the export)")
-        unknown = set(task_paths) - {"hand", "pose"}
-        if unknown:
-            raise ValueError(f"task_paths keys must be 'hand' and/or 'pose', got {sorted(unknown)}")
         self.mode = mode
         self.model = dataclasses.replace(model, data=configs.data_dir(data_dir), rescale_factor=float(rescale_factor))
         self._export_onnx = export_onnx
@@ -110,11 +113,9 @@ class HAMER:
             from .download import ensure_downloaded
 
             ensure_downloaded(self.model.data)
-        self._detector_options = DetectorOptions(
-            hand_task_path=task_paths.get("hand"), pose_task_path=task_paths.get("pose"), mode=mode,
-            num_hands=num_hands,
-        )
-        self._detector: HandDetector | None = None
+        self._detector_options = detector_options(task_paths, num_hands, mode)
+        self._detector: Detector | None = detector
+        self._own_detector = detector is None  # MediaPipe's, made here on first use and closed by close()
         self._reconstructor: Reconstructor | None = None
         self._lock = threading.RLock()
         self._last: FrameResult | None = None
@@ -141,7 +142,8 @@ class HAMER:
             return self._last_dict
 
     def set_mode(self, mode: str) -> None:
-        """Switch between "IMAGE" and "VIDEO" (MediaPipe's running mode); the loaded network is kept."""
+        """Switch between "IMAGE" and "VIDEO" (MediaPipe's running mode; a detector passed in is kept as it is);
+        the loaded network is kept."""
         options = dataclasses.replace(self._detector_options, mode=mode)  # ValueError for another mode
         with self._lock:
             if mode != self.mode:
@@ -195,8 +197,8 @@ class HAMER:
         return self._reconstructor
 
     @property
-    def detector(self) -> HandDetector:
-        """The MediaPipe hand detector (created on first use; closed by :meth:`close`)."""
+    def detector(self) -> Detector:
+        """The hand detector: the one passed in, else MediaPipe's (created on first use; closed by :meth:`close`)."""
         from .detection import HandDetector
 
         with self._lock:
@@ -211,8 +213,8 @@ class HAMER:
         Args:
             img_bgr: uint8 (H, W, 3) image in ``color`` order (BGR as ``cv2.imread`` gives; (H, W, 4) with alpha
                 and grayscale (H, W) are converted), or a PIL image.
-            boxes: ``{"Right"|"Left": [x1, y1, x2, y2]}`` pixels, the subject's own hands; None: MediaPipe finds
-                the hands and the most confident of each label is reconstructed.
+            boxes: ``{"Right"|"Left": [x1, y1, x2, y2]}`` pixels, the subject's own hands; None: the detector
+                (MediaPipe by default) finds the hands and the most confident of each label is reconstructed.
             bbox_only: detect only; HaMeR is neither loaded nor run (the hands have no joints).
             timestamp_ms: VIDEO mode: the frame's time, increasing from call to call (None: previous + 33 ms).
             color: "BGR" (default, OpenCV) or "RGB" (PIL, matplotlib, imageio): the channel order of ``img_bgr``.
@@ -256,9 +258,10 @@ class HAMER:
         return result.keypoints_3d, result.boxes
 
     def close(self) -> None:
-        """Close the MediaPipe landmarkers (the network needs no closing)."""
+        """Close the MediaPipe landmarkers, if made here (a detector passed in stays open; the network needs no
+        closing)."""
         with self._lock:
-            if self._detector is not None:
+            if self._detector is not None and self._own_detector:
                 self._detector.close()
                 self._detector = None
 

@@ -23,13 +23,13 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from .outputs import TEMP_PREFIX
+from .files import TEMP_PREFIX
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.jsonl"
 LOCK = ".hamer-lock"
-# The temporary files and folders of hamer.outputs.atomic_path / atomic_folder: ".hamer-tmp-<pid>-<n><suffix>".
+# The temporary files and folders of hamer.files.atomic_path / atomic_folder: ".hamer-tmp-<pid>-<n><suffix>".
 TEMP_FILE = re.compile(rf"^{re.escape(TEMP_PREFIX)}(\d+)-\d+(\.[A-Za-z0-9]+)?$")
 # The error of a unit whose process died while running it (a native crash, an out-of-memory kill).
 DIED = "the process died while running it"

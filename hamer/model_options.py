@@ -63,7 +63,7 @@ class ModelOptions:
             raise OptionError("onnx", "backend 'onnx' needs onnx_path")
         if self.backend == "onnx" and self.precision != "fp32":
             raise OptionError("precision", "backend 'onnx' takes no precision (the file sets the weights' "
-                                           "precision: see hamer.export.quantize_onnx)")
+                                           "precision: see hamer.quantize.quantize_onnx)")
         if self.backend != "onnx" and self.onnx is not None:
             raise OptionError("onnx", "onnx_path goes with backend 'onnx'")
         if self.camera is not None and not (isinstance(self.camera, Camera) or callable(self.camera)):

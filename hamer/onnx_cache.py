@@ -78,7 +78,7 @@ def cache_dir() -> Path:
         return Path(configs.ONNX_CACHE_DIR).expanduser()
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "hamer" / "onnx"
+    return configs.user_cache_dir() / "onnx"
 
 
 def checkpoint_digest(checkpoint: Path, folder: Path) -> str:

@@ -1,9 +1,9 @@
-"""What ``hamer run`` writes: per-frame records as JSON Lines and NumPy .npz, and overlay images or videos (H.264
-MP4 or VP9 WebM: :func:`browser_codec`).
+"""What ``hamer run`` writes: per-frame records as JSON Lines and NumPy .npz, and overlay images (overlay videos:
+:mod:`hamer.video`).
 
 Every file is first written to a hidden temporary file beside its destination and moved over it with
-``os.replace`` once complete; on an error or an interrupt the temporary file is removed, so no output is ever
-half-written. Units: boxes and 2D joints in image pixels; 3D joints and camera translation in metres.
+``os.replace`` once complete (:mod:`hamer.files`); on an error or an interrupt the temporary file is removed, so no
+output is ever half-written. Units: boxes and 2D joints in image pixels; 3D joints and camera translation in metres.
 
 JSON Lines, one object per frame (floats rounded to 1e-6)::
 
@@ -19,27 +19,17 @@ so frames without hands are rows with ``num_hands`` 0: see :data:`NPZ_ARRAYS`.
 
 from __future__ import annotations
 
-import functools
-import itertools
 import json
-import logging
-import os
-import shutil
-import tempfile
-import threading
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import IO, Any
 
 import cv2
 import numpy as np
 
+from .files import atomic_path, naming
 from .results import LABELS, FrameResult
-
-log = logging.getLogger(__name__)
 
 NPZ_ARRAYS = {
     "labels": "(2,) str: the label of each hand slot, 'Right' then 'Left'",
@@ -86,63 +76,6 @@ class Frame:
     def focal_length(self) -> float | None:
         """The full-image focal length in pixels (None when HaMeR did not run)."""
         return None if self.result.camera is None else self.result.camera.fx
-
-
-TEMP_PREFIX = ".hamer-tmp-"  # temporary files: short ASCII names whatever the destination's (then os.replace)
-_temp_counter = itertools.count()
-_UMASK_LOCK = threading.Lock()
-
-
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path`` (same suffix) that replaces ``path`` if the block completes.
-
-    On any exception (KeyboardInterrupt included) the temporary file is removed and ``path`` left as it was.
-    """
-    path = Path(path)
-    suffix = path.suffix if path.suffix[1:].isascii() and path.suffix[1:].isalnum() else ""
-    tmp = path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{next(_temp_counter)}{suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-@contextmanager
-def naming(path: Path | None) -> Iterator[None]:
-    """Name ``path`` in an OSError of the block that names no file (a full disk while writing it: EFBIG, ENOSPC)."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.filename is not None or path is None:
-            raise
-        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
-
-
-@contextmanager
-def atomic_folder(path: Path) -> Iterator[Path]:
-    """A temporary folder beside ``path`` that replaces ``path`` (an earlier one removed) if the block completes;
-    removed with its files otherwise."""
-    path = Path(path)
-    tmp = path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{next(_temp_counter)}")
-    tmp.mkdir()
-    try:
-        yield tmp
-        if path.is_dir():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def give_default_permissions(path: Path) -> None:
-    """Give ``path`` the permissions of any new file (``0o666`` less the umask): libraries that write weights
-    (safetensors, onnx) create their files private (0600)."""
-    with _UMASK_LOCK:  # reading the umask means setting it
-        umask = os.umask(0)
-        os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def write_image(path: Path, img_bgr: np.ndarray) -> None:
@@ -290,112 +223,3 @@ class FrameWriter:
             if self.npz_path is not None:
                 with naming(self.npz_path), atomic_path(self.npz_path) as tmp, open(tmp, "wb") as f:
                     np.savez_compressed(f, **_stack_rows(self._rows, self.vertices))
-
-
-VIDEO_CODECS = {"h264": ".mp4", "vp9": ".webm", "mp4v": ".mp4"}  # codec -> file suffix
-_CV2_FOURCC = {"vp9": "VP90", "mp4v": "mp4v"}
-
-
-@functools.cache
-def browser_codec() -> str:
-    """The overlay videos' codec: "h264" (H.264 in MP4, by PyAV's FFmpeg) when PyAV has an H.264 encoder, else
-    "vp9" (VP9 in WebM, by OpenCV) when OpenCV can write it, else "mp4v" (MPEG-4 Part 2, which browsers do not
-    play). Both of the first two play in browsers."""
-    try:
-        import av
-
-        av.codec.Codec("libx264", "w")
-        return "h264"
-    except Exception:  # noqa: BLE001 - PyAV missing, or built without libx264
-        pass
-    with tempfile.TemporaryDirectory() as folder:
-        writer = cv2.VideoWriter(str(Path(folder) / "probe.webm"), cv2.VideoWriter_fourcc(*"VP90"), 25, (16, 16))
-        ok = writer.isOpened()
-        writer.release()
-    if ok:
-        return "vp9"
-    log.warning("neither PyAV's H.264 nor OpenCV's VP9 encoder is installed: overlay videos are MPEG-4 Part 2, "
-                "which browsers do not play (pip install av)")
-    return "mp4v"
-
-
-class VideoFileWriter:
-    """A video written frame by frame, whole or not at all: ``codec`` one of :data:`VIDEO_CODECS` (default
-    :func:`browser_codec`), in the container of ``path``'s suffix; its size is the first frame's, odd sides padded
-    by a pixel (edge repeated) to the even sides 4:2:0 video needs.
-
-    Use as a context manager: the file appears when the block completes (and a frame was written).
-    """
-
-    def __init__(self, path: Path, fps: float, codec: str | None = None) -> None:
-        self.path, self.fps = Path(path), fps
-        self.codec = codec or browser_codec()
-        if self.codec not in VIDEO_CODECS:
-            raise ValueError(f"codec must be one of {', '.join(VIDEO_CODECS)}, got {self.codec!r}")
-        self._writer: Any = None
-        self._size: tuple[int, int] | None = None
-
-    def __enter__(self) -> VideoFileWriter:
-        return self
-
-    def write(self, img_bgr: np.ndarray) -> None:
-        if self._writer is None:
-            self._open(img_bgr.shape[1], img_bgr.shape[0])
-        height, width = img_bgr.shape[:2]
-        pad_w, pad_h = self._size[0] - width, self._size[1] - height
-        if pad_w or pad_h:
-            img_bgr = cv2.copyMakeBorder(img_bgr, 0, max(pad_h, 0), 0, max(pad_w, 0), cv2.BORDER_REPLICATE)
-            img_bgr = img_bgr[:self._size[1], :self._size[0]]
-        if self.codec == "h264":
-            frame = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(img_bgr), format="bgr24")
-            for packet in self._stream.encode(frame):
-                self._writer.mux(packet)
-        else:
-            self._writer.write(img_bgr)
-
-    def _open(self, width: int, height: int) -> None:
-        self._file = atomic_path(self.path)
-        tmp = self._file.__enter__()
-        self._size = (width + width % 2, height + height % 2)
-        try:
-            if self.codec == "h264":
-                import av
-
-                self._av = av
-                try:
-                    self._fh = open(tmp, "wb")  # noqa: SIM115 - closed in __exit__, after the container
-                except OSError as exc:
-                    raise OSError(f"cannot write an H.264 video ({self.path}): {exc.strerror or exc}") from None
-                self._writer = av.open(self._fh, mode="w", format="mp4", options={"movflags": "+faststart"})
-                self._stream = self._writer.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
-                self._stream.width, self._stream.height = self._size
-                self._stream.pix_fmt = "yuv420p"
-                self._stream.options = {"crf": "20", "preset": "veryfast"}
-            else:
-                fourcc = cv2.VideoWriter_fourcc(*_CV2_FOURCC[self.codec])
-                self._writer = cv2.VideoWriter(str(tmp), fourcc, self.fps, self._size)
-                if not self._writer.isOpened():
-                    raise OSError(f"cannot write a {self.codec} video ({self.path}): OpenCV cannot open it")
-        except BaseException as exc:
-            self._file.__exit__(type(exc), exc, exc.__traceback__)
-            self._writer = None
-            raise
-        log.info("overlay video %s: %s", self.path, {"h264": "H.264 in MP4 (PyAV)", "vp9": "VP9 in WebM (OpenCV)",
-                                                      "mp4v": "MPEG-4 Part 2 in MP4 (OpenCV)"}[self.codec])
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if self._writer is None:
-            return
-        try:
-            if self.codec == "h264":
-                try:
-                    if exc_type is None:
-                        for packet in self._stream.encode():
-                            self._writer.mux(packet)
-                    self._writer.close()
-                finally:
-                    self._fh.close()
-            else:
-                self._writer.release()
-        finally:
-            self._file.__exit__(exc_type, exc, tb)

@@ -1,10 +1,10 @@
 """One frame through HaMeR: image -> boxes -> crops -> network -> hands, as typed values.
 
-Data flows one way. :func:`hands_from_boxes` (the user's boxes) or a selection of MediaPipe's detections
-(:func:`best_per_label`, or a video tracker) gives detected-only :class:`~hamer.results.Hand` values;
-:class:`Reconstructor` crops them (:func:`make_inputs`), runs the network on one batch, un-mirrors left hands and
-places every hand in the full image with a :class:`~hamer.results.Camera`. :func:`predict_frame` strings these
-together; ``HAMER``, the video tracker and the command line all call it.
+Data flows one way. :func:`hands_from_boxes` (the user's boxes) or a selection of a detector's detections
+(:mod:`hamer.detectors`; :func:`best_per_label`, or a video tracker) gives detected-only
+:class:`~hamer.results.Hand` values; :class:`Reconstructor` crops them (:func:`make_inputs`), runs the network on
+one batch, un-mirrors left hands and places every hand in the full image with a :class:`~hamer.results.Camera`.
+:func:`predict_frame` strings these together; ``HAMER``, the video tracker and the command line all call it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from .cropping import CropParams, box_to_crop, crop_images, normalize_patches
 from .results import LABELS, Camera, CameraSpec, FrameResult, Hand, ManoParams, NetworkOutput, frozen_array
 
 if TYPE_CHECKING:
-    from .detection import HandDetection, HandDetector
+    from .detectors import Detector, FrameRef, HandDetection
 
 __all__ = ["LABELS", "Reconstructor", "best_per_label", "box_problem", "check_boxes", "find_hands", "frame_result",
            "hands_from_boxes", "make_inputs", "predict_frame"]
@@ -84,11 +84,12 @@ def hands_from_boxes(boxes: Mapping[str, Sequence[float]], image_shape: tuple[in
 
 
 def best_per_label(detections: Sequence[HandDetection], image_shape: tuple[int, ...]) -> list[Hand]:
-    """The most confident detection of each label, as detected-only hands, Right first."""
-    del image_shape  # a detector's boxes always overlap the image they come from
+    """The most confident detection of each label whose box overlaps the image, as detected-only hands, Right
+    first (MediaPipe's boxes always overlap the image they come from; another detector's might not)."""
     chosen: dict[str, HandDetection] = {}
     for det in sorted(detections, key=lambda d: -d.score):
-        chosen.setdefault(det.label, det)
+        if box_problem(np.asarray(det.box, dtype=np.float64), image_shape) is None:
+            chosen.setdefault(det.label, det)
     return [Hand.from_detection(chosen[label]) for label in LABELS if label in chosen]
 
 
@@ -219,15 +220,15 @@ def _place(net: Mapping[str, np.ndarray], rights: np.ndarray, crops: Sequence[Cr
 
 
 def find_hands(img_bgr: np.ndarray, *, boxes: Mapping[str, Sequence[float]] | None = None,
-               detector: HandDetector | None = None, select: Select = best_per_label,
-               timestamp_ms: int | None = None) -> tuple[list[Hand], tuple[HandDetection, ...] | None]:
-    """The detected-only hands of one image to reconstruct, and every MediaPipe detection (None for ``boxes``):
-    see :func:`predict_frame`."""
+               detector: Detector | None = None, select: Select = best_per_label, timestamp_ms: int | None = None,
+               frame: FrameRef | None = None) -> tuple[list[Hand], tuple[HandDetection, ...] | None]:
+    """The detected-only hands of one image to reconstruct, and every detection (None for ``boxes``): see
+    :func:`predict_frame`; ``frame``: where the image comes from, for the detector."""
     if boxes is not None:
         return hands_from_boxes(boxes, img_bgr.shape), None
     if detector is None:
         raise ValueError("predict_frame needs boxes or a detector")
-    detections = tuple(detector.detect(img_bgr, timestamp_ms=timestamp_ms))
+    detections = tuple(detector.detect(img_bgr, timestamp_ms=timestamp_ms, frame=frame))
     return select(detections, img_bgr.shape), detections
 
 
@@ -241,13 +242,14 @@ def frame_result(image_shape: tuple[int, ...], hands: Sequence[Hand], detections
 
 
 def predict_frame(img_bgr: np.ndarray, reconstructor: Reconstructor | None, *,
-                  boxes: Mapping[str, Sequence[float]] | None = None, detector: HandDetector | None = None,
+                  boxes: Mapping[str, Sequence[float]] | None = None, detector: Detector | None = None,
                   select: Select = best_per_label, timestamp_ms: int | None = None) -> FrameResult:
     """The hands of one uint8 BGR image.
 
     With ``boxes`` (``{"Right"|"Left": [x1, y1, x2, y2]}`` pixels) HaMeR runs on them; otherwise ``detector``
-    finds the hands (``timestamp_ms`` in VIDEO mode) and ``select`` picks the ones to reconstruct, with their
-    labels (default: the most confident of each label). ``reconstructor`` None: detected-only hands (no HaMeR).
+    (:class:`hamer.detectors.Detector`) finds the hands (``timestamp_ms`` for video frames) and ``select`` picks
+    the ones to reconstruct, with their labels (default: the most confident of each label). ``reconstructor``
+    None: detected-only hands (no HaMeR).
     """
     hands, detections = find_hands(img_bgr, boxes=boxes, detector=detector, select=select,
                                    timestamp_ms=timestamp_ms)

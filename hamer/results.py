@@ -22,10 +22,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from .detection import HandDetection
+    from .detectors import HandDetection
 
 LABELS = ("Right", "Left")
-DETECTORS = ("hand", "pose", "user")
 
 
 def frozen_array(value: Any, dtype: type = np.float32) -> np.ndarray:
@@ -144,12 +143,14 @@ class Hand:
         label: "Right" or "Left", the subject's own hand, as HaMeR ran it (the crop is mirrored for "Left").
         box: float32 (4,) ``[x1, y1, x2, y2]`` image pixels, the box the crop was made from.
         score: the detector's confidence: handedness score (hand landmarker), mean visibility of the pose points
-            used (pose fallback), NaN for a box the user gave.
-        detector: "hand" (MediaPipe hand landmarker), "pose" (pose-landmarker fallback) or "user".
+            used (pose fallback), NaN for a box the user gave, the file's for a box from a file.
+        detector: "hand" (MediaPipe hand landmarker), "pose" (pose-landmarker fallback), "user" (a box given to
+            ``predict``), "file" (``hamer.boxfile.BoxesFromFile``) or another detector's name
+            (:class:`hamer.detectors.HandDetection`'s ``source``).
         detected_label: the label the detector gave (differs from ``label`` when a video tracker holds a label).
         track_id: the hand's identity across the frames of a video; -1 outside videos.
         landmarks: float32 (K, 2) pixels, the detector's points (21 hand landmarks, or pose wrist, pinky, index,
-            thumb); None for user boxes.
+            thumb); None for user boxes and detectors that give none.
         box_center, box_size: the square crop the network saw: centre (2,) and side, pixels.
         keypoints_3d: float32 (21, 3) metres, MANO frame with camera axes, left hands un-mirrored.
         keypoints_2d: float32 (21, 2) image pixels: ``keypoints_3d + cam_t`` projected with the frame's camera.
@@ -180,8 +181,8 @@ class Hand:
     def __post_init__(self) -> None:
         if self.label not in LABELS:
             raise ValueError(f"hand label must be 'Right' or 'Left', got {self.label!r}")
-        if self.detector not in DETECTORS:
-            raise ValueError(f"detector must be one of {DETECTORS}, got {self.detector!r}")
+        if not (isinstance(self.detector, str) and self.detector):
+            raise ValueError(f"detector must be a detector's name, got {self.detector!r}")
         if self.detected_label is None:
             object.__setattr__(self, "detected_label", self.label)
 
@@ -192,10 +193,11 @@ class Hand:
 
     @classmethod
     def from_detection(cls, detection: HandDetection, label: str | None = None, track_id: int = -1) -> Hand:
-        """A detected-only hand from a MediaPipe detection, under ``label`` (default: the detected one)."""
+        """A detected-only hand from a detection, under ``label`` (default: the detected one)."""
+        landmarks = None if detection.landmarks is None else frozen_array(detection.landmarks)
         return cls(label=label or detection.label, box=frozen_array(detection.box), score=float(detection.score),
                    detector=detection.source, detected_label=detection.label, track_id=track_id,
-                   landmarks=frozen_array(detection.landmarks))
+                   landmarks=landmarks)
 
     def __repr__(self) -> str:
         box = ", ".join(f"{v:.1f}" for v in self.box)
@@ -218,7 +220,8 @@ class FrameResult:
         hands: the hands, "Right" before "Left" (at most one of each from :meth:`hamer.HAMER.predict`).
         image_size: ``(W, H)`` pixels.
         camera: the full-image camera ``cam_t`` and ``keypoints_2d`` are computed for; None when HaMeR did not run.
-        detections: every hand MediaPipe found (by score, descending), when it ran; None for user boxes.
+        detections: every hand the detector found (MediaPipe's by score, descending), when it ran; None for user
+            boxes.
     """
 
     hands: tuple[Hand, ...]

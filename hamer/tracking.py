@@ -22,7 +22,7 @@ from .pipeline import Reconstructor, box_problem, find_hands, frame_result
 from .results import LABELS, Camera, FrameResult, Hand
 
 if TYPE_CHECKING:
-    from .detection import HandDetection, HandDetector
+    from .detectors import Detector, FrameRef, HandDetection
 
 log = logging.getLogger(__name__)
 
@@ -205,14 +205,15 @@ class VideoHands:
     """The hands of one video, frame by frame: MediaPipe -> :class:`HandTracker` -> HaMeR -> smoothing.
 
     Args:
-        detector: a ``HandDetector`` in VIDEO mode that sees this video's frames only (``HAMER.detector``).
+        detector: a :class:`hamer.detectors.Detector` that sees this video's frames only, in order (e.g.
+            ``HAMER.detector`` in VIDEO mode, MediaPipe's ``HandDetector`` in VIDEO mode, ``BoxesFromFile``).
         reconstructor: runs HaMeR on the tracked hands (``HAMER.reconstructor``); None: boxes and labels only.
         tracker: default ``HandTracker()``.
         make_filter: builds a filter per track for its joints, vertices and camera translation (e.g.
             ``functools.partial(OneEuroFilter, min_cutoff, beta)``); None: no smoothing.
     """
 
-    def __init__(self, detector: HandDetector, reconstructor: Reconstructor | None = None,
+    def __init__(self, detector: Detector, reconstructor: Reconstructor | None = None,
                  tracker: HandTracker | None = None, make_filter: Callable[[], OneEuroFilter] | None = None) -> None:
         self.detector = detector
         self.reconstructor = reconstructor
@@ -230,10 +231,11 @@ class VideoHands:
         hands = tracked.hands if self.reconstructor is None else self.reconstructor(img_bgr, tracked.hands)
         return self.finish(tracked, hands)
 
-    def track(self, img_bgr: np.ndarray, timestamp_ms: int) -> TrackedFrame:
-        """Detection and tracking of one frame, the first half of :meth:`__call__` (frames in order)."""
+    def track(self, img_bgr: np.ndarray, timestamp_ms: int, frame: FrameRef | None = None) -> TrackedFrame:
+        """Detection and tracking of one frame, the first half of :meth:`__call__` (frames in order); ``frame``:
+        which frame it is, for the detector."""
         hands, detections = find_hands(img_bgr, detector=self.detector, select=self.tracker.update,
-                                       timestamp_ms=timestamp_ms)
+                                       timestamp_ms=timestamp_ms, frame=frame)
         return TrackedFrame(img_bgr.shape, timestamp_ms, tuple(hands), detections,
                             frozenset(t.id for t in self.tracker.tracks))
 

@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 
 from .manifest import refuse_link
-from .outputs import Frame, VideoFileWriter, write_image
+from .outputs import Frame, write_image
 from .units import Options, Unit
+from .video import VideoFileWriter
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ def pose_base(option: str | None, unit: Unit) -> Path | None:
 class UnitWriter:
     """The outputs of one unit, whole or not at all: its ``options.formats`` (``hamer.formats.open_writers``:
     ``<name>.jsonl``, ``.npz``...) and with ``options.overlay`` the hands drawn (``.overlay.jpg``, ``.overlay/``,
-    ``.overlay.mp4`` or ``.overlay.webm``: :func:`hamer.outputs.browser_codec`) in ``options.overlay_style``.
+    ``.overlay.mp4`` or ``.overlay.webm``: :func:`hamer.video.browser_codec`) in ``options.overlay_style``.
     ``faces``: the MANO triangles (for obj, rerun and mesh overlays).
 
     The one place a unit's files are opened: a context manager with :meth:`add`; they appear when the block

@@ -14,7 +14,10 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .detectors import DetectorFactory
 
 from .model_options import ModelOptions
 
@@ -27,6 +30,7 @@ FINGERPRINT_FLAGS = {
     "label_hold": "--label-hold", "rescale_factor": "--rescale-factor", "max_hands": "--max-hands",
     "backend": "--backend", "precision": "--precision", "model": "--data/--checkpoint/--onnx",
     "pose_base": "--pose-base", "overlay_style": "--overlay STYLE", "side_view": "--side-view",
+    "detector": "--boxes (Options.detector)",
 }
 
 
@@ -48,7 +52,7 @@ class Unit:
 
         names = [p.name for p in output_paths(formats, UnitInfo(Path("."), self.name))]
         if overlay:
-            from .outputs import VIDEO_CODECS, browser_codec
+            from .video import VIDEO_CODECS, browser_codec
 
             video = ".overlay" + VIDEO_CODECS[browser_codec()]
             names.append(self.name + {"image": ".overlay.jpg", "folder": ".overlay", "video": video}[self.kind])
@@ -86,6 +90,11 @@ class Options:
     ray_address: str | None = None
     gpus_per_worker: float | None = None  # Ray: GPUs per worker (None: 1 with a CUDA device, 0 otherwise)
     max_image_pixels: int | None = None  # None: hamer.images.MAX_IMAGE_PIXELS
+    # makes the run's hand detectors (hamer.detectors.DetectorFactory: mode "IMAGE" or "VIDEO" -> a Detector, made
+    # and closed by the engine; picklable for Ray: a module-level class's instance or a module-level function, e.g.
+    # hamer.boxfile.BoxFileDetectors(path), hamer.detection.MediaPipeDetectors(options)); None: MediaPipe's bundled
+    # models with max_hands
+    detector: DetectorFactory | None = None
 
     @property
     def model(self) -> ModelOptions:
@@ -97,7 +106,8 @@ class Options:
 
 def fingerprint(options: Options) -> dict[str, Any]:
     """The options that change a unit's outputs, as JSON values: the model by its file paths (the checkpoint,
-    resolved; the ONNX file if given; None with ``bbox_only``), a camera by its values (a function by its name)."""
+    resolved; the ONNX file if given; None with ``bbox_only``), a camera by its values (a function by its name), a
+    detector factory by its ``repr`` if a dataclass (its fields), else by its name (None: MediaPipe's default)."""
     o = options
     model = None if o.bbox_only else o.model.fingerprint()
     camera = o.camera
@@ -110,7 +120,17 @@ def fingerprint(options: Options) -> dict[str, Any]:
             "label_hold": o.label_hold, "rescale_factor": o.rescale_factor, "max_hands": o.max_hands,
             "backend": o.backend, "precision": o.precision, "model": model,
             "pose_base": None if o.pose_base is None else os.path.abspath(o.pose_base),
-            "overlay_style": o.overlay_style if o.overlay else None, "side_view": o.overlay and o.side_view}
+            "overlay_style": o.overlay_style if o.overlay else None, "side_view": o.overlay and o.side_view,
+            "detector": _detector_name(o.detector)}
+
+
+def _detector_name(factory: Any) -> str | None:
+    """A detector factory as a fingerprint value: a dataclass by its ``repr`` (its fields), else by its name."""
+    if factory is None:
+        return None
+    if dataclasses.is_dataclass(factory):
+        return repr(factory)
+    return getattr(factory, "__qualname__", type(factory).__qualname__)
 
 
 def differences(recorded: dict[str, Any] | None, now: dict[str, Any]) -> list[str]:

@@ -1,11 +1,18 @@
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import pytest
+
 from synthetic import make_data_dir
+
+if TYPE_CHECKING:
+    from hamer.models.hamer import HaMeRNet
 
 SHARED_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
 # A right and a left box on :func:`smooth_noise_image` (240 x 320): hand-sized, apart, inside the image.
@@ -19,26 +26,40 @@ def smooth_noise_image() -> np.ndarray:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def onnx_cache(tmp_path_factory) -> Path:
-    """The default CPU path's ONNX cache, one per test session (never the user's ~/.cache). Every HAMER that loads
-    a checkpoint with the default backend goes through it: the small model's export takes about 0.4 s, once per
-    checkpoint."""
+def onnx_cache(tmp_path_factory) -> Iterator[Path]:
+    """The default CPU path's ONNX cache, one per test session (never the user's ~/.cache), for this process and,
+    through HAMER_ONNX_CACHE, for the ``hamer`` processes the tests start: every HAMER that loads a checkpoint
+    with the default backend goes through it, so a checkpoint is exported once per session (the small model's
+    export takes about 0.4 s)."""
     import hamer.configs
+    from hamer.onnx_cache import CACHE_ENV
 
     path = tmp_path_factory.mktemp("onnx_cache")
     hamer.configs.ONNX_CACHE_DIR = path
-    return path
+    previous = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = previous
 
 
 @pytest.fixture(scope="session")
-def data_dir(tmp_path_factory) -> Path:
-    """A complete synthetic HaMeR data folder (small model)."""
+def synthetic_data(tmp_path_factory) -> tuple[Path, HaMeRNet]:
+    """A complete synthetic HaMeR data folder (small model), and the random model its checkpoint holds: built once
+    a session."""
     root = tmp_path_factory.mktemp("hamer_data") / "_DATA"
-    make_data_dir(root)
-    return root
+    return root, make_data_dir(root)
 
 
 @pytest.fixture(scope="session")
-def reference_model(tmp_path_factory):
-    """The random model the ``data_dir`` checkpoint was written from (same seed)."""
-    return make_data_dir(tmp_path_factory.mktemp("hamer_ref") / "_DATA")
+def data_dir(synthetic_data) -> Path:
+    """A complete synthetic HaMeR data folder (small model)."""
+    return synthetic_data[0]
+
+
+@pytest.fixture(scope="session")
+def reference_model(synthetic_data) -> HaMeRNet:
+    """The random model the ``data_dir`` checkpoint was written from."""
+    return synthetic_data[1]

@@ -23,9 +23,9 @@ import yaml
 from yacs.config import CfgNode
 
 from hamer.configs import merge_config
-from hamer.models.variants import variant_config
 from hamer.models.hamer import HaMeRNet
 from hamer.models.mano import MANO
+from hamer.models.variants import variant_config
 
 MANO_PARENTS = [-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 0, 10, 11, 0, 13, 14]
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
-import logging
 import sys
 import types
 import zipfile
@@ -153,6 +153,7 @@ def test_weights_that_do_not_fit_are_named(data_dir, tmp_path):
 def test_full_size_config_with_small_weights_is_an_error(data_dir, tmp_path):
     root = _copy(data_dir, tmp_path)
     import yaml
+
     from synthetic import training_config
 
     (root / "hamer_ckpts/model_config.yaml").write_text(yaml.safe_dump(training_config(small=False)))

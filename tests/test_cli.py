@@ -12,14 +12,16 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_IMAGES as IMAGES
-from synthetic import make_data_dir
 
 from hamer import overlay as overlay_module
 from hamer.cli import main
 from hamer.configs import CONFIG_METADATA_KEY
+from hamer.files import TEMP_PREFIX
 from hamer.hamer_module import HAMER
-from hamer.outputs import NPZ_ARRAYS, TEMP_PREFIX
+from hamer.outputs import NPZ_ARRAYS
+
+from conftest import SHARED_IMAGES as IMAGES
+from synthetic import make_data_dir
 
 needs_images = pytest.mark.skipif(not IMAGES.is_dir(), reason=f"test photographs not found at {IMAGES}")
 

@@ -15,8 +15,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import SHARED_IMAGES as IMAGES
-from videos import manifest, pan_zoom, temp_files, write_video
 
 from hamer.cli import main
 from hamer.corpus import MANIFEST, Options, run_corpus
@@ -25,6 +23,9 @@ from hamer.frames import read_frames
 from hamer.hamer_module import HAMER
 from hamer.pipeline import best_per_label, find_hands
 from hamer.tracking import HandTracker, OneEuroFilter, VideoHands
+
+from conftest import SHARED_IMAGES as IMAGES
+from videos import manifest, pan_zoom, temp_files, write_video
 
 needs_images = pytest.mark.skipif(not IMAGES.is_dir(), reason=f"test photographs not found at {IMAGES}")
 REPO = Path(__file__).resolve().parents[1]

@@ -11,9 +11,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import SHARED_IMAGES as IMAGES
 
 from hamer.detection import HAND_TASK_PATH, POSE_TASK_PATH, DetectorOptions, HandDetection, HandDetector
+
+from conftest import SHARED_IMAGES as IMAGES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 needs_images = pytest.mark.skipif(not IMAGES.is_dir(), reason=f"test photographs not found at {IMAGES}")

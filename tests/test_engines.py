@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_IMAGES as IMAGES
 
 from hamer.corpus import Options, run_corpus
 from hamer.engines import ENGINES
@@ -18,6 +17,8 @@ from hamer.hamer_module import HAMER
 from hamer.model_options import ModelOptions, OptionError
 from hamer.run_types import ModelError
 from hamer.units import fingerprint
+
+from conftest import SHARED_IMAGES as IMAGES
 
 PACKAGE = Path(__file__).resolve().parents[1] / "hamer"
 

@@ -8,7 +8,6 @@ import math
 import cv2
 import numpy as np
 import pytest
-from conftest import SHARED_IMAGES, TWO_BOXES, smooth_noise_image
 from pose_format import Pose
 from pose_format.numpy import NumPyPoseBody
 from pose_format.pose_header import PoseHeader, PoseHeaderComponent, PoseHeaderDimensions
@@ -20,6 +19,8 @@ from hamer.formats.pose import HAND_POINTS
 from hamer.hamer_module import HAMER
 from hamer.outputs import Frame, rotations_to_axis_angle
 from hamer.results import Camera, FieldOfView, FrameResult
+
+from conftest import SHARED_IMAGES, TWO_BOXES, smooth_noise_image
 
 BOXES = TWO_BOXES
 IMAGE = smooth_noise_image()
@@ -241,9 +242,10 @@ def test_the_left_hand_conversion_drives_a_left_mano_model_to_the_reported_hand(
     """The network's mirrored parameters, converted with R_left = M R M, drive a left MANO model (built as the
     mirror of the right one) to the un-mirrored joints and vertices HaMeR reports (x negated)."""
     import torch
-    from synthetic import mano_arrays, mano_from_arrays
 
     from hamer.models.mano import MANO
+
+    from synthetic import mano_arrays, mano_from_arrays
 
     arrays = mano_from_arrays(mano_arrays(0))
     m = np.array([-1.0, 1.0, 1.0])

@@ -9,11 +9,12 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import TWO_BOXES, smooth_noise_image
 
 import hamer.checkpoint as checkpoint_module
 from hamer import FrameResult, Hand
 from hamer.hamer_module import HAMER
+
+from conftest import TWO_BOXES, smooth_noise_image
 
 BOXES = TWO_BOXES
 
@@ -109,14 +110,14 @@ def test_objects_load_at_once_in_threads(data_dir, monkeypatch):
         callers = [HAMER(data_dir=data_dir) for _ in range(5)] + [shared, shared]
         start = threading.Barrier(len(callers))
 
-        def load(obj: HAMER) -> None:
+        def load(obj: HAMER, start: threading.Barrier) -> None:
             start.wait()
             try:
                 obj.load()
             except BaseException as exc:  # noqa: BLE001 - the test reports every failure
                 errors.append(exc)
 
-        threads = [threading.Thread(target=load, args=(obj,)) for obj in callers]
+        threads = [threading.Thread(target=load, args=(obj, start)) for obj in callers]
         for t in threads:
             t.start()
         for t in threads:

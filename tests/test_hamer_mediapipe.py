@@ -5,9 +5,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from conftest import SHARED_IMAGES
 
 from hamer.hamer_module import HAMER, hand_path, pose_path
+
+from conftest import SHARED_IMAGES
 
 pytestmark = pytest.mark.skipif(not SHARED_IMAGES.is_dir(), reason=f"test photographs not found at {SHARED_IMAGES}")
 

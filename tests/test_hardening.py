@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import SHARED_IMAGES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -28,6 +27,8 @@ from hamer.hamer_module import HAMER
 from hamer.models.mano import load_mano_pickle
 from hamer.overlay import draw_hands
 from hamer.results import Hand, frozen_array
+
+from conftest import SHARED_IMAGES
 
 IMAGE = cv2.GaussianBlur(np.random.default_rng(3).integers(0, 256, (120, 160, 3), dtype=np.uint8), (0, 0), 2)
 

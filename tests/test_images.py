@@ -16,11 +16,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import SHARED_IMAGES, smooth_noise_image
 from PIL import Image
 
 from hamer import images
 from hamer.images import ImageError, header_size, max_image_bytes, read_image
+
+from conftest import SHARED_IMAGES, smooth_noise_image
 
 needs_images = pytest.mark.skipif(not SHARED_IMAGES.is_dir(), reason=f"test photographs not found at {SHARED_IMAGES}")
 

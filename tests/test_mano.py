@@ -10,7 +10,6 @@ import pytest
 import smplx
 import torch
 from smplx.utils import Struct
-from synthetic import mano_arrays, write_mano_pickle
 
 from hamer.models.mano import (
     FINGERTIP_VERTICES,
@@ -20,6 +19,8 @@ from hamer.models.mano import (
     load_mano_pickle,
     mano_data_from_state_dict,
 )
+
+from synthetic import mano_arrays, write_mano_pickle
 
 
 def test_official_structure_loads_without_chumpy_or_scipy(tmp_path):

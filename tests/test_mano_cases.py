@@ -8,9 +8,10 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from synthetic import mano_arrays, write_mano_pickle
 
 from hamer.models.mano import MANO, MANO_KEYS, _SparseMatrix, load_mano_pickle, mano_data_from_state_dict
+
+from synthetic import mano_arrays, write_mano_pickle
 
 sparse = pytest.importorskip("scipy.sparse")  # installed with scikit-image (the test extra)
 

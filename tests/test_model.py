@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from synthetic import mano_arrays
 
 from hamer.configs import default_config
 from hamer.models.hamer import HaMeRNet
 from hamer.models.head import rot6d_to_rotmat
 from hamer.models.mano import MANO, MANO_KEYS
+
+from synthetic import mano_arrays
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "hamer_state_dict.tsv"
 

@@ -13,14 +13,15 @@ import torch
 import hamer.checkpoint
 import hamer.export
 from hamer.checkpoint import build_model
-from hamer.configs import data_paths
-from conftest import SHARED_IMAGES
 from hamer.cli import main
+from hamer.configs import data_paths
 from hamer.export import export_onnx
 from hamer.hamer_module import HAMER
 from hamer.onnx_cache import cache_dir
 from hamer.quantize import QuantizationError, calibration_sets, image_files, quantize_onnx
 from hamer.runtime import OnnxRuntime, TorchRuntime
+
+from conftest import SHARED_IMAGES
 
 BOXES = {"Right": [100, 100, 250, 300], "Left": [350, 120, 500, 320]}
 ONNX_JOINT_TOL_M = 1e-5  # fp32 ONNX Runtime vs torch, metres (measured ~1e-8 here, ~1e-7 on ViT-H)

@@ -16,7 +16,6 @@ import onnxruntime
 import pytest
 import torch
 from onnx import numpy_helper
-from synthetic import make_data_dir
 
 import hamer.configs
 import hamer.onnx_cache
@@ -27,6 +26,8 @@ from hamer.hamer_module import HAMER
 from hamer.models import OUTPUT_NAMES
 from hamer.onnx_cache import cache_dir, cache_key, checkpoint_digest, output_mismatches, tolerance
 from hamer.runtime import OnnxRuntime, TorchRuntime
+
+from synthetic import make_data_dir
 
 BOXES = {"Right": [100, 100, 250, 300], "Left": [350, 120, 500, 320]}
 

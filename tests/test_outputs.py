@@ -11,23 +11,22 @@ import cv2
 import numpy as np
 import pytest
 
+from hamer.files import give_default_permissions
 from hamer.outputs import (
     NPZ_ARRAYS,
-    VIDEO_CODECS,
     Frame,
     FrameWriter,
-    VideoFileWriter,
-    browser_codec,
     frame_json,
-    give_default_permissions,
     npz_arrays,
     rotations_to_axis_angle,
     write_image,
 )
 from hamer.overlay import FINGER_COLORS, LABEL_COLORS, draw_hands
 from hamer.results import Camera, FrameResult, Hand, ManoParams, frozen_array
+from hamer.video import VIDEO_CODECS, VideoFileWriter, browser_codec
 
 SIZE = (200, 100)  # W, H
+CAMERA = Camera(800.0, 800.0, 100.0, 50.0)
 
 
 def has_color(pixels: np.ndarray, color: tuple[int, int, int], tol: int = 30) -> bool:
@@ -44,7 +43,7 @@ def left_hand(track_id: int = 3) -> Hand:
                 keypoints_2d=frozen_array(joints_2d), cam_t=frozen_array([0.1, -0.2, 3.0]))
 
 
-def frame(hands: tuple[Hand, ...], camera: Camera | None = Camera(800.0, 800.0, 100.0, 50.0)) -> Frame:
+def frame(hands: tuple[Hand, ...], camera: Camera | None = CAMERA) -> Frame:
     return Frame("clip.mp4", 7, 7 / 30, FrameResult(hands, SIZE, camera))
 
 

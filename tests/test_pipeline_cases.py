@@ -10,8 +10,16 @@ import torch
 
 from hamer.configs import default_config
 from hamer.detection import HandDetection
-from hamer.pipeline import (MAX_COORDINATE, Reconstructor, best_per_label, box_problem, check_boxes, find_hands,
-                            make_inputs, predict_frame)
+from hamer.pipeline import (
+    MAX_COORDINATE,
+    Reconstructor,
+    best_per_label,
+    box_problem,
+    check_boxes,
+    find_hands,
+    make_inputs,
+    predict_frame,
+)
 from hamer.results import Camera, Hand
 
 W, H = 320, 240  # the test image: landscape, so that max(W, H) = W
@@ -56,7 +64,7 @@ class ScriptedDetector:
         self.detections = detections
         self.timestamps: list[int | None] = []
 
-    def detect(self, img_bgr: np.ndarray, timestamp_ms: int | None = None) -> list[HandDetection]:
+    def detect(self, img_bgr: np.ndarray, timestamp_ms: int | None = None, frame=None) -> list[HandDetection]:
         self.timestamps.append(timestamp_ms)
         return list(self.detections)
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import TWO_BOXES, smooth_noise_image
 import torch
 
 import hamer.configs as hcfg
 from hamer.hamer_module import HAMER
 from hamer.pipeline import make_inputs
+
+from conftest import TWO_BOXES, smooth_noise_image
 
 BOXES = TWO_BOXES
 

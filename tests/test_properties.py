@@ -11,6 +11,7 @@ from hamer.camera import cam_crop_to_full, cam_crop_to_pinhole, perspective_proj
 from hamer.cropping import box_to_crop, crop_images
 from hamer.pipeline import box_problem, check_boxes
 from hamer.tracking import HandTracker, box_iou
+
 from test_tracking import det
 
 FAST = settings(max_examples=60, deadline=None)

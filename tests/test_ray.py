@@ -15,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED_IMAGES as IMAGES
 from ray_helpers import short_temp_dir
-from videos import manifest, pan_zoom, temp_files, write_video
 
 from hamer.corpus import TEMP_FILE, Options, run_corpus
+
+from conftest import SHARED_IMAGES as IMAGES
+from videos import manifest, pan_zoom, temp_files, write_video
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.skipif(not IMAGES.is_dir(), reason=f"test photographs not found at {IMAGES}")

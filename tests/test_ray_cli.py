@@ -9,7 +9,6 @@ import subprocess
 import time
 
 import pytest
-from conftest import SHARED_IMAGES as IMAGES
 from ray_helpers import (
     REPO,
     hamer_cmd,
@@ -22,6 +21,8 @@ from ray_helpers import (
     stderr_lines,
     wait_until_gone,
 )
+
+from conftest import SHARED_IMAGES as IMAGES
 from videos import pan_zoom, temp_files, write_video
 
 pytest.importorskip("ray")

@@ -18,11 +18,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import SHARED_IMAGES as IMAGES
 from ray_helpers import REPO, TEST_MARK, hamer_cmd, hamer_env, kill_marked, new_mark, run_cli, short_temp_dir
-from videos import manifest, pan_zoom, temp_files, write_video
 
 from hamer.corpus import MANIFEST, TEMP_FILE
+
+from conftest import SHARED_IMAGES as IMAGES
+from videos import manifest, pan_zoom, temp_files, write_video
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.skipif(not IMAGES.is_dir(), reason=f"test photographs not found at {IMAGES}")

@@ -18,7 +18,6 @@ import pytest
 import smplx
 import torch
 from smplx.utils import Struct
-from synthetic import mano_arrays
 from yacs.config import CfgNode
 
 from hamer.camera import cam_crop_to_pinhole
@@ -28,6 +27,8 @@ from hamer.hamer_module import HAMER
 from hamer.models.mano import MANO, MANO_KEYS
 from hamer.pipeline import _place
 from hamer.results import Camera
+
+from synthetic import mano_arrays
 
 # OpenPose joint k comes from MANO joint "Jn" or MANO vertex "Vn" (written out from the original, see above).
 OPENPOSE_SOURCES = ["J0",

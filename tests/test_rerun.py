@@ -14,12 +14,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from videos import pan_zoom, write_video
 
 from hamer.cli import main
 from hamer.formats.rerun import RerunWriter
 from hamer.outputs import Frame
 from hamer.results import Camera, FrameResult, Hand, frozen_array
+
+from videos import pan_zoom, write_video
 
 rr = pytest.importorskip("rerun")
 RERUN = shutil.which("rerun")

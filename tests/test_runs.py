@@ -18,13 +18,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from videos import manifest, temp_files
 
 from hamer.cli import main
 from hamer.engines.isolated import death
 from hamer.manifest import LOCK, MANIFEST
 from hamer.outputs import Frame, npz_arrays
 from hamer.results import FrameResult, Hand, ManoParams
+
+from videos import manifest, temp_files
 
 REPO = Path(__file__).resolve().parents[1]
 MARKER = b"HAMER-TEST-POISON"

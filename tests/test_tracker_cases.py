@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_tracking import SHAPE, det
 
 from hamer.tracking import HandTracker, OneEuroFilter, box_iou
+
+from test_tracking import SHAPE, det
 
 
 def _ids_by_box(hands) -> dict[int, list[float]]:

@@ -137,7 +137,7 @@ class ScriptedDetector:
         self.frames = iter(script)
         self.timestamps: list[int] = []
 
-    def detect(self, img, timestamp_ms=None) -> list[HandDetection]:
+    def detect(self, img, timestamp_ms=None, frame=None) -> list[HandDetection]:
         self.timestamps.append(timestamp_ms)
         return next(self.frames)
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from conftest import SHARED_IMAGES as IMAGES
 
 from hamer.manifest import MANIFEST, TEMP_FILE
+
+from conftest import SHARED_IMAGES as IMAGES
 
 
 def pan_zoom(photo: str, frames: int, size=(320, 240)) -> list[np.ndarray]:

@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .. import configs
+from ..files import atomic_path
 from ..version import __version__
-from ..outputs import atomic_path
 from .archive import ARCHIVE_ROOT, extract
 from .common import WORK_DIR, BadArchiveError, DownloadError, Progress, sha256_file
 from .lock import staging_prefix
@@ -146,9 +146,8 @@ def to_safetensors(root: Path, half: bool = False) -> Manifest:
     paths = configs.data_paths(root)
     model, cfg = build_model(paths)
     target = root / configs.SAFETENSORS_FILE
-    with atomic_path(target) as tmp:
-        save_safetensors(model, cfg, tmp, half=half)
-        del model
+    save_safetensors(model, cfg, target, half=half)
+    del model
     manifest = Manifest.read(root)
     if manifest is None:
         raise DownloadError(f"{root / MANIFEST_FILE} is missing")

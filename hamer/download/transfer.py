@@ -28,8 +28,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from ..files import atomic_path
 from ..version import __version__
-from ..outputs import atomic_path
 from .common import CHUNK, DownloadError, Progress, check_space
 
 log = logging.getLogger(__name__)

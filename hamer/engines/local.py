@@ -3,8 +3,9 @@ network batch, results smoothed and written in frame order per unit.
 
 Stages, connected by bounded queues (memory is bounded by their sizes, not by the corpus):
 
-1. ``detect_workers`` threads, each taking whole units: decode, MediaPipe (its own ``HandDetector`` per unit, in
-   VIDEO mode for a video) and tracking, frames in order;
+1. ``detect_workers`` threads, each taking whole units: decode, detection (a detector from ``options.detector``,
+   default MediaPipe: one in VIDEO mode per video, one in IMAGE mode per thread for images) and tracking, frames
+   in order;
 2. the calling thread: crops of up to ``batch_size`` hands, from consecutive frames of any units, through the
    network at once (:meth:`hamer.pipeline.Reconstructor.batch`);
 3. one writer thread: per unit, in frame order, the smoothing of :meth:`hamer.tracking.VideoHands.finish`, then
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..detectors import FrameRef
 from ..frames import Decoded, outcome, read_frames
 from ..outputs import Frame
 from ..pipeline import Reconstructor, best_per_label, find_hands, frame_result
@@ -43,7 +45,7 @@ from .base import Finished, StageStats, Started, TimedNetwork
 from .queues import EMPTY, Stopped, get, get_nowait, put
 
 if TYPE_CHECKING:
-    from ..detection import HandDetector
+    from ..detectors import Detector
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +104,9 @@ class LocalEngine:
     """Runs units on this machine: one network, ``options.detect_workers`` detection threads (see the module);
     an :class:`~hamer.engines.base.Engine`.
 
-    The network and a first MediaPipe detector are loaded by :meth:`load` (or the first run), once; the other
-    MediaPipe detectors are opened and closed by each run's threads. ``stats``: accumulates per-stage seconds.
+    The network and a first VIDEO-mode detector are loaded by :meth:`load` (or the first run), once; detectors
+    are made by ``options.detector`` (default: MediaPipe's, from :func:`hamer.detection.detector_options` with
+    ``max_hands``), and opened and closed by each run's threads. ``stats``: accumulates per-stage seconds.
     """
 
     def __init__(self, options: Options, stats: StageStats | None = None) -> None:
@@ -114,8 +117,13 @@ class LocalEngine:
         self.reconstructor: Reconstructor | None = None
         self.faces: np.ndarray | None = None
         self.loaded = False
+        self._make_detector = options.detector
+        if self._make_detector is None:
+            from ..detection import MediaPipeDetectors, detector_options
+
+            self._make_detector = MediaPipeDetectors(detector_options(num_hands=options.max_hands))
         self._spare_lock = threading.Lock()
-        self._spare: HandDetector | None = None
+        self._spare: Detector | None = None
 
     def check(self) -> None:
         """ModelError for model options that cannot work here (the device, the precision...), before anything
@@ -127,7 +135,7 @@ class LocalEngine:
                 raise ModelError(str(exc)) from exc
 
     def load(self) -> None:
-        """Load the network and check MediaPipe now (once); ModelError if either cannot be set up."""
+        """Load the network and make the first detector now (once); ModelError if either cannot be set up."""
         if self.loaded:
             return
         net = load_reconstructor(self.options)
@@ -139,35 +147,25 @@ class LocalEngine:
         self.loaded = True
 
     def close(self) -> None:
-        """Close the MediaPipe detector kept from the check, if no video used it."""
+        """Close the detector kept from the check, if no video used it."""
         with self._spare_lock:
             spare, self._spare = self._spare, None
         if spare is not None:
             spare.close()
 
-    def _detector_check(self) -> HandDetector:
+    def _detector_check(self) -> Detector:
         """A VIDEO-mode detector, made now to fail early (ModelError); kept for the first video, whose own
-        detector it becomes (a detector made and closed here would leave its ~90 MB of heap behind)."""
-        from ..detection import HandDetector
-
+        detector it becomes (a MediaPipe detector made and closed here would leave its ~90 MB of heap behind)."""
         try:
-            return HandDetector(self._detector_options("VIDEO"))
+            return self._make_detector("VIDEO")
         except (OSError, ValueError, RuntimeError) as exc:
-            raise ModelError(f"MediaPipe: {exc}") from exc
+            raise ModelError(f"{'MediaPipe' if self.options.detector is None else 'detector'}: {exc}") from exc
 
-    def _video_detector(self) -> HandDetector:
+    def _video_detector(self) -> Detector:
         """A new VIDEO-mode detector (the check's while unused)."""
-        from ..detection import HandDetector
-
         with self._spare_lock:
             spare, self._spare = self._spare, None
-        return spare if spare is not None else HandDetector(self._detector_options("VIDEO"))
-
-    def _detector_options(self, mode: str) -> Any:
-        from ..detection import HAND_TASK_PATH, POSE_TASK_PATH, DetectorOptions
-
-        return DetectorOptions(hand_task_path=HAND_TASK_PATH, pose_task_path=POSE_TASK_PATH, mode=mode,
-                               num_hands=self.options.max_hands)
+        return spare if spare is not None else self._make_detector("VIDEO")
 
     # ------------------------------------------------------------------------------------------------ the run
 
@@ -202,8 +200,6 @@ class LocalEngine:
         live_lock = threading.Lock()
 
         def detect_loop() -> None:
-            from ..detection import HandDetector
-
             images = None  # one IMAGE-mode detector for all the image units of this thread
             try:
                 while True:
@@ -212,7 +208,7 @@ class LocalEngine:
                     except queue.Empty:
                         return
                     if unit.kind != "video" and images is None:
-                        images = HandDetector(self._detector_options("IMAGE"))
+                        images = self._make_detector("IMAGE")
                     if started is not None:
                         started(unit)
                     self._detect_unit(unit, images, work, stop)
@@ -243,7 +239,7 @@ class LocalEngine:
         if errors:
             raise errors[0]
 
-    def _detect_unit(self, unit: Unit, images: HandDetector | None, work: queue.Queue, stop: threading.Event
+    def _detect_unit(self, unit: Unit, images: Detector | None, work: queue.Queue, stop: threading.Event
                      ) -> None:
         """Stage 1 for one unit: its frames, detected (and tracked) in order, then its end. A video gets a VIDEO-mode
         detector of its own; images use ``images``."""
@@ -267,11 +263,12 @@ class LocalEngine:
                     index, time_s, source, img = got
                     if video:
                         last_ms = max(int(round(index * 1000.0 / unit.fps)), last_ms + 1)
-                        tracked = job.video.track(img, last_ms)
+                        tracked = job.video.track(img, last_ms, FrameRef(source, index))
                         hands, detections = tracked.hands, tracked.detections
                     else:
                         tracked = None
-                        hands, detections = find_hands(img, detector=detector, select=best_per_label)
+                        hands, detections = find_hands(img, detector=detector, select=best_per_label,
+                                                       frame=FrameRef(source, index))
                     self.stats.add("decode", t1 - t0)
                     self.stats.add("detect", time.perf_counter() - t1)
                     put(work, _Item(job, index, time_s, source, img, tuple(hands), detections, tracked), stop)

@@ -19,7 +19,6 @@ import numpy as np
 from ..outputs import Frame, FrameWriter
 
 FORMATS = ("jsonl", "npz", "pose", "openpose", "obj", "rerun")
-DEFAULT_FORMATS = ("jsonl", "npz")
 
 
 def parse_formats(text: str) -> tuple[str, ...]:

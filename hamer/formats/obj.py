@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from ..outputs import Frame, atomic_folder, naming
+from ..files import atomic_folder, naming
+from ..outputs import Frame
 from ..results import Hand
 
 

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from ..outputs import Frame, atomic_path, naming
+from ..files import atomic_path, naming
+from ..outputs import Frame
 from ..results import Hand
 
 HAND_POINTS = (

@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from ..outputs import Frame, atomic_path
+from ..files import atomic_path
+from ..outputs import Frame
 from ..viewer import default_blueprint, import_rerun, log_rerun
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..configs import PathLike
-from ..outputs import give_default_permissions
+from ..files import give_default_permissions
 from .activations import calibrate
 from .graph import FP32_NODES, ViTLayout, fp32_node_names, load_graph
 from .qdq import StaticQuantizer
