@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from ..version import __version__
 from . import check, convert, download, quantize, run, view
@@ -45,17 +47,41 @@ def _terminate(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+@contextmanager
+def _stderr_kept_apart() -> Iterator[None]:
+    """``sys.stderr`` on a copy of descriptor 2 while a command runs. MediaPipe's native chatter is captured by
+    pointing descriptor 2 at a file for moments (:mod:`hamer.native_output`); a message this process prints from
+    another thread meanwhile (a unit's error, a log line) must still reach the user. Nothing changes where
+    ``sys.stderr`` is not descriptor 2 (a test's capture, a notebook)."""
+    try:
+        apart = sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        apart = False
+    if not apart:
+        yield
+        return
+    sys.stderr.flush()
+    stream = os.fdopen(os.dup(2), "w", encoding=sys.stderr.encoding, errors=sys.stderr.errors, buffering=1)
+    previous, sys.stderr = sys.stderr, stream
+    try:
+        yield
+    finally:
+        sys.stderr = previous
+        stream.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(format="%(levelname)s: %(message)s")
-    logging.getLogger("hamer").setLevel(logging.INFO if args.verbose else logging.WARNING)
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
-    try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        print("interrupted: unfinished outputs were not written", file=sys.stderr)
-        return 130
-    finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
+    with _stderr_kept_apart():
+        logging.basicConfig(format="%(levelname)s: %(message)s")
+        logging.getLogger("hamer").setLevel(logging.INFO if args.verbose else logging.WARNING)
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
+        try:
+            return args.func(args)
+        except KeyboardInterrupt:
+            print("interrupted: unfinished outputs were not written", file=sys.stderr)
+            return 130
+        finally:
+            if in_main_thread:
+                signal.signal(signal.SIGTERM, previous)
