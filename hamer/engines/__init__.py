@@ -24,7 +24,8 @@ def _ray(options: Options, stats: StageStats | None = None) -> Engine:
     return RayEngine(options, stats)
 
 
-# name (``Options.engine``, ``hamer run --engine``) -> the engine made from a run's options and stats
+# name (``Options.engine``, ``hamer run --engine``) -> the engine made from a run's options and stats (an engine
+# class itself fits)
 ENGINES: dict[str, Callable[[Options, StageStats | None], Engine]] = {"local": _local, "ray": _ray}
 
 
