@@ -60,12 +60,12 @@ class ModelOptions:
         if self.backend not in BACKENDS:
             raise OptionError("backend", f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.backend == "onnx" and self.onnx is None:
-            raise OptionError("onnx", "backend 'onnx' needs onnx_path")
+            raise OptionError("onnx", "backend 'onnx' needs an .onnx file (onnx_path=..., --onnx FILE.onnx)")
         if self.backend == "onnx" and self.precision != "fp32":
             raise OptionError("precision", "backend 'onnx' takes no precision (the file sets the weights' "
                                            "precision: see hamer.quantize.quantize_onnx)")
         if self.backend != "onnx" and self.onnx is not None:
-            raise OptionError("onnx", "onnx_path goes with backend 'onnx'")
+            raise OptionError("onnx", "an .onnx file (onnx_path=..., --onnx) goes with backend 'onnx' only")
         if self.camera is not None and not (isinstance(self.camera, Camera) or callable(self.camera)):
             raise OptionError("camera", f"camera must be a hamer.Camera, a hamer.FieldOfView or a callable (W, H) "
                                         f"-> Camera, got {type(self.camera).__name__}")

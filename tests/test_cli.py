@@ -313,7 +313,7 @@ def test_run_onnx_backend_without_a_file_fails_clearly(tmp_path, capsys):
     img = tmp_path / "a.png"
     cv2.imwrite(str(img), noise_image(0))
     assert main(["run", str(img), "--backend", "onnx", "--out", str(tmp_path / "o"), "--quiet"]) == 2
-    assert "argument --onnx: --backend onnx needs --onnx" in capsys.readouterr().err
+    assert "argument --onnx: backend 'onnx' needs an .onnx file" in capsys.readouterr().err
     assert main(["run", str(img), "--backend", "onnx", "--onnx", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert f"argument --onnx: {tmp_path} is a folder" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

@@ -45,28 +45,23 @@ class _Bar:
                            f"{', '.join(record['files'])}", file=sys.stdout)
 
 
+# The flag of each hamer.model_options.ModelOptions field.
+MODEL_FLAGS = {"device": "--device", "precision": "--precision", "backend": "--backend", "onnx": "--onnx",
+               "rescale_factor": "--rescale-factor", "camera": "--intrinsics/--fov-deg"}
+
+
 def run_usage_problem(args: argparse.Namespace) -> str | None:
     """Why the options of ``hamer run`` cannot work, naming the flag; None when they can."""
-    from ..runtime import check_precision, resolve_device
+    from ..model_options import ModelOptions, OptionError
 
-    if args.engine != "ray":  # Ray's workers, not this machine, run the network (and check the device)
-        try:
-            device = resolve_device(args.device)
-        except ValueError as exc:
-            return f"argument --device: {exc}"
-        try:
-            check_precision(args.precision, device)
-        except ValueError as exc:
-            return f"argument --precision: {exc}"
-    if args.backend == "onnx":
-        if args.onnx is None:
-            return "argument --onnx: --backend onnx needs --onnx FILE.onnx"
-        if not Path(args.onnx).is_file():
-            return f"argument --onnx: {args.onnx} is {'a folder' if Path(args.onnx).is_dir() else 'not found'}"
-        if args.precision != "fp32":
-            return "argument --precision: --backend onnx takes no --precision (the .onnx file sets it)"
-    elif args.onnx is not None:
-        return "argument --onnx: only with --backend onnx"
+    model = ModelOptions(device=args.device, backend=args.backend, precision=args.precision, data=args.data,
+                         checkpoint=args.checkpoint, onnx=args.onnx, rescale_factor=args.rescale_factor)
+    try:
+        model.check(device_here=args.engine != "ray")  # Ray's workers, not this machine, run the network
+    except OptionError as exc:
+        return f"argument {MODEL_FLAGS[exc.option]}: {exc}"
+    if model.backend == "onnx" and not Path(args.onnx).is_file():
+        return f"argument --onnx: {args.onnx} is {'a folder' if Path(args.onnx).is_dir() else 'not found'}"
     if args.bbox_only and set(args.formats) - {"jsonl", "npz", "rerun"}:
         return "argument --formats: pose, openpose and obj need the joints: not with --bbox-only"
     problem = overlay_problem(args)
