@@ -9,8 +9,8 @@ Triangles are rasterised row by row, vectorised over all triangles and rows at o
 pixel centres comes from the triangle's three edge half-planes, and every pixel of every span is one entry of a
 ``np.minimum.at`` z-buffer over int64 keys that pack the depth (the bits of float32 ``1/z``, which as integers are
 monotone for positive values) above the triangle's index. Work and memory grow with the pixels covered, the
-triangles taken in groups whose boxes hold about 260,000 pixels (small enough that the temporary arrays of a group
-are a few megabytes, which the allocator reuses instead of mapping fresh pages for every call).
+triangles taken in groups whose boxes hold about 260,000 pixels (the temporary arrays of a group stay a few
+megabytes).
 """
 
 from __future__ import annotations
