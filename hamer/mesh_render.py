@@ -88,7 +88,7 @@ def draw_meshes(img_bgr: np.ndarray, hands: Sequence[Hand], faces: np.ndarray, c
     color = np.take(lut.view(np.uint32).reshape(-1), raster.face).view(np.uint8).reshape(h, w, 4)
     color = cv2.cvtColor(color, cv2.COLOR_BGRA2BGR)  # (h, w, 3) contiguous
     if alpha < 1.0:
-        color = cv2.addWeighted(box, 1.0 - alpha, color, alpha, 0.0)
+        cv2.addWeighted(box, 1.0 - alpha, color, alpha, 0.0, dst=color)
     if box.flags.writeable and box.strides[0] > 0 and box.strides[1:] == (3, 1):
         cv2.copyTo(color, covered.view(np.uint8), box)  # in place: OpenCV writes into the view
     else:  # a view OpenCV cannot write into (reversed, strided or read-only): numpy's masked copy

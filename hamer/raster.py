@@ -34,7 +34,7 @@ _HIGH = 1 if sys.byteorder == "little" else 0  # the high 32-bit word of an int6
 class Raster:
     """The nearest triangle of each pixel of a box of the image at ``origin`` (x, y) pixels: ``face`` (h, w) int32
     index into the triangles, -1 where none; ``depth`` (h, w) float32 metres along the camera's z (inf where none).
-    The box holds every covered pixel (empty when none is)."""
+    The box holds every covered pixel (empty when none is). The two share one buffer (strided views of it)."""
 
     origin: tuple[int, int]
     face: np.ndarray
@@ -68,14 +68,15 @@ def rasterize(vertices: np.ndarray, triangles: np.ndarray, camera: Camera, size:
         end = max(start + 1, int(np.searchsorted(cost, done + _CHUNK_PIXELS, side="right")))
         _spans(zbuf, corners[start:end], inv_z[start:end], ids[start:end], lo[start:end], rows[start:end], box)
         start = end
-    words = zbuf.view(np.int32).reshape(-1, 2)
-    face = words[:, 1 - _HIGH].copy()  # _EMPTY's low word is -1
-    inv = np.subtract(_INF_BITS, words[:, _HIGH]).view(np.float32)
+    # decoded in place: face and depth are the z-buffer's two 32-bit words of each pixel (strided views)
+    words = zbuf.view(np.int32).reshape(y1 - y0 + 1, x1 - x0 + 1, 2)
+    face, depth = words[:, :, 1 - _HIGH], words[:, :, _HIGH]  # _EMPTY's low word is -1
+    np.subtract(_INF_BITS, depth, out=depth)  # the bits of float32 1/z
+    depth = depth.view(np.float32)
     with np.errstate(divide="ignore", invalid="ignore"):  # the empty pixels' keys are no depth
-        depth = np.divide(np.float32(1.0), inv)
+        np.divide(np.float32(1.0), depth, out=depth)
     depth[face < 0] = np.inf
-    shape = (y1 - y0 + 1, x1 - x0 + 1)
-    return Raster((x0, y0), face.reshape(shape), depth.reshape(shape))
+    return Raster((x0, y0), face, depth)
 
 
 def _projected(v: np.ndarray, tri: np.ndarray, camera: Camera, near: float
