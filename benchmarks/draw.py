@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -79,6 +80,16 @@ def median_ms(fn, repeats: int, clock=time.process_time) -> float:
     return 1e3 * statistics.median(times)
 
 
+def faults_per_call(fn, repeats: int) -> float:
+    """Minor page faults per call of ``fn`` (fresh pages mapped for its arrays; glibc keeps freed big blocks only
+    once its thresholds have grown, so a fresh process pays more of them)."""
+    fn()
+    start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(repeats):
+        fn()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) / repeats
+
+
 def network_s_per_hand(repeats: int) -> float:
     """Seconds per hand of the small synthetic model (crop, network, MANO) through HAMER.predict with a box."""
     from synthetic import make_data_dir
@@ -101,6 +112,7 @@ def measure(pixels: int, covered: int, vertices: np.ndarray, faces: np.ndarray, 
         "rasterize_ms": median_ms(lambda: rasterize(vertices + right.cam_t, faces, camera, SIZE), repeats),
         "draw_mesh_1_hand_ms": median_ms(lambda: draw(img, one, faces=faces), repeats),
         "draw_mesh_1_hand_wall_ms": median_ms(lambda: draw(img, one, faces=faces), repeats, time.perf_counter),
+        "draw_mesh_1_hand_page_faults": faults_per_call(lambda: draw(img, one, faces=faces), repeats),
         "draw_mesh_2_hands_ms": median_ms(lambda: draw(img, two, faces=faces), repeats),
         "draw_mesh_side_view_1_hand_ms": median_ms(lambda: draw(img, one, faces=faces, side_view=True), repeats),
         "draw_skeleton_1_hand_ms": median_ms(lambda: draw(img, one, "skeleton"), repeats),
@@ -173,11 +185,13 @@ def main() -> None:
         lines += ["", f"Before / after: `{args.baseline}` timed the same way in a child process just before this "
                   "tree (same machine, same load), milliseconds of CPU time, and the ratio before / after.", "",
                   "| hand box (px tall) | rasterize before | after | ratio | draw mesh 1 hand before | after | ratio | "
-                  "2 hands before | after | ratio |", "|---|---|---|---|---|---|---|---|---|---|"]
+                  "2 hands before | after | ratio | page faults per 1-hand draw before | after |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for b, r in zip(before, rows, strict=True):
             cells = [f"{b[k]:.1f} | {r[k]:.1f} | {b[k] / r[k]:.1f}x"
                      for k in ("rasterize_ms", "draw_mesh_1_hand_ms", "draw_mesh_2_hands_ms")]
-            lines.append(f"| {r['box_px']} | " + " | ".join(cells) + " |")
+            faults = f"{b['draw_mesh_1_hand_page_faults']:.0f} | {r['draw_mesh_1_hand_page_faults']:.0f}"
+            lines.append(f"| {r['box_px']} | " + " | ".join(cells) + f" | {faults} |")
     typical = rows[1]["draw_mesh_1_hand_ms"]
     lines += ["", f"Network per hand: small synthetic model {tiny * 1e3:.0f} ms (torch, measured here); ViT-H "
               f"{VIT_H_S_PER_HAND:.2f} s (ONNX Runtime fp32, benchmarks/results/bench.md). Drawing a 300-px hand's "
