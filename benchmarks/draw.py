@@ -9,7 +9,11 @@ view, and the skeleton style for comparison. The network: the small synthetic mo
 timed here (wall time), per hand, through ``HAMER.predict`` with a user box (crop + network + MANO); ViT-H's
 figure is quoted from benchmarks/results/bench.md (same machine type).
 
-Run: ``python benchmarks/draw.py`` (about a minute); writes benchmarks/results/draw.md and draw.json.
+``--baseline DIR`` first times another source tree's ``hamer`` (e.g. a checkout of the main branch) the same way
+in a child process, just before this tree's, for a before/after table on the same machine and load.
+
+Run: ``python benchmarks/draw.py [--baseline DIR]`` (about a minute); writes benchmarks/results/draw.md and
+draw.json.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+CODE = Path(sys.argv[sys.argv.index("--code") + 1]) if "--code" in sys.argv[:-1] else ROOT  # whose hamer is timed
+sys.path[:0] = [str(CODE), str(ROOT / "tests")]
 
 from hamer import HAMER, draw  # noqa: E402
 from hamer.raster import rasterize  # noqa: E402
@@ -73,6 +80,16 @@ def median_ms(fn, repeats: int, clock=time.process_time) -> float:
     return 1e3 * statistics.median(times)
 
 
+def faults_per_call(fn, repeats: int) -> float:
+    """Minor page faults per call of ``fn`` (fresh pages mapped for its arrays; glibc keeps freed big blocks only
+    once its thresholds have grown, so a fresh process pays more of them)."""
+    fn()
+    start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(repeats):
+        fn()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) / repeats
+
+
 def network_s_per_hand(repeats: int) -> float:
     """Seconds per hand of the small synthetic model (crop, network, MANO) through HAMER.predict with a box."""
     from synthetic import make_data_dir
@@ -95,6 +112,7 @@ def measure(pixels: int, covered: int, vertices: np.ndarray, faces: np.ndarray, 
         "rasterize_ms": median_ms(lambda: rasterize(vertices + right.cam_t, faces, camera, SIZE), repeats),
         "draw_mesh_1_hand_ms": median_ms(lambda: draw(img, one, faces=faces), repeats),
         "draw_mesh_1_hand_wall_ms": median_ms(lambda: draw(img, one, faces=faces), repeats, time.perf_counter),
+        "draw_mesh_1_hand_page_faults": faults_per_call(lambda: draw(img, one, faces=faces), repeats),
         "draw_mesh_2_hands_ms": median_ms(lambda: draw(img, two, faces=faces), repeats),
         "draw_mesh_side_view_1_hand_ms": median_ms(lambda: draw(img, one, faces=faces, side_view=True), repeats),
         "draw_skeleton_1_hand_ms": median_ms(lambda: draw(img, one, "skeleton"), repeats),
@@ -102,14 +120,8 @@ def measure(pixels: int, covered: int, vertices: np.ndarray, faces: np.ndarray, 
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=15)
-    args = parser.parse_args()
-    load = os.getloadavg()
-    camera = Camera.hamer_default(SIZE)
-    vertices, faces = hand_mesh()
-    img = np.random.default_rng(1).integers(0, 255, (SIZE[1], SIZE[0], 3), dtype=np.uint8)
+def rows_of(camera: Camera, vertices: np.ndarray, faces: np.ndarray, img: np.ndarray, repeats: int) -> list[dict]:
+    """The rows of the three hand sizes."""
     rows = []
     for pixels in (150, 300, 600):
         z = camera.fy * 0.10 / pixels  # the mesh is 10 cm tall
@@ -117,12 +129,42 @@ def main() -> None:
         left = hand("Left", vertices * [-1, 1, 1], np.array([0.3 * 0.08 * z / 0.1, 0.0, z * 1.1]), camera)
         one, two = FrameResult((right,), SIZE, camera), FrameResult((right, left), SIZE, camera)
         covered = int((rasterize(vertices + right.cam_t, faces, camera, SIZE).face >= 0).sum())
-        rows.append(measure(pixels, covered, vertices, faces, right, one, two, img, camera, args.repeats))
+        rows.append(measure(pixels, covered, vertices, faces, right, one, two, img, camera, repeats))
+    return rows
+
+
+def baseline_rows(code: Path, repeats: int) -> list[dict]:
+    """The rows of another source tree's ``hamer``, timed by this script in a child process."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "rows.json"
+        subprocess.run([sys.executable, __file__, "--code", str(code), "--repeats", str(repeats), "--rows-to",
+                        str(out)], check=True)
+        return json.loads(out.read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--baseline", type=Path, help="also time this source tree's hamer (before/after)")
+    parser.add_argument("--code", type=Path, default=ROOT, help=argparse.SUPPRESS)  # read at import
+    parser.add_argument("--rows-to", type=Path, help=argparse.SUPPRESS)  # a child: the rows as JSON, nothing else
+    args = parser.parse_args()
+    camera = Camera.hamer_default(SIZE)
+    vertices, faces = hand_mesh()
+    img = np.random.default_rng(1).integers(0, 255, (SIZE[1], SIZE[0], 3), dtype=np.uint8)
+    if args.rows_to:
+        args.rows_to.write_text(json.dumps(rows_of(camera, vertices, faces, img, args.repeats)))
+        return
+    load = os.getloadavg()
+    before = baseline_rows(args.baseline.resolve(), args.repeats) if args.baseline else None
+    rows = rows_of(camera, vertices, faces, img, args.repeats)
     tiny = network_s_per_hand(5)
     info = machine()
     result = {"machine": info, "load_average_before_after": [load[0], os.getloadavg()[0]], "image": list(SIZE),
               "triangles": len(faces), "repeats": args.repeats, "rows": rows,
               "network_s_per_hand": {"tiny (synthetic, torch)": tiny, "ViT-H default-cpu (bench.md)": VIT_H_S_PER_HAND}}
+    if before is not None:
+        result["baseline"] = {"code": str(args.baseline), "rows": before}
     out = ROOT / "benchmarks" / "results"
     (out / "draw.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
@@ -135,10 +177,21 @@ def main() -> None:
         "mesh + side view, 1 hand | draw skeleton, 1 hand | image copy |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    keys = ("rasterize_ms", "draw_mesh_1_hand_ms", "draw_mesh_1_hand_wall_ms", "draw_mesh_2_hands_ms",
+            "draw_mesh_side_view_1_hand_ms", "draw_skeleton_1_hand_ms", "copy_image_ms")
     for r in rows:
-        keys = ("rasterize_ms", "draw_mesh_1_hand_ms", "draw_mesh_1_hand_wall_ms", "draw_mesh_2_hands_ms",
-                "draw_mesh_side_view_1_hand_ms", "draw_skeleton_1_hand_ms", "copy_image_ms")
         lines.append(f"| {r['box_px']} | {r['covered_px']} | " + " | ".join(f"{r[k]:.1f}" for k in keys) + " |")
+    if before is not None:
+        lines += ["", f"Before / after: `{args.baseline}` timed the same way in a child process just before this "
+                  "tree (same machine, same load), milliseconds of CPU time, and the ratio before / after.", "",
+                  "| hand box (px tall) | rasterize before | after | ratio | draw mesh 1 hand before | after | ratio | "
+                  "2 hands before | after | ratio | page faults per 1-hand draw before | after |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for b, r in zip(before, rows, strict=True):
+            cells = [f"{b[k]:.1f} | {r[k]:.1f} | {b[k] / r[k]:.1f}x"
+                     for k in ("rasterize_ms", "draw_mesh_1_hand_ms", "draw_mesh_2_hands_ms")]
+            faults = f"{b['draw_mesh_1_hand_page_faults']:.0f} | {r['draw_mesh_1_hand_page_faults']:.0f}"
+            lines.append(f"| {r['box_px']} | " + " | ".join(cells) + f" | {faults} |")
     typical = rows[1]["draw_mesh_1_hand_ms"]
     lines += ["", f"Network per hand: small synthetic model {tiny * 1e3:.0f} ms (torch, measured here); ViT-H "
               f"{VIT_H_S_PER_HAND:.2f} s (ONNX Runtime fp32, benchmarks/results/bench.md). Drawing a 300-px hand's "

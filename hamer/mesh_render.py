@@ -81,12 +81,16 @@ def draw_meshes(img_bgr: np.ndarray, hands: Sequence[Hand], faces: np.ndarray, c
     corners = vertices[triangles]
     normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
     shade = lambert(normals, -corners.mean(axis=1))  # the light at the camera centre
-    lut = np.zeros((len(triangles) + 1, 3), np.uint8)  # row 0: no face
-    lut[1:] = np.clip(colors * shade[:, None] + 0.5, 0, 255)
+    lut = np.zeros((len(triangles) + 1, 4), np.uint8)  # BGR and a pad byte per face, the last row for no face
+    lut[:-1, :3] = np.clip(colors * shade[:, None] + 0.5, 0, 255)
     (x, y), (h, w) = raster.origin, raster.face.shape
     box = out[y:y + h, x:x + w]
-    color = lut[raster.face + 1]
+    color = np.take(lut.view(np.uint32).reshape(-1), raster.face).view(np.uint8).reshape(h, w, 4)
+    color = cv2.cvtColor(color, cv2.COLOR_BGRA2BGR)  # (h, w, 3) contiguous
     if alpha < 1.0:
-        color = cv2.addWeighted(box, 1.0 - alpha, color, alpha, 0.0)
-    np.copyto(box, color, where=covered[:, :, None])
+        cv2.addWeighted(box, 1.0 - alpha, color, alpha, 0.0, dst=color)
+    if box.flags.writeable and box.strides[0] > 0 and box.strides[1:] == (3, 1):
+        cv2.copyTo(color, covered.view(np.uint8), box)  # in place: OpenCV writes into the view
+    else:  # a view OpenCV cannot write into (reversed, strided or read-only): numpy's masked copy
+        np.copyto(box, color, where=covered[:, :, None])
     return out

@@ -9,11 +9,13 @@ Triangles are rasterised row by row, vectorised over all triangles and rows at o
 pixel centres comes from the triangle's three edge half-planes, and every pixel of every span is one entry of a
 ``np.minimum.at`` z-buffer over int64 keys that pack the depth (the bits of float32 ``1/z``, which as integers are
 monotone for positive values) above the triangle's index. Work and memory grow with the pixels covered, the
-triangles taken in groups whose boxes hold about 4 million pixels.
+triangles taken in groups whose boxes hold about 260,000 pixels (the temporary arrays of a group stay a few
+megabytes).
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,17 +23,18 @@ import numpy as np
 from .results import Camera
 
 NEAR = 1e-3  # metres: a triangle with a vertex nearer than this (or behind the camera) is not drawn
-_CHUNK_PIXELS = 1 << 22  # triangles are rasterised in groups whose boxes hold about this many pixels (memory)
+_CHUNK_PIXELS = 1 << 18  # triangles are rasterised in groups whose boxes hold about this many pixels (memory)
 _FAR_PIXELS = 1e7  # a corner farther than this from the image is a triangle nearly edge-on to the camera: skipped
 _EMPTY = np.iinfo(np.int64).max
 _INF_BITS = 0x7F800000  # float32 +inf's bits: inf minus the bits of a positive 1/z grows with z (keys: nearest least)
+_HIGH = 1 if sys.byteorder == "little" else 0  # the high 32-bit word of an int64 seen as two int32
 
 
 @dataclass(frozen=True)
 class Raster:
     """The nearest triangle of each pixel of a box of the image at ``origin`` (x, y) pixels: ``face`` (h, w) int32
     index into the triangles, -1 where none; ``depth`` (h, w) float32 metres along the camera's z (inf where none).
-    The box holds every covered pixel (empty when none is)."""
+    The box holds every covered pixel (empty when none is). The two share one buffer (strided views of it)."""
 
     origin: tuple[int, int]
     face: np.ndarray
@@ -65,13 +68,15 @@ def rasterize(vertices: np.ndarray, triangles: np.ndarray, camera: Camera, size:
         end = max(start + 1, int(np.searchsorted(cost, done + _CHUNK_PIXELS, side="right")))
         _spans(zbuf, corners[start:end], inv_z[start:end], ids[start:end], lo[start:end], rows[start:end], box)
         start = end
-    empty = zbuf == _EMPTY
-    face = np.where(empty, -1, zbuf & 0xFFFFFFFF).astype(np.int32)
-    inv = (_INF_BITS - (zbuf >> 32)).astype(np.int32).view(np.float32)
+    # decoded in place: face and depth are the z-buffer's two 32-bit words of each pixel (strided views)
+    words = zbuf.view(np.int32).reshape(y1 - y0 + 1, x1 - x0 + 1, 2)
+    face, depth = words[:, :, 1 - _HIGH], words[:, :, _HIGH]  # _EMPTY's low word is -1
+    np.subtract(_INF_BITS, depth, out=depth)  # the bits of float32 1/z
+    depth = depth.view(np.float32)
     with np.errstate(divide="ignore", invalid="ignore"):  # the empty pixels' keys are no depth
-        depth = np.where(empty, np.float32(np.inf), 1.0 / inv)
-    shape = (y1 - y0 + 1, x1 - x0 + 1)
-    return Raster((x0, y0), face.reshape(shape), depth.astype(np.float32).reshape(shape))
+        np.divide(np.float32(1.0), depth, out=depth)
+    depth[face < 0] = np.inf
+    return Raster((x0, y0), face, depth)
 
 
 def _projected(v: np.ndarray, tri: np.ndarray, camera: Camera, near: float
@@ -99,10 +104,11 @@ def _spans(zbuf: np.ndarray, corners: np.ndarray, inv_z: np.ndarray, ids: np.nda
     a, b, c = corners[:, 0], corners[:, 1], corners[:, 2]
     area = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
     sign = np.sign(area)
-    # inside: ex * x + ey * y + e0 >= 0 for each edge p -> q (interior on the left for positive area)
-    ex = np.stack([p[:, 1] - q[:, 1] for p, q in ((a, b), (b, c), (c, a))], axis=1) * sign[:, None]
-    ey = np.stack([q[:, 0] - p[:, 0] for p, q in ((a, b), (b, c), (c, a))], axis=1) * sign[:, None]
-    e0 = -(ex * np.stack([a[:, 0], b[:, 0], c[:, 0]], 1) + ey * np.stack([a[:, 1], b[:, 1], c[:, 1]], 1))
+    # inside: ex * x + ey * y + e0 >= 0 for each edge p -> q (interior on the left for positive area); (3, T)
+    # arrays, an edge a row, so that the arithmetic per (triangle, row) below runs along long rows
+    ex = np.stack([p[:, 1] - q[:, 1] for p, q in ((a, b), (b, c), (c, a))]) * sign
+    ey = np.stack([q[:, 0] - p[:, 0] for p, q in ((a, b), (b, c), (c, a))]) * sign
+    e0 = -(ex * np.stack([a[:, 0], b[:, 0], c[:, 0]]) + ey * np.stack([a[:, 1], b[:, 1], c[:, 1]]))
     # 1/z is affine in the image: inv_z = dx * x + dy * y + d0
     with np.errstate(divide="ignore", invalid="ignore"):
         du, dv = inv_z[:, 1] - inv_z[:, 0], inv_z[:, 2] - inv_z[:, 0]
@@ -113,28 +119,33 @@ def _spans(zbuf: np.ndarray, corners: np.ndarray, inv_z: np.ndarray, ids: np.nda
     rows = np.where(good, rows, 0)
     # one entry per (triangle, row)
     t = np.repeat(np.arange(len(ids)), rows)
-    y = (np.arange(len(t)) - np.repeat(np.cumsum(rows) - rows, rows) + np.repeat(lo, rows)).astype(np.float64)
-    bound = -(ey[t] * y[:, None] + e0[t])  # ex * x >= bound per edge
-    ext = ex[t]
+    y = (np.arange(len(t)) + np.repeat(lo - (np.cumsum(rows) - rows), rows)).astype(np.float64)
+    ext = ex[:, t]
+    bound = -(ey[:, t] * y + e0[:, t])  # ex * x >= bound per edge
     with np.errstate(divide="ignore", invalid="ignore"):
         limit = bound / ext
     low, high = np.where(ext > 0, limit, -np.inf), np.where(ext < 0, limit, np.inf)
-    lower = np.maximum(np.maximum(low[:, 0], low[:, 1]), low[:, 2])  # (not .max(axis=1): slow on 3 columns)
-    upper = np.minimum(np.minimum(high[:, 0], high[:, 1]), high[:, 2])
+    lower = np.maximum(np.maximum(low[0], low[1]), low[2])
+    upper = np.minimum(np.minimum(high[0], high[1]), high[2])
     shut = (ext == 0) & (bound > 0)  # an edge parallel to the row that excludes it
-    blocked = shut[:, 0] | shut[:, 1] | shut[:, 2]
+    blocked = shut[0] | shut[1] | shut[2]
     left = np.maximum(np.ceil(lower), x0)
     right = np.minimum(np.floor(upper), x1)
     count = np.where(blocked | ~(right >= left), 0, right - left + 1).astype(np.int64)  # NaN bounds: no span
     left = np.where(count > 0, left, x0)
-    # one entry per pixel: step along the row's span
     total = int(count.sum())
     if total == 0:
         return
-    step = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(count) - count, count)
-    inv = np.repeat((dx[t] * left + dy[t] * y + d0[t]).astype(np.float32), count)
-    inv += np.repeat(dx[t].astype(np.float32), count) * step.astype(np.float32)
+    # one entry per pixel, gathering its row's values: the step along the row's span, 1/z, the key
+    span = np.repeat(np.arange(len(t)), count)
+    step = np.arange(total, dtype=np.int64)
+    step -= np.take(np.cumsum(count) - count, span)
+    inv = np.take(dx[t].astype(np.float32), span)
+    inv *= step.astype(np.float32)
+    inv += np.take((dx[t] * left + dy[t] * y + d0[t]).astype(np.float32), span)
     np.maximum(inv, np.float32(1e-30), out=inv)  # rounding at a span's end cannot make it behind the camera
-    key = ((_INF_BITS - inv.view(np.int32)).astype(np.int64) << 32) | np.repeat(ids[t], count)
-    base = (y.astype(np.int64) - y0) * (x1 - x0 + 1) + left.astype(np.int64) - x0
-    np.minimum.at(zbuf, np.repeat(base, count) + step, key)
+    key = np.empty((total, 2), np.int32)  # the int64 keys as their two 32-bit words
+    np.subtract(_INF_BITS, inv.view(np.int32), out=key[:, _HIGH])
+    key[:, 1 - _HIGH] = np.take(ids.astype(np.int32)[t], span)
+    step += np.take((y.astype(np.int64) - y0) * (x1 - x0 + 1) + left.astype(np.int64) - x0, span)  # pixel index
+    np.minimum.at(zbuf, step, key.view(np.int64).reshape(-1))

@@ -217,3 +217,75 @@ def test_hamer_draw_takes_the_models_triangles(data_dir):
         drawn = model.draw(img)
     np.testing.assert_array_equal(drawn, hamer.draw(img, result, faces=model.faces))
     assert (drawn != hamer.draw(img, result, "boxes")).any()
+
+
+def plain_zbuffer(vertices: np.ndarray, triangles: np.ndarray, camera: Camera, size: tuple[int, int]
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The nearest triangle at every pixel centre of the image, by a loop over the triangles in order (the first
+    keeps a tie), each tested at every centre with its edges' signed distances: (H, W) face (-1: none), depth, and
+    where the answer hangs on rounding (a centre within 1e-6 px of an edge, or two depths within 1e-5)."""
+    width, height = size
+    p = np.stack(np.meshgrid(np.arange(width, dtype=float), np.arange(height, dtype=float)), -1)
+    face, inv = np.full((height, width), -1), np.zeros((height, width))
+    ambiguous = np.zeros((height, width), bool)
+    uv = project(vertices, camera)
+    cross = lambda u, v: u[..., 0] * v[..., 1] - u[..., 1] * v[..., 0]  # noqa: E731
+    for i, tri in enumerate(triangles):
+        corners, z = uv[tri], vertices[tri, 2]
+        area = cross(corners[1] - corners[0], corners[2] - corners[0])
+        # weights[k]: the signed area opposite corner k, over the whole (barycentric); dist: pixels from that edge
+        weights = np.stack([cross(corners[(k + 2) % 3] - corners[(k + 1) % 3], p - corners[(k + 1) % 3]) / area
+                            for k in range(3)], -1)
+        dist = weights * abs(area) / np.linalg.norm(corners[[2, 0, 1]] - corners[[1, 2, 0]], axis=1)
+        inside = (weights >= 0).all(-1)
+        ambiguous |= (dist >= -1e-6).all(-1) & ~(dist >= 1e-6).all(-1)
+        iz = weights @ (1.0 / z)
+        ambiguous |= inside & (face >= 0) & (np.abs(iz - inv) <= 1e-5 * iz)
+        nearer = inside & (iz > inv)
+        face[nearer], inv[nearer] = i, iz[nearer]
+    return face, np.where(face >= 0, 1.0 / np.where(face >= 0, inv, 1.0), np.inf), ambiguous
+
+
+def test_rasterize_equals_a_plain_zbuffer_on_random_triangles():
+    """Random intersecting triangles of both windings over a 400x300 image, enough box pixels for several groups:
+    the rasteriser's nearest triangle and depth are the plain z-buffer's wherever rounding cannot decide."""
+    from hamer.raster import rasterize
+
+    rng = np.random.default_rng(7)
+    size, camera = (400, 300), Camera(380.0, 360.0, 190.0, 160.0)
+    count = 80
+    centres = rng.uniform([-60, -50], [460, 350], (count, 1, 2)) + rng.normal(0, 70, (count, 3, 2))
+    z = rng.uniform(0.5, 3.0, (count, 3))
+    vertices = np.stack([((centres[..., 0] - camera.cx) * z / camera.fx).ravel(),
+                         ((centres[..., 1] - camera.cy) * z / camera.fy).ravel(), z.ravel()], 1)
+    triangles = np.arange(3 * count).reshape(count, 3)
+    face, depth, ambiguous = plain_zbuffer(vertices, triangles, camera, size)
+    raster = rasterize(vertices, triangles, camera, size)
+    (x0, y0), (h, w) = raster.origin, raster.face.shape
+    got_face, got_depth = np.full(face.shape, -1), np.full(face.shape, np.inf, np.float32)
+    got_face[y0:y0 + h, x0:x0 + w], got_depth[y0:y0 + h, x0:x0 + w] = raster.face, raster.depth
+    assert (face >= 0).mean() > 0.5 and ambiguous.mean() < 0.01
+    sure = ~ambiguous
+    np.testing.assert_array_equal(got_face[sure], face[sure])
+    drawn = sure & (face >= 0)
+    np.testing.assert_allclose(got_depth[drawn], depth[drawn], rtol=1e-5)
+    assert np.isinf(got_depth[sure & (face < 0)]).all()
+
+
+@pytest.mark.parametrize("view", ["flipped", "channels reversed", "every other column"])
+def test_drawing_in_place_into_a_view_opencv_cannot_write(view):
+    v, faces = sphere()
+    hand = mesh_hand("Right", v * 0.05, [0.0, 0.0, 0.4])
+    img = np.random.default_rng(3).integers(0, 255, (H, 2 * W, 3), dtype=np.uint8)
+    pick = {"flipped": lambda a: a[:, ::-1][:, :W], "channels reversed": lambda a: a[:, :W, ::-1],
+            "every other column": lambda a: a[:, ::2]}[view]
+    expected = draw_meshes(np.ascontiguousarray(pick(img)), [hand], faces, CAMERA)
+    target = img.copy()
+    out = draw_meshes(pick(target), [hand], faces, CAMERA, inplace=True)
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(pick(target), expected)  # drawn into the caller's array
+    assert (expected != pick(img)).any()
+    frozen = img.copy()
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        draw_meshes(frozen, [hand], faces, CAMERA, inplace=True)
