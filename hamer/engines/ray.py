@@ -122,7 +122,7 @@ class LocalRay:
             raise
 
     def shutdown(self) -> None:
-        """Shut Ray down, then have the watchdog kill what is left of it and wait for it (20 s at most)."""
+        """Shut Ray down, then have the watchdog kill what is left of it, and wait for it (at most GIVE_UP_S)."""
         import ray
 
         try:

@@ -7,7 +7,7 @@ may outlive it for a while. The driver marks the environment of the Ray it start
 (every Ray process inherits it: the raylet's children from the raylet) and starts this script beforehand, unmarked,
 in its own session, holding its stdin. When stdin closes (the driver released it, exited or was killed) or the
 driver is no longer its parent, the script SIGKILLs every process of this user whose environment carries the mark,
-until none has been seen for a second.
+until none has been seen for 2 seconds (a process the raylet was starting when it died is caught too).
 
 Run as ``python ray_watchdog.py TOKEN`` (a script: it imports nothing of ``hamer``); Linux only (``/proc``).
 """
@@ -21,8 +21,8 @@ import sys
 import time
 
 MARK = "HAMER_RAY_MARK"
-GIVE_UP_S = 20.0
-QUIET_S = 1.0
+GIVE_UP_S = 60.0
+QUIET_S = 2.0
 
 
 def marked(token: str) -> list[int]:
