@@ -133,7 +133,7 @@ def _to_rgb(img_bgr: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(as_bgr(img_bgr), cv2.COLOR_BGR2RGB)
 
 
-def _pose_hand_box(points: np.ndarray) -> np.ndarray:
+def pose_hand_box(points: np.ndarray) -> np.ndarray:
     """Hand box (4,) from pose wrist, pinky, index, thumb points (4, 2) in pixels; see the module docstring."""
     wrist, pinky, index = points[0], points[1], points[2]
     middle = (2.0 * index + pinky) / 3.0
@@ -295,5 +295,5 @@ class HandDetector:
                     continue
                 points = np.array([(lm.x * width, lm.y * height) for lm in used], dtype=np.float32)
                 detections.append(HandDetection(label=side, score=float(visibility.mean()),
-                                                box=_pose_hand_box(points), landmarks=points, source="pose"))
+                                                box=pose_hand_box(points), landmarks=points, source="pose"))
         return detections

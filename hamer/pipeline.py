@@ -172,7 +172,7 @@ class Reconstructor:
         """``hands`` with the network's outputs ``net`` (their rows, same order) placed in the full image."""
         height, width = image_shape[:2]
         rights = np.array([h.label == "Right" for h in hands])
-        placed = _place(net, rights, crops, (width, height), self.default_camera((width, height)),
+        placed = place_hands(net, rights, crops, (width, height), self.default_camera((width, height)),
                         self.camera((width, height)))
         box_size = placed.pop("box_size")
         return [hand.replace(**{k: v[i] for k, v in placed.items()}, box_size=float(box_size[i]),
@@ -184,8 +184,8 @@ class Reconstructor:
                 for i, hand in enumerate(hands)]
 
 
-def _place(net: Mapping[str, np.ndarray], rights: np.ndarray, crops: Sequence[CropParams],
-           image_size: tuple[int, int], default: Camera, camera: Camera) -> dict[str, np.ndarray]:
+def place_hands(net: Mapping[str, np.ndarray], rights: np.ndarray, crops: Sequence[CropParams],
+                image_size: tuple[int, int], default: Camera, camera: Camera) -> dict[str, np.ndarray]:
     """Un-mirrored joints and vertices, the camera translation and the joints projected into the image.
 
     Returns ``keypoints_3d`` (N,21,3) and ``vertices`` (N,778,3) in metres (MANO frame, x of left hands negated

@@ -260,7 +260,7 @@ class VideoHands:
             joined = filt(np.concatenate([hand.keypoints_3d, hand.vertices, hand.cam_t[None]]), t).astype(np.float32)
             keypoints_3d, vertices, cam_t = joined[:21], joined[21:-1], joined[-1]
             # the 2D joints move as the camera sees the smoothing move the hand (HaMeR's 2D joints are kept as
-            # the reference: they do not depend on the camera, see pipeline._place)
+            # the reference: they do not depend on the camera, see pipeline.place_hands)
             shift = camera.project(keypoints_3d + cam_t) - camera.project(hand.keypoints_3d + hand.cam_t)
             smoothed.append(hand.replace(keypoints_3d=keypoints_3d, vertices=vertices, cam_t=cam_t,
                                          keypoints_2d=hand.keypoints_2d + shift))

@@ -22,10 +22,10 @@ from yacs.config import CfgNode
 
 from hamer.camera import cam_crop_to_pinhole
 from hamer.cropping import box_to_crop, crop_images
-from hamer.detection import _pose_hand_box
+from hamer.detection import pose_hand_box
 from hamer.hamer_module import HAMER
 from hamer.models.mano import MANO, MANO_KEYS
-from hamer.pipeline import _place
+from hamer.pipeline import place_hands
 from hamer.results import Camera
 
 from synthetic import mano_arrays
@@ -126,7 +126,7 @@ def hand_outputs(net, rights, crops, shape, cfg):
     """The placement step with HaMeR demo's camera (focal FOCAL_LENGTH / IMAGE_SIZE * max(W, H))."""
     size = (shape[1], shape[0])
     camera = Camera.hamer_default(size, float(cfg.EXTRA.FOCAL_LENGTH), int(cfg.MODEL.IMAGE_SIZE))
-    out = _place(net, rights, crops, size, camera, camera)
+    out = place_hands(net, rights, crops, size, camera, camera)
     return {**out, "cam_t_full": out["cam_t"], "focal_length_full": camera.fx}
 
 
@@ -183,7 +183,7 @@ def test_camera_and_projection_by_hand_portrait_right_and_left():
     ([[0, 0], [30, 12], [30, -6], [10, -10]], [0, -30, 60, 30]),
 ])
 def test_pose_fallback_box_by_hand(points, box):
-    np.testing.assert_array_equal(_pose_hand_box(np.array(points, dtype=np.float32)), np.float32(box))
+    np.testing.assert_array_equal(pose_hand_box(np.array(points, dtype=np.float32)), np.float32(box))
 
 
 def test_zero_scale_camera_stays_finite():

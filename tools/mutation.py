@@ -58,7 +58,7 @@ GROUPS: dict[str, tuple[str, list[str] | None, list[str]]] = {
                     *(f"tests/test_hardening.py::test_{name}" for name in (
                         "safetensors_metadata_that_is_not_a_json_object", "a_non_tensor_weight_is_named",
                         "a_truncated_or_oversized_mean_params_file", "a_safetensors_file_keeps_its_own_config"))]),
-    "detection-boxes": ("hamer/detection.py", ["hamer.detection.x__pose_hand_box__*"],
+    "detection-boxes": ("hamer/detection.py", ["hamer.detection.x_pose_hand_box__*"],
                         ["tests/test_references.py", "tests/test_detection.py"]),
     "tracking": ("hamer/tracking.py",
                  ["hamer.tracking.xǁOneEuroFilterǁ*", "hamer.tracking.xǁHandTrackerǁ*", "hamer.tracking.x_box_iou*",
