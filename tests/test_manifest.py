@@ -1,0 +1,174 @@
+"""Unit tests of an output folder's bookkeeping (hamer.manifest) on folders built by hand: the manifest's reading of
+torn and malformed lines, its appends, the folder's lock, and the removal of dead runs' temporary files."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from hamer.manifest import (
+    LOCK,
+    MANIFEST,
+    FolderBusy,
+    FolderLock,
+    Manifest,
+    ManifestError,
+    RunError,
+    clean_temp_files,
+)
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+# ---------------------------------------------------------------------------------------------------- reading
+
+def test_no_manifest_reads_as_no_record(tmp_path):
+    assert Manifest(tmp_path).load() == {}
+
+
+def test_the_latest_line_of_each_input_decides_and_bad_lines_are_skipped_by_number(tmp_path, caplog):
+    lines = [
+        json.dumps({"input": "/a", "status": "started"}),
+        "not json at all",
+        json.dumps({"input": "/b", "status": "done"}),
+        json.dumps(["a", "list"]),                # JSON, but not a record
+        json.dumps({"status": "done"}),           # no input
+        json.dumps("a string"),
+        json.dumps({"input": "/a", "status": "failed", "error": "x"}),
+        '{"input": "/b", "status": "fail',        # a torn last line: a run killed while writing it
+    ]
+    (tmp_path / MANIFEST).write_text("\n".join(lines), encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="hamer.manifest"):
+        records = Manifest(tmp_path).load()
+    assert records == {"/a": {"input": "/a", "status": "failed", "error": "x"}, "/b": {"input": "/b", "status": "done"}}
+    warned = sorted(int(r.getMessage().split(" line ")[1].split()[0]) for r in caplog.records)
+    assert warned == [2, 4, 5, 6, 8]
+    assert all(str(tmp_path / MANIFEST) in r.getMessage() for r in caplog.records)
+
+
+def test_a_manifest_that_is_a_link_is_refused(tmp_path):
+    outside = tmp_path / "outside.jsonl"
+    outside.write_text(json.dumps({"input": "/a", "status": "done"}) + "\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / MANIFEST).symlink_to(outside)
+    with pytest.raises(RunError, match="symbolic link"):
+        Manifest(out).load()
+
+
+# ---------------------------------------------------------------------------------------------------- writing
+
+def test_each_append_is_on_disk_as_one_line_and_a_torn_last_line_is_ended_first(tmp_path):
+    path = tmp_path / MANIFEST
+    path.write_text(json.dumps({"input": "/a", "status": "done"}) + "\n" + '{"input": "/b", "sta')
+    manifest = Manifest(tmp_path)
+    try:
+        manifest.append({"input": "/c", "status": "started"})
+        assert path.read_text().splitlines()[-2:] == ['{"input": "/b", "sta', '{"input": "/c", "status": "started"}']
+        manifest.append({"input": "/c", "status": "done"})
+        assert path.read_text().endswith('{"input": "/c", "status": "done"}\n')
+    finally:
+        manifest.close()
+    assert Manifest(tmp_path).load()["/c"]["status"] == "done"
+    assert len(path.read_text().splitlines()) == 4
+
+
+def test_appending_to_a_new_manifest_needs_no_newline_first(tmp_path):
+    manifest = Manifest(tmp_path)
+    try:
+        manifest.append({"input": "/a", "status": "done"})
+    finally:
+        manifest.close()
+    assert (tmp_path / MANIFEST).read_text() == '{"input": "/a", "status": "done"}\n'
+
+
+def test_an_append_that_cannot_be_written_is_a_manifest_error_naming_the_file(tmp_path):
+    outside = tmp_path / "outside.jsonl"
+    outside.write_text("")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / MANIFEST).symlink_to(outside)  # put there after the run read the folder: never followed
+    manifest = Manifest(out)
+    with pytest.raises(ManifestError, match=f"cannot write {out / MANIFEST}"):
+        manifest.append({"input": "/a", "status": "done"})
+    manifest.close()
+    assert outside.read_text() == ""
+    (out / MANIFEST).unlink()
+    (out / MANIFEST).mkdir()
+    with pytest.raises(ManifestError, match="the run stops"):
+        Manifest(out).append({"input": "/a", "status": "done"})
+
+
+# ---------------------------------------------------------------------------------------------------- the lock
+
+def test_the_lock_names_this_run_refuses_a_second_and_goes_with_its_run(tmp_path):
+    with FolderLock(tmp_path):
+        holder = json.loads((tmp_path / LOCK).read_text())
+        assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname() and holder["since"]
+        with pytest.raises(FolderBusy) as busy, FolderLock(tmp_path):
+            pass
+        assert f"pid {os.getpid()} on {socket.gethostname()}, since {holder['since']}" in str(busy.value)
+        assert str(tmp_path) in str(busy.value)
+        assert json.loads((tmp_path / LOCK).read_text()) == holder  # the refused run changed nothing
+    assert not (tmp_path / LOCK).exists()
+    with FolderLock(tmp_path):  # free again
+        pass
+
+
+def test_a_dead_runs_lock_is_taken_over_and_said(tmp_path, caplog):
+    pid = dead_pid()
+    (tmp_path / LOCK).write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "since": "then"}))
+    with caplog.at_level(logging.WARNING, logger="hamer.manifest"), FolderLock(tmp_path):
+        assert json.loads((tmp_path / LOCK).read_text())["pid"] == os.getpid()
+    assert any("took over" in r.getMessage() and f"pid {pid}" in r.getMessage() for r in caplog.records)
+
+
+def test_a_lock_that_is_a_link_is_refused(tmp_path):
+    target = tmp_path / "elsewhere"
+    target.write_text("keep")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LOCK).symlink_to(target)
+    with pytest.raises(RunError, match="symbolic link"), FolderLock(out):
+        pass
+    assert target.read_text() == "keep"
+
+
+# ---------------------------------------------------------------------------------------------------- leftovers
+
+def test_only_temporary_files_and_folders_are_removed_and_links_never_followed(tmp_path):
+    out = tmp_path / "out"
+    (out / "a.overlay").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious.txt").write_text("keep")
+    removed = [out / ".hamer-tmp-123-4.jsonl", out / ".hamer-tmp-123-5", out / "a.overlay" / ".hamer-tmp-9-1.jpg",
+               out / ".hamer-tmp-7-2"]
+    removed[0].write_text("part")
+    removed[1].mkdir()
+    (removed[1] / "000.json").write_text("{}")
+    removed[2].write_bytes(b"jpg")
+    removed[3].symlink_to(outside)  # a temporary name that is a link: the link goes, not what it points to
+    kept = [out / "a.jsonl", out / "hamer-tmp-1-2.jsonl", out / ".hamer-tmp-abc", out / "a.overlay" / "x.jpg",
+            out / ".hamer-tmp-1-2.json.bak"]
+    for path in kept:
+        path.write_text("mine")
+    linked = out / "b.overlay"
+    linked.symlink_to(outside)  # an overlay folder that is a link is not entered
+    (outside / ".hamer-tmp-3-3.jpg").write_text("not this run's to remove")
+    assert sorted(clean_temp_files(out)) == sorted(removed)
+    assert not any(os.path.lexists(p) for p in removed)
+    assert all(p.read_text() == "mine" for p in kept)
+    assert (outside / "precious.txt").read_text() == "keep" and (outside / ".hamer-tmp-3-3.jpg").exists()
+    assert clean_temp_files(out) == []
