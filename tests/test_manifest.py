@@ -3,6 +3,7 @@ torn and malformed lines, its appends, the folder's lock, and the removal of dea
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -63,8 +64,10 @@ def test_a_manifest_that_is_a_link_is_refused(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / MANIFEST).symlink_to(outside)
-    with pytest.raises(RunError, match="symbolic link"):
+    with pytest.raises(RunError, match="symbolic link") as refused:
         Manifest(out).load()
+    assert str(refused.value) == (f"{out / MANIFEST} is a symbolic link (to {outside}): the manifest is not written "
+                                  "through links; remove it or choose another --out")
 
 
 # ---------------------------------------------------------------------------------------------------- writing
@@ -100,8 +103,10 @@ def test_an_append_that_cannot_be_written_is_a_manifest_error_naming_the_file(tm
     out.mkdir()
     (out / MANIFEST).symlink_to(outside)  # put there after the run read the folder: never followed
     manifest = Manifest(out)
-    with pytest.raises(ManifestError, match=f"cannot write {out / MANIFEST}"):
+    with pytest.raises(ManifestError) as refused:
         manifest.append({"input": "/a", "status": "done"})
+    assert str(refused.value) == (f"cannot write {out / MANIFEST}: {os.strerror(errno.ELOOP)}; the run stops (the "
+                                  "units recorded so far are kept)")
     manifest.close()
     assert outside.read_text() == ""
     (out / MANIFEST).unlink()
@@ -172,3 +177,56 @@ def test_only_temporary_files_and_folders_are_removed_and_links_never_followed(t
     assert all(p.read_text() == "mine" for p in kept)
     assert (outside / "precious.txt").read_text() == "keep" and (outside / ".hamer-tmp-3-3.jpg").exists()
     assert clean_temp_files(out) == []
+
+
+def test_a_line_cut_inside_a_character_is_skipped_not_fatal(tmp_path, caplog):
+    good = json.dumps({"input": "/a", "status": "done"}).encode()
+    (tmp_path / MANIFEST).write_bytes(good + b"\n" + b'{"input": "/\xc3')  # killed inside a 2-byte character
+    with caplog.at_level(logging.WARNING, logger="hamer.manifest"):
+        assert Manifest(tmp_path).load() == {"/a": {"input": "/a", "status": "done"}}
+    assert "line 2 is not a record" in caplog.text
+
+
+@pytest.mark.parametrize("existing", ["", "{", '{"input": "/a", "status": "done"}\n'])
+def test_an_append_starts_its_own_line_and_adds_no_blank_one(tmp_path, existing):
+    (tmp_path / MANIFEST).write_text(existing)
+    manifest = Manifest(tmp_path)
+    try:
+        manifest.append({"input": "/b", "status": "done"})
+    finally:
+        manifest.close()
+    ended = existing if existing.endswith("\n") or not existing else existing + "\n"
+    assert (tmp_path / MANIFEST).read_text() == ended + '{"input": "/b", "status": "done"}\n'
+
+
+def test_a_new_manifest_gets_the_permissions_of_any_new_file(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        manifest = Manifest(tmp_path)
+        manifest.append({"input": "/a", "status": "done"})
+        manifest.close()
+    finally:
+        os.umask(previous)
+    assert (tmp_path / MANIFEST).stat().st_mode & 0o777 == 0o644
+
+
+def test_a_lock_file_removed_under_the_run_ends_it_cleanly(tmp_path):
+    with FolderLock(tmp_path):
+        (tmp_path / LOCK).unlink()
+    assert not (tmp_path / LOCK).exists()
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", "not json", ""])
+def test_a_dead_runs_lock_that_names_no_run_is_taken_over_silently(tmp_path, caplog, content):
+    (tmp_path / LOCK).write_text(content)
+    with caplog.at_level(logging.WARNING, logger="hamer.manifest"), FolderLock(tmp_path):
+        assert json.loads((tmp_path / LOCK).read_text())["pid"] == os.getpid()
+    assert "took over" not in caplog.text
+
+
+def test_the_removal_of_leftovers_is_logged_with_its_count(tmp_path, caplog):
+    (tmp_path / ".hamer-tmp-1-1.npz").write_bytes(b"x")
+    (tmp_path / ".hamer-tmp-1-2").mkdir()
+    with caplog.at_level(logging.INFO, logger="hamer.manifest"):
+        clean_temp_files(tmp_path)
+    assert caplog.messages == [f"removed 2 temporary file(s) and folder(s) of an interrupted run in {tmp_path}"]

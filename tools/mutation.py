@@ -72,9 +72,10 @@ GROUPS: dict[str, tuple[str, list[str] | None, list[str]]] = {
     # the corpus runner's bookkeeping: what a run does with each input (plan), the manifest, lock and leftovers
     "plan": ("hamer/plan.py", None, RUN_TESTS),
     "manifest": ("hamer/manifest.py", None,
-                 [*RUN_TESTS, *(f"tests/test_runs.py::test_{name}" for name in (
+                 ["tests/test_manifest.py", *RUN_TESTS, *(f"tests/test_runs.py::test_{name}" for name in (
                      "a_second_run_on_the_folder_is_refused_and_a_dead_runs_lock_taken_over",
                      "a_full_disk_fails_the_unit_and_an_unwritable_manifest_stops_the_run"))]),
+    "manifest-unit": ("hamer/manifest.py", None, ["tests/test_manifest.py"]),
     "quantize-search": ("hamer/quantize/search.py",
                         ["hamer.quantize.search.x_cheapest*", "hamer.quantize.search.x_fewest*"],
                         ["tests/test_onnx.py::test_leading_fp32_blocks_search_finds_the_fewest_that_pass",
