@@ -43,13 +43,10 @@ print(json.dumps({"build_s": built, "ready_s": touched, "imports_mb": imports_mb
 
 
 def build(work: Path) -> None:
-    data = work / "_DATA"
-    if not (data / "hamer_ckpts/checkpoints/hamer.ckpt").is_file():
-        sys.path.insert(0, str(ROOT / "tests"))
-        from synthetic import make_data_dir
+    sys.path.insert(0, str(ROOT / "tests"))
+    from synthetic import ensure_data_dir
 
-        print(f"writing the full-size synthetic data folder to {data} ...", flush=True)
-        make_data_dir(data, small=False)
+    data = ensure_data_dir(work / "_DATA", small=False)
     for name, extra in (("hamer.safetensors", []), ("hamer_fp16.safetensors", ["--half"])):
         if not (work / name).is_file():
             subprocess.run([sys.executable, "-m", "hamer", "convert", str(data / "hamer_ckpts/checkpoints/hamer.ckpt"),

@@ -72,13 +72,9 @@ def make_corpus(folder: Path, videos: int, frames: int) -> list[str]:
 
 
 def data_folder(work: Path, small: bool) -> Path:
-    root = work / ("small" if small else "full") / "_DATA"
-    if not (root / "hamer_ckpts/checkpoints/hamer.ckpt").is_file():
-        from synthetic import make_data_dir
+    from synthetic import ensure_data_dir
 
-        print(f"writing the {'small' if small else 'full-size'} random-weight model to {root} ...", flush=True)
-        make_data_dir(root, small=small)
-    return root
+    return ensure_data_dir(work / ("small" if small else "full") / "_DATA", small)
 
 
 # ---------------------------------------------------------------------------------------------------- children

@@ -66,14 +66,10 @@ def cpu_name() -> str:
 
 def build(work: Path) -> Path:
     """The full-size synthetic data folder under ``work`` (written once)."""
-    data = work / "_DATA"
-    if not (data / "hamer_ckpts/checkpoints/hamer.ckpt").is_file():
-        sys.path.insert(0, str(ROOT / "tests"))
-        from synthetic import make_data_dir
+    sys.path.insert(0, str(ROOT / "tests"))
+    from synthetic import ensure_data_dir
 
-        print(f"writing the full-size synthetic data folder to {data} ...", flush=True)
-        make_data_dir(data, small=False)
-    return data
+    return ensure_data_dir(work / "_DATA", small=False)
 
 
 def probe(code: Path, data: Path, cache: Path) -> dict:

@@ -197,3 +197,12 @@ def mano_from_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     from hamer.models.mano import MANO_KEYS
 
     return {k: np.asarray(arrays[k]) for k in MANO_KEYS}
+
+
+def ensure_data_dir(root: Path, small: bool = True) -> Path:
+    """``root``, holding the data folder of :func:`make_data_dir` (written only when it has no checkpoint yet):
+    benchmarks reuse the full-size folder (2.7 GB) between runs."""
+    if not (root / "hamer_ckpts/checkpoints/hamer.ckpt").is_file():
+        print(f"writing the {'small' if small else 'full-size'} random-weight data folder to {root} ...", flush=True)
+        make_data_dir(root, small=small)
+    return root
