@@ -37,6 +37,7 @@ import torch
 from yacs.config import CfgNode
 
 from . import configs
+from .sizes import format_bytes
 from .version import __version__
 
 if TYPE_CHECKING:
@@ -244,11 +245,11 @@ def _build_entry(build: Callable[[], HaMeRNet], cfg: CfgNode, entry: Path, crops
     start = time.perf_counter()
     seconds = size / 1e9 * EXPORT_SECONDS_PER_GB
     log.warning("First use of checkpoint %s: exporting the network to ONNX, once, for the fast CPU path (ONNX "
-                "Runtime runs it faster than torch). This takes about %s for this %.2f GB checkpoint (%.0f s per GB "
-                "on 2 free cores; longer on a busy machine) and about %.1f GB of memory; the export is cached in %s "
+                "Runtime runs it faster than torch). This takes about %s for this %s checkpoint (%.0f s per GB "
+                "on 2 free cores; longer on a busy machine) and about %s of memory; the export is cached in %s "
                 "and later runs start in seconds. backend='torch' (CLI: --backend torch) skips it.", checkpoint,
-                f"{seconds / 60:.0f} min" if seconds >= 90 else f"{max(seconds, 1):.0f} s", size / 1e9,
-                EXPORT_SECONDS_PER_GB, size * EXPORT_MEMORY_PER_BYTE / 1e9, entry)
+                f"{seconds / 60:.0f} min" if seconds >= 90 else f"{max(seconds, 1):.0f} s", format_bytes(size),
+                EXPORT_SECONDS_PER_GB, format_bytes(int(size * EXPORT_MEMORY_PER_BYTE)), entry)
 
     def phase(number: int, what: str) -> None:
         log.warning("ONNX export %d/4: %s (%.0f s so far)", number, what, time.perf_counter() - start)
