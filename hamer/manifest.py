@@ -10,8 +10,6 @@ that is a link is refused.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import logging
 import os
@@ -19,11 +17,11 @@ import re
 import shutil
 import socket
 import threading
-import time
 from pathlib import Path
 from typing import IO, Any
 
 from .files import TEMP_PREFIX
+from .pidlock import LockBusy, PidLock
 
 log = logging.getLogger(__name__)
 
@@ -121,76 +119,30 @@ class Manifest:
 
 
 class FolderLock:
-    """The lock of a run on its output folder (``OUT/.hamer-lock``, see the module); a context manager.
-
-    FolderBusy, naming the holder, when another live run has it; a lock a dead run left is taken over (logged).
-    """
+    """The lock of a run on its output folder (``OUT/.hamer-lock``, a :class:`hamer.pidlock.PidLock`); a context
+    manager. FolderBusy, naming the holder, when another live run has it; a lock a dead run left is taken over
+    (logged)."""
 
     def __init__(self, out: Path) -> None:
         self.path = Path(out) / LOCK
-        self._fd: int | None = None
+        self._lock = PidLock(self.path)
 
     def __enter__(self) -> FolderLock:
         refuse_link(self.path, "lock")
-        while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
-            except OSError as exc:  # a link put there since (ELOOP), a folder not writable...
-                raise RunError(f"cannot open {self.path}: {exc.strerror}") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                holder = _read_holder(fd)
-                unsupported = exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN)
-                if unsupported and not (holder and _alive(holder)):  # a file system without flock: the pid decides
-                    log.warning("%s: no flock on this file system (%s); the lock relies on the pid it names",
-                                self.path, exc.strerror)
-                    break
-                os.close(fd)
-                raise FolderBusy(f"{self.path.parent} is in use by another run ({_describe(holder)}); wait for it "
-                                 "to end or choose another --out") from None
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.path, follow_symlinks=False).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)  # the run before removed the file as we opened it: lock the new one
-        holder = _read_holder(fd)
+        try:
+            holder = self._lock.acquire()
+        except LockBusy as busy:
+            raise FolderBusy(f"{self.path.parent} is in use by another run ({_describe(busy.holder)}); wait for it "
+                             "to end or choose another --out") from None
+        except OSError as exc:  # a link put there since (ELOOP), a folder not writable...
+            raise RunError(f"cannot open {self.path}: {exc.strerror}") from None
         if holder:
             log.warning("%s: took over the lock of a run that ended without releasing it (%s)", self.path.parent,
                         _describe(holder))
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({**this_run(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode(), 0)
-        self._fd = fd
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._fd is not None:
-            self.path.unlink(missing_ok=True)
-            os.close(self._fd)
-            self._fd = None
-
-
-def _read_holder(fd: int) -> dict[str, Any]:
-    try:
-        holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
-    except (OSError, ValueError):
-        return {}
-    return holder if isinstance(holder, dict) else {}
-
-
-def _alive(holder: dict[str, Any]) -> bool:
-    """Whether the run a lock names may be alive: on this host, its process exists; on another, it cannot be told."""
-    if holder.get("host") != socket.gethostname():
-        return True
-    try:
-        os.kill(int(holder.get("pid", 0)), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError, TypeError, OverflowError):
-        return True
-    return True
+        self._lock.release()
 
 
 def _describe(holder: dict[str, Any]) -> str:

@@ -1,41 +1,29 @@
 """One download per data folder: a lock file naming its holder (pid and host), and the removal of what killed
 downloads left (their staging folders).
 
-The lock is ``DATA/.download/lock``, held with ``flock`` while a download runs; the kernel releases it when its
-process dies, however it dies, so the lock of a dead process is taken over by the next download. Its content
-(pid, host, start time) names the holder in the refusal a second download gets. Staging folders are named
-``staging-PID-*`` after the process that unpacks into them. Where ``fcntl`` is missing (Windows) no lock is held.
+The lock is ``DATA/.download/lock``, a :class:`hamer.pidlock.PidLock` (the same lock as a run's on its output
+folder), held while a download runs: a dead process's lock is taken over by the next download, and a live one's
+content (pid, host, start time) names the holder in the refusal a second download gets. Staging folders are named
+``staging-PID-*`` after the process that unpacks into them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
-import json
 import logging
 import os
 import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+from ..pidlock import LockBusy, PidLock, pid_alive
 from .common import WORK_DIR, DownloadError
 
 log = logging.getLogger(__name__)
 
 LOCK_FILE = "lock"
 STAGING_PREFIX = "staging-"
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists on this host (POSIX)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's
-    return True
 
 
 def staging_prefix() -> str:
@@ -50,46 +38,24 @@ def hold(root: Path) -> Iterator[list[Path]]:
     when another process holds it."""
     work = root / WORK_DIR
     work.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:
-        log.warning("no file locking on this system: run one `hamer download` per data folder at a time")
-        yield []
-        return
     path = work / LOCK_FILE
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _holder(fd)
-            os.close(fd)
-            raise DownloadError(f"another `hamer download` ({holder}) is installing into {root}; wait for it to "
-                                f"finish (its lock: {path})") from None
-        try:
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)  # the holder removed the file as we opened it: lock the new one
+    lock = PidLock(path)
     try:
-        record = {"pid": os.getpid(), "host": socket.gethostname(),
-                  "started_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps(record).encode())
+        lock.acquire()
+    except LockBusy as busy:
+        raise DownloadError(f"another `hamer download` ({_describe(busy.holder)}) is installing into {root}; wait "
+                            f"for it to finish (its lock: {path})") from None
+    try:
         yield remove_dead_staging(work)
     finally:
-        path.unlink(missing_ok=True)
-        os.close(fd)
+        lock.release()
 
 
-def _holder(fd: int) -> str:
+def _describe(holder: dict[str, Any]) -> str:
     """"pid N on HOST since TIME" from a lock file's content, or what is known."""
     try:
-        record = json.loads(os.pread(fd, 4096, 0))
-        return f"pid {int(record['pid'])} on {record['host']} since {record['started_utc']}"
-    except (OSError, ValueError, KeyError, TypeError):
+        return f"pid {int(holder['pid'])} on {holder['host']} since {holder['since']}"
+    except (ValueError, KeyError, TypeError):
         return "a process that has not written its pid yet"
 
 
