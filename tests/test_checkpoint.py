@@ -24,7 +24,8 @@ IMAGE = np.random.default_rng(1).integers(0, 256, size=(200, 260, 3), dtype=np.u
 
 
 def _keypoints(root) -> dict[str, np.ndarray]:
-    keypoints, _ = HAMER(data_dir=root).process(IMAGE, BOXES)
+    """Joints of the torch path: loads the checkpoint itself (the ONNX path may load a cached export instead)."""
+    keypoints, _ = HAMER(data_dir=root, backend="torch").process(IMAGE, BOXES)
     return keypoints
 
 
