@@ -17,13 +17,18 @@ A deterministic simulation, not a measurement (no GPU was lent to this work):
   frame takes ``max(lane_s, a * gpu_s)``, exactly (a fluid model: phases between the lanes' ends). Plus
   ``unit_s`` per unit (opening a video, its MediaPipe; measured as the wall per extra video) and ``load_s`` per
   worker at the start.
+* **Lanes that pull** (:func:`stream`, for comparison): each lane takes the next unit as soon as it is free, as the
+  local engine's detection threads do on one machine (and as the Ray engine could: today it waits for a call's last
+  unit); a lane is off the GPU while it opens its unit.
 
 Reported per N: makespan (hours), the ideal (every worker's GPU busy all the time), GPU utilisation (network
 seconds, warm-up included, / (N x makespan)), the tail (the last worker's end against the mean worker's end).
 The CPU-side costs default to benchmarks/results/corpus.json (measured on a shared 2-core CPU); the GPU's to
 HaMeR's published per-crop time. Writes ``NAME.json`` and ``NAME.md`` to ``--out``.
 
-Run: ``python benchmarks/corpus_estimate.py`` (seconds); tests/test_corpus_estimate.py checks the scheduler.
+Run: ``python benchmarks/corpus_estimate.py`` (seconds; the results: the published GPU time) and
+``python benchmarks/corpus_estimate.py --gpu-ms-per-crop 4 --detect-workers 8 --name corpus_estimate-batched``
+(an assumed batched fp16 GPU); tests/test_corpus_estimate.py checks the scheduler.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import argparse
 import heapq
 import json
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,6 +47,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 MEASURED = ROOT / "benchmarks" / "results" / "corpus.json"
 GPU_MS_PER_CROP = 32.0  # HaMeR's published time of one crop's forward pass, RTX 3090, batch 1 (geopavlakos/hamer#1)
+EPS = 1e-6  # frames or seconds a lane has left that count as none (float rounding)
 KEYFRAME_INTERVAL = 250  # frames; x264's default keyint: a seek decodes at most this many frames before its target
 
 
@@ -56,6 +63,14 @@ class Costs:
     unit_s: float = 0.0
     seek_s: float = 0.0
     load_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.lanes < 1 or min(self.gpu_s, self.lane_s) < 0 or max(self.gpu_s, self.lane_s) <= 0:
+            raise ValueError(f"costs {self}: one lane or more, and a frame must take time")
+
+    def per_frame(self, running: int) -> float:
+        """Seconds a frame on each of ``running`` lanes that share the GPU."""
+        return max(self.lane_s, running * self.gpu_s)
 
 
 @dataclass(frozen=True)
@@ -126,7 +141,7 @@ def call_seconds(frames: Sequence[int], costs: Costs) -> float:
     seconds, done = 0.0, 0
     for i, n in enumerate(sorted(frames)):
         running = len(frames) - i
-        seconds += (n - done) * max(costs.lane_s, running * costs.gpu_s)
+        seconds += (n - done) * costs.per_frame(running)
         done = n
     return seconds
 
@@ -156,6 +171,37 @@ def simulate(units: Sequence[Unit], workers: int, costs: Costs, longest_first: b
     return Outcome(max(ends), ends, sum(u.run_frames for u in units) * costs.gpu_s)
 
 
+def stream(units: Sequence[Unit], workers: int, costs: Costs) -> Outcome:
+    """The units on ``workers`` workers whose lanes each take the next unit as soon as they are free (the local
+    engine's detection threads; no call boundary): an event queue of the workers' next lane events. A lane first
+    spends its unit's ``unit_s`` (+ ``seek_s``) off the GPU, then runs its frames as in :func:`call_seconds`."""
+    if workers < 1:
+        raise ValueError(f"{workers} workers")
+    todo = list(reversed(units))
+    lanes: list[list[list[float]]] = [[] for _ in range(workers)]  # per worker, a lane: [seconds off the GPU, frames]
+    clock = [costs.load_s] * workers
+    events = [(costs.load_s, w) for w in range(workers)]
+    while events:
+        now, w = heapq.heappop(events)
+        running, spent = lanes[w], now - clock[w]
+        per_frame = costs.per_frame(sum(1 for lane in running if lane[0] <= EPS))
+        for lane in running:  # since the worker's last event, at one rate
+            if lane[0] <= EPS:
+                lane[1] -= spent / per_frame
+            else:
+                lane[0] -= spent
+        clock[w] = now
+        running[:] = [lane for lane in running if lane[1] > EPS]
+        while todo and len(running) < costs.lanes:
+            unit = todo.pop()
+            running.append([costs.unit_s + (costs.seek_s if unit.seek else 0.0), float(unit.run_frames)])
+        if running:
+            per_frame = costs.per_frame(sum(1 for lane in running if lane[0] <= EPS))
+            heapq.heappush(events, (now + min(lane[1] * per_frame if lane[0] <= EPS else lane[0] for lane in running),
+                                    w))
+    return Outcome(max(clock), clock, sum(u.run_frames for u in units) * costs.gpu_s)
+
+
 # ---------------------------------------------------------------------------------------------------- the report
 
 def measured_defaults(path: Path = MEASURED) -> dict[str, float]:
@@ -180,7 +226,8 @@ def estimate(args: argparse.Namespace) -> dict:
     rows = []
     for n in args.gpus:
         got = {"whole": simulate(whole, n, costs), "whole_longest_first": simulate(whole, n, costs, True),
-               "segments": simulate(pieces, n, costs)}
+               "segments": simulate(pieces, n, costs), "whole_stream": stream(whole, n, costs),
+               "segments_stream": stream(pieces, n, costs)}
         row = {"gpus": n, "ideal_h": got["whole"].network_s / n / 3600}
         for name, o in got.items():
             row[name] = {"makespan_h": o.makespan_s / 3600, "utilisation": o.utilisation(), "tail": o.tail()}
@@ -203,6 +250,7 @@ def markdown(result: dict, measured_cpu: str) -> str:
     a, m = result["assumed"], result["video_minutes"]
     lines = [
         "# Time to finish a corpus on N GPUs (benchmarks/corpus_estimate.py): a simulation", "",
+        f"`python benchmarks/corpus_estimate.py {result['command']}`".replace(" `", "`"), "",
         f"Corpus: {a['hours']:,g} hours at {a['fps']:g} fps, {result['videos']:,} videos whose lengths are drawn "
         f"(seed {a['seed']}) from a lognormal of median {a['median_min']:g} min and log-sigma {a['sigma']:g}, capped "
         f"at {a['max_hours']:g} h: mean {m['mean']:.1f} min, 1% under {m['p1'] * 60:.0f} s, 1% over "
@@ -214,15 +262,19 @@ def markdown(result: dict, measured_cpu: str) -> str:
         f"{a['lane_ms']:g} ms a frame (decode + MediaPipe + crop + write, measured on one core of a shared "
         f"{measured_cpu}: benchmarks/results/corpus.md); {a['unit_s']:g} s a unit, {a['seek_s']:g} s a segment's "
         f"seek, {a['load_s']:g} s a worker's start. Units in input order (as the engines take them today); "
-        "`longest first`: the same whole videos sorted, for comparison. Utilisation: the GPUs' network seconds / "
-        "(N x makespan); tail: the last worker's end / the mean worker's end.", "",
-        "| GPUs | ideal | whole videos | util. | tail | whole, longest first | segments | util. | tail |",
-        "|---|---|---|---|---|---|---|---|---|"]
+        "`longest first`: the same whole videos sorted, for comparison (the Ray engine, calls of "
+        f"{a['detect_workers']}); `lanes pull`: each detection thread takes the next unit as soon as it is free "
+        "(the local engine on one machine; the Ray engine waits for a call's last unit). Utilisation: the GPUs' "
+        "network seconds / (N x makespan); tail: the last worker's end / the mean worker's end.", "",
+        "| GPUs | ideal | whole videos | util. | tail | whole, longest first | segments | util. | tail | "
+        "lanes pull: whole | util. | lanes pull: segments | util. |", "|" + "---|" * 13]
     for r in result["rows"]:
-        w, lf, s = r["whole"], r["whole_longest_first"], r["segments"]
-        lines.append(f"| {r['gpus']} | {duration(r['ideal_h'])} | {duration(w['makespan_h'])} | "
-                     f"{w['utilisation']:.0%} | {w['tail']:.2f} | {duration(lf['makespan_h'])} | "
-                     f"{duration(s['makespan_h'])} | {s['utilisation']:.0%} | {s['tail']:.2f} |")
+        cells = [str(r["gpus"]), duration(r["ideal_h"])]
+        for name, columns in (("whole", 3), ("whole_longest_first", 1), ("segments", 3), ("whole_stream", 2),
+                              ("segments_stream", 2)):
+            o = r[name]
+            cells += [duration(o["makespan_h"]), f"{o['utilisation']:.0%}", f"{o['tail']:.2f}"][:columns]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -250,7 +302,7 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--name", default="corpus_estimate")
     args = p.parse_args()
-    result = estimate(args)
+    result = {"command": " ".join(sys.argv[1:]), **estimate(args)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.json").write_text(json.dumps(result, indent=1))

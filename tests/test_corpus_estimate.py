@@ -80,6 +80,42 @@ def test_a_worker_waits_for_its_calls_last_unit():
     assert est.simulate(units(10, 1, 1, 1), 2, costs).ends_s == [10.0, 1.0]
 
 
+# ---------------------------------------------------------------------------------------------------- lanes pull
+
+def test_lanes_that_pull_take_the_next_unit_when_free():
+    costs = est.Costs(gpu_s=0.0, lane_s=1.0, lanes=2)
+    # lane 1 takes 10; lane 2 takes 1, 1, 1 one after the other: 10 s (calls of two: 11 s)
+    assert est.stream(units(10, 1, 1, 1), 1, costs).ends_s == [10.0]
+    # two workers: 10 | 1 on the first, 1 | 1 on the second
+    assert est.stream(units(10, 1, 1, 1), 2, costs).ends_s == [10.0, 1.0]
+    gpu_bound = est.Costs(gpu_s=1.0, lane_s=1.0, lanes=2)
+    # 2 and 2 frames at 2 s a frame (the GPU shared), then 2 frames alone at 1 s: 4 + 2
+    assert est.stream(units(2, 2, 2), 1, gpu_bound).makespan_s == pytest.approx(6.0)
+    assert est.stream(units(10, 30), 1, gpu_bound).makespan_s == pytest.approx(40.0)
+    lane_bound = est.Costs(gpu_s=1.0, lane_s=3.0, lanes=2)
+    assert est.stream(units(2, 2, 2), 1, lane_bound).makespan_s == pytest.approx(12.0)
+    assert est.stream([], 3, lane_bound).ends_s == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="0 workers"):
+        est.stream(units(1), 0, lane_bound)
+
+
+def test_a_lane_is_off_the_gpu_while_it_opens_or_seeks():
+    costs = est.Costs(gpu_s=1.0, lane_s=1.0, lanes=2, unit_s=1.0, seek_s=2.0, load_s=5.0)
+    # both open for 1 s, then 2 frames each at 2 s a frame (the GPU shared): 5 + 1 + 4
+    assert est.stream(units(2, 2), 1, costs).makespan_s == pytest.approx(10.0)
+    # the first from 6 s alone at 1 s a frame, done at 8 s when the second's seek ends; the second alone: 10 s
+    got = est.stream([est.Unit(0, 2), est.Unit(0, 2, seek=True)], 1, costs)
+    assert got.makespan_s == pytest.approx(10.0)
+    assert got.network_s == 4.0
+
+
+def test_costs_refuse_what_has_no_time():
+    with pytest.raises(ValueError, match="a frame must take time"):
+        est.Costs(gpu_s=0.0, lane_s=0.0, lanes=1)
+    with pytest.raises(ValueError, match="one lane or more"):
+        est.Costs(gpu_s=1.0, lane_s=1.0, lanes=0)
+
+
 # ---------------------------------------------------------------------------------------------------- segments
 
 def test_segments_cut_each_video_with_a_warmup_before_all_but_the_first():
@@ -118,12 +154,15 @@ def test_segments_cost_at_most_their_overhead_and_one_call_more_than_whole_video
     whole = est.simulate(est.segments(lengths, None, 0), workers, costs)
     pieces = est.segments(lengths, size, warmup)
     cut = est.simulate(pieces, workers, costs)
+    pulled = est.stream(pieces, workers, costs)
     extra = (sum(u.warmup for u in pieces) * costs.gpu_s + (len(pieces) - len(lengths)) * costs.unit_s
              + sum(u.seek for u in pieces) * costs.seek_s)
     longest_call = lanes * ((size + warmup) * costs.gpu_s + costs.unit_s + costs.seek_s)
     assert cut.makespan_s <= whole.makespan_s + extra / workers + longest_call + 1e-9
+    if lanes == 1:  # a lane that pulls is a worker that takes calls of one unit: two implementations agree
+        assert sorted(pulled.ends_s) == pytest.approx(sorted(cut.ends_s), rel=1e-9)  # (ties: either worker)
     # and both no better than the GPUs' work allows
-    for got in (whole, cut):
+    for got in (whole, cut, pulled, est.stream(est.segments(lengths, None, 0), workers, costs)):
         assert got.makespan_s >= costs.load_s + got.network_s / workers - 1e-9
         assert 0 < got.utilisation() <= 1 + 1e-12
         assert got.tail() >= 1.0
@@ -154,7 +193,7 @@ def test_the_estimate_of_a_small_corpus_holds_the_schedules_bounds():
     total_h = 20 * 3600 * 30 * 0.064 / 3600
     for row in result["rows"]:
         assert row["ideal_h"] == pytest.approx(total_h / row["gpus"])
-        for name in ("whole", "whole_longest_first", "segments"):
+        for name in ("whole", "whole_longest_first", "segments", "whole_stream", "segments_stream"):
             assert row[name]["makespan_h"] >= row["ideal_h"]
             assert row[name]["utilisation"] <= 1.0
     # one GPU: the same work either way, segments only add their warm-up and seeks
@@ -165,4 +204,4 @@ def test_the_estimate_of_a_small_corpus_holds_the_schedules_bounds():
     many = result["rows"][2]
     assert many["whole"]["makespan_h"] >= result["longest_video_h"] * 1.92
     assert many["segments"]["makespan_h"] < many["whole"]["makespan_h"] / 2
-    assert "| 64 |" in est.markdown(result, "a CPU")
+    assert "| 64 |" in est.markdown({"command": "", **result}, "a CPU")
