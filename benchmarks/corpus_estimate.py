@@ -7,8 +7,8 @@ A deterministic simulation, not a measurement (no GPU was lent to this work):
 * **Units.** Whole videos, or with ``--segment-frames N`` segments ``[0, N), [N, 2N), ...`` of each video, each
   one unit; a segment after the first also runs ``--warmup`` frames before it (tracking, labels, smoothing: their
   results discarded) and seeks to its start (``seek_s``: decoding from the keyframe before it).
-* **Scheduler (the Ray engine's, hamer/engines/ray.py).** Units in input order (no engine sorts them today; or
-  longest first, ``--longest-first``: what sorting would buy) are cut into calls of ``--detect-workers`` units;
+* **Scheduler (the Ray engine's, hamer/engines/ray.py).** Units in input order (no engine sorts them today; the
+  whole videos also longest first: what sorting would buy) are cut into calls of ``--detect-workers`` units;
   each of the N workers (one a GPU) takes the next call when it is free (greedy list scheduling: an event queue of
   the workers' free times) and is busy until the call's last unit ends.
 * **A call** runs its units at once, one detection thread (lane) each, feeding the worker's one GPU: a lane does at
@@ -78,7 +78,6 @@ class Unit:
     """A whole video or a segment of one: ``frames`` it writes, ``warmup`` frames run before them and discarded,
     ``seek``: it starts inside its video."""
 
-    video: int
     frames: int
     warmup: int = 0
     seek: bool = False
@@ -109,6 +108,8 @@ def corpus_lengths(hours: float, fps: float, median_min: float, sigma: float, ma
     """Video lengths in frames, drawn in order from a lognormal (``median_min`` minutes, ``sigma`` of the log),
     each at least one frame and at most ``max_hours``, summing to exactly ``round(hours * 3600 * fps)``."""
     total = round(hours * 3600 * fps)
+    if total < 1 or median_min <= 0 or sigma < 0:
+        raise ValueError(f"{hours} hours at {fps} fps, median {median_min} min, sigma {sigma}: none can be drawn")
     cap = max(1, round(max_hours * 3600 * fps))
     rng = np.random.default_rng(seed)
     lengths: list[int] = []
@@ -127,11 +128,11 @@ def segments(lengths: Sequence[int], segment_frames: int | None, warmup: int) ->
     """The units of the videos ``lengths`` (frames) in order: whole (``segment_frames`` None), or each cut into
     ``[0, N), [N, 2N), ...``, a segment after the first preceded by ``min(warmup, start)`` warm-up frames."""
     if segment_frames is None:
-        return [Unit(v, n) for v, n in enumerate(lengths)]
+        return [Unit(n) for n in lengths]
     if segment_frames < 1 or warmup < 0:
         raise ValueError(f"segment frames {segment_frames} must be >= 1 and warm-up {warmup} >= 0")
-    return [Unit(v, min(segment_frames, n - start), min(warmup, start), start > 0)
-            for v, n in enumerate(lengths) for start in range(0, n, segment_frames)]
+    return [Unit(min(segment_frames, n - start), min(warmup, start), start > 0)
+            for n in lengths for start in range(0, n, segment_frames)]
 
 
 def call_seconds(frames: Sequence[int], costs: Costs) -> float:
@@ -204,7 +205,7 @@ def stream(units: Sequence[Unit], workers: int, costs: Costs) -> Outcome:
 
 # ---------------------------------------------------------------------------------------------------- the report
 
-def measured_defaults(path: Path = MEASURED) -> dict[str, float]:
+def measured_defaults(path: Path = MEASURED) -> dict[str, float | str]:
     """The CPU-side costs measured by benchmarks/corpus.py: a lane's ms a frame (the local engine's decode + detect
     + crop + write, small network), the wall per extra video (local engine), decode ms a frame, a Ray worker's start
     with the full-size network on the default backend."""
@@ -250,7 +251,7 @@ def markdown(result: dict, measured_cpu: str) -> str:
     a, m = result["assumed"], result["video_minutes"]
     lines = [
         "# Time to finish a corpus on N GPUs (benchmarks/corpus_estimate.py): a simulation", "",
-        f"`python benchmarks/corpus_estimate.py {result['command']}`".replace(" `", "`"), "",
+        f"`{result['command']}`", "",
         f"Corpus: {a['hours']:,g} hours at {a['fps']:g} fps, {result['videos']:,} videos whose lengths are drawn "
         f"(seed {a['seed']}) from a lognormal of median {a['median_min']:g} min and log-sigma {a['sigma']:g}, capped "
         f"at {a['max_hours']:g} h: mean {m['mean']:.1f} min, 1% under {m['p1'] * 60:.0f} s, 1% over "
@@ -262,10 +263,11 @@ def markdown(result: dict, measured_cpu: str) -> str:
         f"{a['lane_ms']:g} ms a frame (decode + MediaPipe + crop + write, measured on one core of a shared "
         f"{measured_cpu}: benchmarks/results/corpus.md); {a['unit_s']:g} s a unit, {a['seek_s']:g} s a segment's "
         f"seek, {a['load_s']:g} s a worker's start. Units in input order (as the engines take them today); "
-        "`longest first`: the same whole videos sorted, for comparison (the Ray engine, calls of "
-        f"{a['detect_workers']}); `lanes pull`: each detection thread takes the next unit as soon as it is free "
-        "(the local engine on one machine; the Ray engine waits for a call's last unit). Utilisation: the GPUs' "
-        "network seconds / (N x makespan); tail: the last worker's end / the mean worker's end.", "",
+        "`longest first`: the same whole videos sorted, for comparison (the Ray engine's calls of "
+        f"{a['detect_workers']}: the longest videos together, sharing a GPU); `lanes pull`: each detection thread "
+        "takes the next unit as soon as it is free (the local engine on one machine; the Ray engine waits for a "
+        "call's last unit). Utilisation: the GPUs' network seconds / (N x makespan); tail: the last worker's end / "
+        "the mean worker's end.", "",
         "| GPUs | ideal | whole videos | util. | tail | whole, longest first | segments | util. | tail | "
         "lanes pull: whole | util. | lanes pull: segments | util. |", "|" + "---|" * 13]
     for r in result["rows"]:
@@ -278,6 +280,13 @@ def markdown(result: dict, measured_cpu: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def gpu_counts(text: str) -> list[int]:
+    counts = [int(x) for x in text.split(",")]
+    if min(counts) < 1:
+        raise ValueError(text)
+    return counts
+
+
 def main() -> None:
     measured = measured_defaults()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -287,7 +296,7 @@ def main() -> None:
     p.add_argument("--sigma", type=float, default=1.5, help="sigma of the log of the length")
     p.add_argument("--max-hours", type=float, default=10.0, help="longest video")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--segment-frames", type=int, default=9000)
+    p.add_argument("--segment-frames", type=int, default=9000, help="frames a segment (9000: 5 min at 30 fps)")
     p.add_argument("--warmup", type=int, default=30, help="warm-up frames before each segment after the first")
     p.add_argument("--gpu-ms-per-crop", type=float, default=GPU_MS_PER_CROP)
     p.add_argument("--hands", type=int, default=2, help="crops a frame")
@@ -297,12 +306,11 @@ def main() -> None:
     p.add_argument("--seek-s", type=float, default=round(KEYFRAME_INTERVAL * measured["decode_ms"] / 1000, 2),
                    help="seconds a segment's seek (a keyframe interval decoded)")
     p.add_argument("--load-s", type=float, default=measured["load_s"], help="a worker's start, seconds")
-    p.add_argument("--gpus", type=lambda s: [int(x) for x in s.split(",")],
-                   default=[2**k for k in range(11)], help="comma-separated GPU counts")
+    p.add_argument("--gpus", type=gpu_counts, default=[2**k for k in range(11)], help="comma-separated GPU counts")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--name", default="corpus_estimate")
     args = p.parse_args()
-    result = {"command": " ".join(sys.argv[1:]), **estimate(args)}
+    result = {"command": " ".join(["python", "benchmarks/corpus_estimate.py", *sys.argv[1:]]), **estimate(args)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.json").write_text(json.dumps(result, indent=1))

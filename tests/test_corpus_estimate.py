@@ -24,7 +24,7 @@ FRAMES_ARE_SECONDS = est.Costs(gpu_s=0.0, lane_s=1.0, lanes=1)
 
 
 def units(*frames: int) -> list:
-    return [est.Unit(i, n) for i, n in enumerate(frames)]
+    return [est.Unit(n) for n in frames]
 
 
 # ---------------------------------------------------------------------------------------------------- scheduler
@@ -50,7 +50,7 @@ def test_input_order_against_longest_first_on_grahams_example():
 
 def test_load_unit_and_seek_seconds_add_where_they_belong():
     costs = est.Costs(gpu_s=0.0, lane_s=1.0, lanes=1, unit_s=0.5, seek_s=2.0, load_s=10.0)
-    jobs = [est.Unit(0, 4), est.Unit(0, 4, warmup=1, seek=True)]
+    jobs = [est.Unit(4), est.Unit(4, warmup=1, seek=True)]
     # worker 0: 10 + 4 + 0.5; worker 1: 10 + (4 + 1 warm-up) + 0.5 + 2 seek
     assert est.simulate(jobs, 2, costs).ends_s == [14.5, 17.5]
     assert est.simulate(jobs, 1, costs).ends_s == [10 + 4.5 + 7.5]
@@ -104,7 +104,7 @@ def test_a_lane_is_off_the_gpu_while_it_opens_or_seeks():
     # both open for 1 s, then 2 frames each at 2 s a frame (the GPU shared): 5 + 1 + 4
     assert est.stream(units(2, 2), 1, costs).makespan_s == pytest.approx(10.0)
     # the first from 6 s alone at 1 s a frame, done at 8 s when the second's seek ends; the second alone: 10 s
-    got = est.stream([est.Unit(0, 2), est.Unit(0, 2, seek=True)], 1, costs)
+    got = est.stream([est.Unit(2), est.Unit(2, seek=True)], 1, costs)
     assert got.makespan_s == pytest.approx(10.0)
     assert got.network_s == 4.0
 
@@ -120,11 +120,10 @@ def test_costs_refuse_what_has_no_time():
 
 def test_segments_cut_each_video_with_a_warmup_before_all_but_the_first():
     got = est.segments([20000, 5], 9000, 30)
-    assert got == [est.Unit(0, 9000, 0, False), est.Unit(0, 9000, 30, True), est.Unit(0, 2000, 30, True),
-                   est.Unit(1, 5, 0, False)]
+    assert got == [est.Unit(9000, 0, False), est.Unit(9000, 30, True), est.Unit(2000, 30, True), est.Unit(5, 0, False)]
     # a warm-up longer than the frames before a segment takes what there is
     assert [(u.frames, u.warmup) for u in est.segments([25], 10, 30)] == [(10, 0), (10, 10), (5, 20)]
-    assert est.segments([20000, 5], None, 30) == [est.Unit(0, 20000), est.Unit(1, 5)]
+    assert est.segments([20000, 5], None, 30) == [est.Unit(20000), est.Unit(5)]
     with pytest.raises(ValueError, match="segment frames 0"):
         est.segments([10], 0, 30)
     with pytest.raises(ValueError, match="warm-up -1"):
@@ -182,6 +181,8 @@ def test_corpus_lengths_sum_to_the_hours_in_the_stated_distribution():
     assert lengths != est.corpus_lengths(1000, 30, 10, 1.5, 10, seed=1)
     assert sum(est.corpus_lengths(0.01, 25, 1, 0.5, 0.001, seed=3)) == 900
     assert est.corpus_lengths(0.01, 25, 1, 0.5, 0.001, seed=3)[0] == 90  # capped at 0.001 h
+    with pytest.raises(ValueError, match="none can be drawn"):
+        est.corpus_lengths(0, 30, 10, 1.5, 10, seed=0)
 
 
 def test_the_estimate_of_a_small_corpus_holds_the_schedules_bounds():
