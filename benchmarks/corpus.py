@@ -15,7 +15,8 @@ each process that holds the network; the load average after the path; Ray: the l
 ``map_batches`` (separately), the workers' start (actor, imports, network loading: the run's wall before its first
 unit); the overhead per extra video, local and Ray with one worker: (wall of the split run - wall) / extra videos.
 Also a paper estimate of GPU hours for a 1,000-hour corpus from the measured stage costs and the published GPU
-per-crop time. Writes ``corpus.json`` and ``corpus.md`` to ``--out``.
+per-crop time (its schedule on N GPUs, with long-tailed video lengths and segments: benchmarks/corpus_estimate.py).
+Writes ``corpus.json`` and ``corpus.md`` to ``--out``.
 
 Run: ``nice python benchmarks/corpus.py`` (2 cores, shared: ~20 minutes; the full-size model files are written
 once under ``--work``, 2.7 GB, and its ONNX export, 2.5 GB). ``--small-only`` skips the full-size network.
@@ -33,6 +34,8 @@ import time
 from functools import partial
 from pathlib import Path
 
+from corpus_estimate import GPU_MS_PER_CROP  # (this folder: the script's own)
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
@@ -46,7 +49,6 @@ PATHS = {"frame": ("frame", 1, "torch", False), "local": ("local", 1, "torch", F
          "local-split": ("local", 1, "torch", True), "ray-1-split": ("ray", 1, "torch", True)}
 FULL_PATHS = ("frame", "local", "local-auto", "ray-1", "ray-1-auto", "ray-2")  # the split runs: small network only
 SPLIT = 4
-GPU_MS_PER_CROP = 32.0  # HaMeR's published per-crop time on a GPU (hamer#1)
 CORPUS_HOURS, FPS, HANDS_PER_FRAME = 1000, 30, 2
 
 
