@@ -72,7 +72,7 @@ class UnitWorker:
         self.first_unit: float | None = None
         self.stats = StageStats()
         self.engine = LocalEngine(options, stats=self.stats)
-        self.out = Path(out)
+        self.out = out  # a folder every node shares, or a URL (each unit's files uploaded by its worker)
         self.model_error: tuple[str, bool] | None = None  # (message, data_problem)
         try:
             self.engine.load()
