@@ -13,6 +13,7 @@ decides::
      "files": ["a.jsonl", "a.npz"], "pid": 4242, "host": "node1", "stat": [1048576, 1733446923000000000],
      "options": {"formats": ["jsonl", "npz"], "overlay": false, ..., "model": "/home/me/.hamer/hamer.ckpt"}}
 
+``dispatched`` (Ray; instead of ``started``): sent to a worker, which does not report when it starts a unit.
 ``truncated``: fewer frames decoded than the container announces (``CAP_PROP_FRAME_COUNT``); the decoded frames
 are written. ``failed``: nothing usable (unreadable input, an error while running it, a process that died running
 it); its files are not written. ``interrupted``: the user stopped the run (Ctrl-C, SIGTERM) while it ran. ``pid``,

@@ -82,7 +82,7 @@ def lines_with_sources(data: bytes, old: str = "", new: str = "") -> list[dict]:
 
 def records(text: bytes | str) -> list[dict]:
     text = text.decode() if isinstance(text, bytes) else text
-    return [r for r in map(json.loads, text.splitlines()) if r["status"] != "started"]
+    return [r for r in map(json.loads, text.splitlines()) if r["status"] not in ("started", "dispatched")]
 
 
 @pytest.fixture(scope="module")
@@ -214,8 +214,8 @@ def test_a_run_killed_mid_upload_leaves_no_record_and_the_next_run_redoes_the_un
     for name in ("clip.jsonl", "a.jsonl"):
         assert done[name] == fresh[name]
     # a --resume run now has nothing to redo
-    again = subprocess.run([sys.executable, "-m", "hamer", *inputs, "--out", out, "--resume"], cwd=REPO, capture_output=True,
-                           text=True, timeout=240)
+    again = subprocess.run([sys.executable, "-m", "hamer", *inputs, "--out", out, "--resume"], cwd=REPO,
+                           capture_output=True, text=True, timeout=240)
     assert again.returncode == 0 and "0 unit(s) run now, 2 skipped" in again.stdout
 
 
@@ -246,8 +246,8 @@ def test_bad_urls_and_objects_fail_only_their_unit(s3, corpus, tmp_path, capsys)
     src = upload_corpus(fs, corpus)
     fs.pipe_file(src.removeprefix("s3://") + "/junk.mp4", os.urandom(4000))
     out = src.replace("/in", "/out")
-    inputs = [f"{src}/a.jpg", f"{src}/missing.jpg", f"{src}/junk.mp4", f"s3://no-such-bucket-{secrets.token_hex(4)}/x.mp4",
-              f"{src}/empty-prefix/"]
+    inputs = [f"{src}/a.jpg", f"{src}/missing.jpg", f"{src}/junk.mp4",
+              f"s3://no-such-bucket-{secrets.token_hex(4)}/x.mp4", f"{src}/empty-prefix/"]
     assert main(["run", *inputs, "--bbox-only", "--out", out, "--quiet"]) == 1
     err = capsys.readouterr().err
     final = {r["input"]: r for r in records(read_out(fs, out)[MANIFEST])}
@@ -345,3 +345,28 @@ def test_images_from_urls_get_the_header_checks(s3, tmp_path):
     fs.pipe_file(f"{name}/text.jpg", b"not an image at all")
     with pytest.raises(ImageError, match="not an image whose size"):
         read_image(f"s3://{name}/text.jpg")
+
+
+def test_ray_workers_read_inputs_and_write_outputs_through_the_url(s3, corpus, onnx_cache, tmp_path):
+    pytest.importorskip("ray")
+    from ray_helpers import hamer_env, kill_marked, new_mark, run_cli, short_temp_dir
+
+    fs, _ = s3
+    src = upload_corpus(fs, corpus)
+    args = [f"{src}/clip.mp4", f"{src}/frames", "--bbox-only", "--quiet"]
+    assert main(["run", *args, "--out", src.replace("/in", "/local")]) == 0
+    mark = new_mark()
+    env = hamer_env(onnx_cache, mark, short_temp_dir())
+    try:
+        done = run_cli([*args, "--out", src.replace("/in", "/ray"), "--engine", "ray", "--workers", "2",
+                        "--detect-workers", "1"], env)
+    finally:
+        kill_marked(mark)
+    assert done.returncode == 0, done.stderr
+    local, ray = read_out(fs, src.replace("/in", "/local")), read_out(fs, src.replace("/in", "/ray"))
+    assert set(local) == set(ray)
+    for name in set(local) - {MANIFEST}:
+        assert local[name] == ray[name] if name.endswith(".jsonl") else len(ray[name]) > 0
+    lines = [json.loads(line) for line in ray[MANIFEST].decode().splitlines()]
+    assert sorted(r["status"] for r in lines) == ["dispatched", "dispatched", "done", "done"]
+    assert all(r["node"]["ray_node_id"] for r in lines if r["status"] == "done")

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 from ..corpus import ENGINES
 from ..images import BYTES_PER_PIXEL, MAX_IMAGE_PIXELS, METADATA_BYTES
-from ..sizes import format_bytes
 from ..input_cache import DEFAULT_CACHE_BYTES
+from ..sizes import format_bytes
 from ..storage import check_url, is_url, local_path, redact
 from .args import count, formats, fov, intrinsics, model_options, non_negative, positive, size_bytes
 
