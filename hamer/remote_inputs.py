@@ -16,6 +16,7 @@ def classify_url(url: str) -> list[Unit]:
     """The units of an input URL: an object (an image by its suffix, else a video) or a prefix (a "folder": its
     images as one unit, then each of its videos; not its sub-prefixes); InputError."""
     fs, path = filesystem(url)
+    fs.invalidate_cache(path)
     try:
         if fs.isdir(path):
             base = url.split("?", 1)[0].rstrip("/")

@@ -73,6 +73,7 @@ class ObjectManifest:
     def load(self) -> dict[str, dict[str, Any]]:
         """The latest record of each input; the record objects of earlier runs are compacted into
         ``manifest.jsonl`` first."""
+        self.fs.invalidate_cache()  # what this process listed before may have changed since
         try:
             text = self.fs.cat_file(self.path).decode("utf-8", "replace") if self.fs.exists(self.path) else ""
             keys = sorted(self.fs.find(self.records)) if self.fs.exists(self.records) else []
@@ -216,6 +217,7 @@ def _dead(holder: dict[str, Any]) -> bool:
 def existing(url: str) -> Callable[[str], bool]:
     """Whether a name (a file, or a folder of files) is in the output URL: one listing, then lookups."""
     fs, root = _store(url)
+    fs.invalidate_cache()
     try:
         found = fs.find(root, withdirs=False) if fs.exists(root) else []
     except OSError as exc:

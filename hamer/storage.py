@@ -14,6 +14,7 @@ import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import unquote, urlsplit
@@ -115,8 +116,6 @@ def stat(url: str) -> list[int] | None:
     if hasattr(modified, "timestamp"):
         modified = modified.timestamp()
     elif isinstance(modified, str):
-        from datetime import datetime
-
         try:
             modified = datetime.fromisoformat(modified.replace("Z", "+00:00")).timestamp()
         except ValueError:
