@@ -88,9 +88,8 @@ def filesystem(url: str) -> tuple[Any, str]:
         url = userinfo.group(1) + url[userinfo.end():]
     try:
         return fsspec.core.url_to_fs(url, **options)
-    except ImportError as exc:
-        raise StorageError(f"{redact(url)}: {exc.name or 'a package'} is missing for this protocol: {CLOUD_EXTRA}"
-                           ) from None
+    except ImportError as exc:  # fsspec's message names the package ("Install s3fs to access S3")
+        raise StorageError(f"{redact(url)}: {exc} ({CLOUD_EXTRA} installs fsspec, s3fs and gcsfs)") from None
     except ValueError as exc:  # an unknown protocol
         raise StorageError(f"{redact(url)}: {exc}") from None
 

@@ -370,3 +370,25 @@ def test_ray_workers_read_inputs_and_write_outputs_through_the_url(s3, corpus, o
     lines = [json.loads(line) for line in ray[MANIFEST].decode().splitlines()]
     assert sorted(r["status"] for r in lines) == ["dispatched", "dispatched", "done", "done"]
     assert all(r["node"]["ray_node_id"] for r in lines if r["status"] == "done")
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("s3://AKID:se%2Fcret@bkt/a.mp4", "s3://***@bkt/a.mp4"),
+    ("gs://bkt/a.mp4?X-Goog-Signature=abc123", "gs://bkt/a.mp4?***"),
+    ("s3://bkt/dir/a.mp4", "s3://bkt/dir/a.mp4"),
+    ("/data/user:pass@x/a.mp4", "/data/user:pass@x/a.mp4"),  # a local path is shown as it is
+])
+def test_urls_are_shown_without_credentials(text, shown):
+    from hamer.storage import redact
+
+    assert redact(text) == shown
+
+
+def test_file_urls_name_local_paths_and_other_protocols_name_their_package(tmp_path, capsys):
+    from hamer.storage import is_url, local_path
+
+    assert local_path("file:///data/a%20b.mp4") == "/data/a b.mp4" and not is_url("file:///data/a.mp4")
+    assert local_path("FILE://localhost/x") == "/x" and local_path("/plain/path") == "/plain/path"
+    if __import__("importlib").util.find_spec("adlfs") is None:
+        assert main(["run", "az://container/a.mp4", "--bbox-only", "--out", str(tmp_path / "o")]) == 2
+        assert "adlfs" in capsys.readouterr().err and not (tmp_path / "o").exists()
