@@ -392,3 +392,22 @@ def test_file_urls_name_local_paths_and_other_protocols_name_their_package(tmp_p
     if __import__("importlib").util.find_spec("adlfs") is None:
         assert main(["run", "az://container/a.mp4", "--bbox-only", "--out", str(tmp_path / "o")]) == 2
         assert "adlfs" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_cache_size_is_parsed_and_a_video_over_it_fails_its_unit(s3, corpus, capsys):
+    from hamer.cli.args import size_bytes
+
+    assert [size_bytes(v) for v in ("500MB", "20GB", "1.5 kB", "4096")] == [500 * 10**6, 20 * 10**9, 1500, 4096]
+    fs, _ = s3
+    src = upload_corpus(fs, corpus)
+    out = src.replace("/in", "/out")
+    with pytest.raises(SystemExit):
+        main(["run", f"{src}/clip.mp4", "--bbox-only", "--out", out, "--cache-size", "lots"])
+    assert "argument --cache-size: not a size: 'lots'" in capsys.readouterr().err
+    size = (corpus / "clip.mp4").stat().st_size
+    assert main(["run", f"{src}/clip.mp4", f"{src}/a.jpg", "--bbox-only", "--out", out, "--quiet",
+                 "--cache-size", str(size - 1)]) == 1
+    final = {r["input"]: r for r in records(read_out(fs, out)[MANIFEST])}
+    assert final[f"{src}/a.jpg"]["status"] == "done"  # images are streamed, not cached
+    assert final[f"{src}/clip.mp4"]["status"] == "failed"
+    assert "larger than the input cache (--cache-size" in final[f"{src}/clip.mp4"]["error"]
