@@ -65,8 +65,9 @@ def join(base: str | os.PathLike, name: str) -> str:
 
 
 def url_name(url: str) -> str:
-    """The last part of a URL's path (its file or folder name)."""
-    return urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1]
+    """The last part of a URL's path (its file or folder name; a bucket's own URL: the bucket's name)."""
+    parts = urlsplit(url)
+    return parts.path.rstrip("/").rsplit("/", 1)[-1] or parts.netloc.rsplit("@", 1)[-1]
 
 
 def filesystem(url: str) -> tuple[Any, str]:

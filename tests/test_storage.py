@@ -385,10 +385,11 @@ def test_urls_are_shown_without_credentials(text, shown):
 
 
 def test_file_urls_name_local_paths_and_other_protocols_name_their_package(tmp_path, capsys):
-    from hamer.storage import is_url, local_path
+    from hamer.storage import is_url, local_path, url_name
 
     assert local_path("file:///data/a%20b.mp4") == "/data/a b.mp4" and not is_url("file:///data/a.mp4")
     assert local_path("FILE://localhost/x") == "/x" and local_path("/plain/path") == "/plain/path"
+    assert [url_name(u) for u in ("s3://b/x/", "s3://k:s@bkt", "gs://b/a.mp4?sig=1")] == ["x", "bkt", "a.mp4"]
     if __import__("importlib").util.find_spec("adlfs") is None:
         assert main(["run", "az://container/a.mp4", "--bbox-only", "--out", str(tmp_path / "o")]) == 2
         assert "adlfs" in capsys.readouterr().err and not (tmp_path / "o").exists()
