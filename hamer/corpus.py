@@ -155,26 +155,25 @@ def run_corpus(inputs: Iterable[str], out: str | os.PathLike, options: Options |
     options = options or Options()
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other")
-    engine = make_engine(options, stats)
     out = local_path(os.fspath(out))
-    units, problems = collect_units(inputs)
     if is_url(out):
-        from .remote_out import ObjectLock, ObjectManifest, existing
+        from .remote_out import ObjectLock, ObjectManifest
 
         created = False
-        lock, manifest, exists = ObjectLock(out), ObjectManifest(out), existing(out)
-    else:
+        lock, manifest = ObjectLock(out), ObjectManifest(out)
+    engine = make_engine(options, stats)
+    units, problems = collect_units(inputs)
+    if not is_url(out):
         out = Path(out)
         created = not out.exists()
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise RunError(f"cannot create the output folder {out}: {exc.strerror or exc}") from None
-        lock, manifest, exists = FolderLock(out), Manifest(out), None
+        lock, manifest = FolderLock(out), Manifest(out)
     try:
         with lock:
-            return _run_locked(units, problems, out, options, engine, manifest, exists, resume, overwrite, progress,
-                               skipped)
+            return _run_locked(units, problems, out, options, engine, manifest, resume, overwrite, progress, skipped)
     finally:
         engine.close()
         if created and not any(out.iterdir()):
@@ -182,11 +181,17 @@ def run_corpus(inputs: Iterable[str], out: str | os.PathLike, options: Options |
 
 
 def _run_locked(units: list[Unit], problems: list[tuple[str, str]], out: Path | str, options: Options,
-                engine: Engine, manifest: Any, exists: Callable[[str], bool] | None, resume: bool, overwrite: bool,
-                progress: Progress | None, skipped: Callable[[Unit, str], None] | None) -> list[dict[str, Any]]:
+                engine: Engine, manifest: Any, resume: bool, overwrite: bool, progress: Progress | None,
+                skipped: Callable[[Unit, str], None] | None) -> list[dict[str, Any]]:
     """The run, holding the output folder's lock; ``manifest``: a :class:`Manifest` or, for a URL, a
-    :class:`hamer.remote_out.ObjectManifest`."""
+    :class:`hamer.remote_out.ObjectManifest` (and what the URL holds is listed once, now)."""
     local = isinstance(out, Path)
+    if local:
+        exists = None
+    else:
+        from .remote_out import existing
+
+        exists = existing(out)
     todo = plan(units, out, options, manifest.load(), resume, overwrite, exists)
     for unit, why in todo.skipped:
         log.info("%s: %s", unit.path, why)

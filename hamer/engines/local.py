@@ -383,7 +383,7 @@ class LocalEngine:
                 except (OSError, ValueError) as exc:  # a full disk, a damaged --pose-base, a link in the way
                     status, error = "failed", f"cannot write its outputs: {exc}"
                     if self._upload is not None:
-                        self._upload.discard(writer.files)
+                        self._upload.discard(unit.files(self.options.formats, self.options.overlay))
                         files = []
         frames = 0 if writer is None else writer.frames
         hands = 0 if writer is None else writer.hands
