@@ -13,6 +13,7 @@ decides::
      "files": ["a.jsonl", "a.npz"], "pid": 4242, "host": "node1", "stat": [1048576, 1733446923000000000],
      "options": {"formats": ["jsonl", "npz"], "overlay": false, ..., "model": "/home/me/.hamer/hamer.ckpt"}}
 
+``dispatched`` (Ray; instead of ``started``): sent to a worker, which does not report when it starts a unit.
 ``truncated``: fewer frames decoded than the container announces (``CAP_PROP_FRAME_COUNT``); the decoded frames
 are written. ``failed``: nothing usable (unreadable input, an error while running it, a process that died running
 it); its files are not written. ``interrupted``: the user stopped the run (Ctrl-C, SIGTERM) while it ran. ``pid``,
@@ -40,22 +41,21 @@ from .images import IMAGE_SUFFIXES, opencv_path
 from .manifest import MANIFEST, TEMP_FILE, FolderLock, Manifest, RunError, clean_temp_files, this_run
 from .plan import plan
 from .run_types import InputError, ModelError, Progress
-from .units import DEFAULT_FPS, Options, Unit, fingerprint, input_stat
+from .storage import is_url, key, local_path, read_text
+from .units import DEFAULT_FPS, VIDEO_SUFFIXES, Options, Unit, fingerprint, input_stat
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ENGINES", "MANIFEST", "TEMP_FILE", "InputError", "ModelError", "Options", "Progress", "Unit",
            "collect_units", "read_list", "run_corpus"]
-# Files of a folder taken as videos (a file given by path is probed whatever its suffix).
-VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv",
-                            ".ts", ".mts", ".3gp", ".ogv"})
 
 
 # ---------------------------------------------------------------------------------------------------- inputs
 
 def read_list(path: str) -> list[str]:
-    """The inputs listed in a file, one a line (blank lines and lines starting with # ignored); "-": stdin."""
-    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    """The inputs listed in a file or at a URL, one a line (blank lines and lines starting with # ignored);
+    "-": stdin."""
+    text = sys.stdin.read() if path == "-" else read_text(local_path(path))
     return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
@@ -107,8 +107,14 @@ def collect_units(inputs: Iterable[str]) -> tuple[list[Unit], list[tuple[str, st
     problems: list[tuple[str, str]] = []
     seen: set[str] = set()
     for arg in inputs:
+        arg = local_path(arg)
         try:
-            found = classify(Path(arg))
+            if is_url(arg):
+                from .remote_inputs import classify_url
+
+                found = classify_url(arg)
+            else:
+                found = classify(Path(arg))
         except (InputError, OSError) as exc:
             problems.append((arg, str(exc)))
             continue
@@ -131,7 +137,9 @@ def run_corpus(inputs: Iterable[str], out: str | os.PathLike, options: Options |
     Args:
         inputs: images, folders (their images as one unit, and each of their videos) and videos.
         out: the output folder (created); ``out/manifest.jsonl`` collects the records of every run into it. The
-            run holds it (``out/.hamer-lock``) and first removes what dead runs left (``.hamer-tmp-*``).
+            run holds it (``out/.hamer-lock``) and first removes what dead runs left (``.hamer-tmp-*``). A URL
+            (``s3://bucket/prefix``...): the folder in object storage (:mod:`hamer.remote_out`); inputs may be
+            URLs too (:mod:`hamer.storage`).
         options: model, video and engine options (default :class:`Options`).
         resume: also retry the units that failed or were truncated.
         overwrite: run every unit again, replacing earlier results as the new ones are written.
@@ -147,49 +155,65 @@ def run_corpus(inputs: Iterable[str], out: str | os.PathLike, options: Options |
     options = options or Options()
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other")
+    out = local_path(os.fspath(out))
+    if is_url(out):
+        from .remote_out import ObjectLock, ObjectManifest
+
+        created = False
+        lock, manifest = ObjectLock(out), ObjectManifest(out)
     engine = make_engine(options, stats)
-    out = Path(out)
     units, problems = collect_units(inputs)
-    created = not out.exists()
+    if not is_url(out):
+        out = Path(out)
+        created = not out.exists()
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunError(f"cannot create the output folder {out}: {exc.strerror or exc}") from None
+        lock, manifest = FolderLock(out), Manifest(out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RunError(f"cannot create the output folder {out}: {exc.strerror or exc}") from None
-    try:
-        with FolderLock(out):
-            return _run_locked(units, problems, out, options, engine, resume, overwrite, progress, skipped)
+        with lock:
+            return _run_locked(units, problems, out, options, engine, manifest, resume, overwrite, progress, skipped)
     finally:
         engine.close()
         if created and not any(out.iterdir()):
             out.rmdir()  # nothing was written (refused, or the model could not load)
 
 
-def _run_locked(units: list[Unit], problems: list[tuple[str, str]], out: Path, options: Options, engine: Engine,
-                resume: bool, overwrite: bool, progress: Progress | None,
+def _run_locked(units: list[Unit], problems: list[tuple[str, str]], out: Path | str, options: Options,
+                engine: Engine, manifest: Any, resume: bool, overwrite: bool, progress: Progress | None,
                 skipped: Callable[[Unit, str], None] | None) -> list[dict[str, Any]]:
-    """The run, holding the output folder's lock."""
-    manifest = Manifest(out)
-    todo = plan(units, out, options, manifest.load(), resume, overwrite)
+    """The run, holding the output folder's lock; ``manifest``: a :class:`Manifest` or, for a URL, a
+    :class:`hamer.remote_out.ObjectManifest` (and what the URL holds is listed once, now)."""
+    local = isinstance(out, Path)
+    if local:
+        exists = None
+    else:
+        from .remote_out import existing
+
+        exists = existing(out)
+    todo = plan(units, out, options, manifest.load(), resume, overwrite, exists)
     for unit, why in todo.skipped:
         log.info("%s: %s", unit.path, why)
         if skipped is not None:
             skipped(unit, why)
     if todo.todo or todo.suspects:
         engine.check()
-    clean_temp_files(out)
+    if local:
+        clean_temp_files(out)
     if progress is not None:
         every = todo.suspects + todo.todo
         frames = None if any(u.frames == 0 for u in every) else sum(u.frames for u in every)
         progress.start(len(every) + len(problems), frames)
     extra = {**this_run(), "options": fingerprint(options)}
-    stat = {os.path.abspath(u.path): input_stat(u) for u in units}
+    stat = {key(u.path): input_stat(u) for u in units}
     records: list[dict[str, Any]] = []
 
     in_flight: dict[str, Unit] = {}
 
     def started(unit: Unit, status: str = "started") -> None:
-        in_flight[os.path.abspath(unit.path)] = unit
-        manifest.append({"input": os.path.abspath(unit.path), "name": unit.name, "kind": unit.kind,
+        in_flight[key(unit.path)] = unit
+        manifest.append({"input": key(unit.path), "name": unit.name, "kind": unit.kind,
                          "status": status, **this_run(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
     def finished(rec: dict[str, Any]) -> None:
@@ -202,7 +226,7 @@ def _run_locked(units: list[Unit], problems: list[tuple[str, str]], out: Path, o
 
     try:
         for arg, why in problems:
-            finished({"input": os.path.abspath(arg), "name": None, "kind": None, "status": "failed", "frames": 0,
+            finished({"input": key(arg), "name": None, "kind": None, "status": "failed", "frames": 0,
                       "expected_frames": 0, "hands": 0, "seconds": 0.0, "error": why, "files": []})
         if todo.suspects:  # first, and before the network loads here: each in a process of its own
             from .engines.isolated import run_isolated
@@ -217,5 +241,6 @@ def _run_locked(units: list[Unit], problems: list[tuple[str, str]], out: Path, o
         raise
     finally:
         manifest.close()
-    clean_temp_files(out)
+    if local:
+        clean_temp_files(out)
     return records

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -9,7 +10,9 @@ import cv2
 import numpy as np
 
 from .images import ImageError, opencv_path, read_image
+from .input_cache import InputCache
 from .run_types import InputError
+from .storage import is_url, redact
 from .units import Unit
 
 
@@ -21,11 +24,12 @@ class Decoded:
     unreadable: list[str] = field(default_factory=list)
 
 
-def read_frames(unit: Unit, decoded: Decoded, max_pixels: int | None = None
+def read_frames(unit: Unit, decoded: Decoded, max_pixels: int | None = None, cache: InputCache | None = None
                 ) -> Iterator[tuple[int, float | None, str, np.ndarray]]:
     """``(index, time_s, source, img_bgr)`` of each readable frame or image of ``unit``; ``decoded`` counts them
     and lists the images skipped (unreadable, or refused by ``hamer.images.read_image`` with ``max_pixels``). A
-    video that cannot be opened raises InputError."""
+    video that cannot be opened raises InputError. A video at a URL is read from its copy in ``cache`` (default:
+    :class:`~hamer.input_cache.InputCache`'s default size), its frame rate and count set on ``unit`` then."""
     if unit.kind != "video":
         for index, path in enumerate(unit.images):
             try:
@@ -34,23 +38,39 @@ def read_frames(unit: Unit, decoded: Decoded, max_pixels: int | None = None
                 decoded.unreadable.append(str(exc))
                 continue
             except OSError as exc:
-                decoded.unreadable.append(f"{path}: {exc.strerror or exc}")
+                decoded.unreadable.append(f"{redact(path)}: {exc.strerror or exc}")
                 continue
             decoded.frames += 1
-            yield index, None, path, img
+            yield index, None, redact(path), img
         return
-    with opencv_path(unit.path) as name:
+    if is_url(unit.path):
+        with (cache or InputCache()).local(unit.path) as copy:
+            yield from _read_video(unit, decoded, copy, probe=True)
+        return
+    yield from _read_video(unit, decoded, unit.path)
+
+
+def _read_video(unit: Unit, decoded: Decoded, path: os.PathLike | str, probe: bool = False
+                ) -> Iterator[tuple[int, float | None, str, np.ndarray]]:
+    """The frames of ``unit``'s video, read from ``path``; ``probe``: its frame rate and count set on ``unit``."""
+    source = redact(unit.path)
+    with opencv_path(path) as name:
         cap = cv2.VideoCapture(name)
         try:
             if not cap.isOpened():
                 raise InputError("not an image or a video that OpenCV can read")
+            if probe:
+                fps, count = cap.get(cv2.CAP_PROP_FPS), int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+                unit.frames = max(count, 0)
+                if np.isfinite(fps) and fps > 0:
+                    unit.fps = fps
             while True:
                 ok, img = cap.read()
                 if not ok:
                     return
                 index = decoded.frames
                 decoded.frames += 1
-                yield index, index / unit.fps, unit.path, img
+                yield index, index / unit.fps, source, img
         finally:
             cap.release()
 

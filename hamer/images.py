@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from .sizes import format_bytes
+from .storage import open_input, redact
 
 COLORS = ("BGR", "RGB")
 
@@ -119,7 +120,8 @@ def header_size(data: bytes) -> tuple[int, int] | None:
 
 
 def read_image(path: os.PathLike | str, max_pixels: int | None = None) -> np.ndarray:
-    """The uint8 (H, W, 3) BGR image in file ``path`` (any name, as bytes -> ``cv2.imdecode``).
+    """The uint8 (H, W, 3) BGR image in file ``path`` (any name, or a URL: :mod:`hamer.storage`; as bytes ->
+    ``cv2.imdecode``).
 
     Refused before decoding, with an :class:`ImageError` naming the file: a file over
     ``max_image_bytes(max_pixels)`` (not read), one whose header is not one Pillow reads (not an image, damaged,
@@ -129,9 +131,9 @@ def read_image(path: os.PathLike | str, max_pixels: int | None = None) -> np.nda
     """
     limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     most = max_image_bytes(limit)
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
+    with open_input(path) as (f, size):
         data = f.read(most + 1) if size <= most else b""
+    path = redact(os.fspath(path))
     if size > most or len(data) > most:
         raise ImageError(f"{path}: {format_bytes(max(size, len(data)))}, more than an image of at most {limit} "
                          f"pixels takes ({format_bytes(most)}): not read")

@@ -13,12 +13,13 @@ so that an input that kills the process fails once instead of killing every run.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .manifest import DIED, MANIFEST, OverwriteError
+from .storage import is_url, join, key, redact, url_name
 from .units import Options, Unit, differences, fingerprint, input_stat
 
 
@@ -35,16 +36,19 @@ class Plan:
 def assign_names(units: Sequence[Unit], known: dict[str, dict[str, Any]]) -> None:
     """Give each unit a unique output name: the one the manifest (``known``, by absolute input path) has for its
     input, else its file (folder) name, with ``-2``, ``-3``... when taken."""
-    paths = {os.path.abspath(u.path) for u in units}
+    paths = {key(u.path) for u in units}
     used = {rec["name"] for path, rec in known.items() if path not in paths and rec.get("name")}
     for unit in units:
-        rec = known.get(os.path.abspath(unit.path))
+        rec = known.get(key(unit.path))
         if rec is not None and rec.get("name"):
             unit.name = rec["name"]
             used.add(unit.name)
     for unit in units:
         if not unit.name:
-            stem = Path(unit.path).resolve().name if unit.kind == "folder" else Path(unit.path).stem
+            if is_url(unit.path):
+                stem = url_name(unit.path) if unit.kind == "folder" else Path(url_name(unit.path)).stem
+            else:
+                stem = Path(unit.path).resolve().name if unit.kind == "folder" else Path(unit.path).stem
             name, n = stem, 1
             while name in used:
                 n += 1
@@ -53,30 +57,36 @@ def assign_names(units: Sequence[Unit], known: dict[str, dict[str, Any]]) -> Non
             used.add(name)
 
 
-def plan(units: Sequence[Unit], out: Path, options: Options, known: dict[str, dict[str, Any]], resume: bool,
-         overwrite: bool) -> Plan:
+def plan(units: Sequence[Unit], out: Path | str, options: Options, known: dict[str, dict[str, Any]], resume: bool,
+         overwrite: bool, exists: Callable[[str], bool] | None = None) -> Plan:
     """The plan of a run (see the module) over the manifest's latest records ``known``; names the units.
-    OverwriteError, before anything is written, when it would replace results it was not asked to."""
+    OverwriteError, before anything is written, when it would replace results it was not asked to. ``exists``:
+    whether a name is in ``out`` (default: a local folder's ``os.path.lexists``; an output URL's listing)."""
+    if exists is None:
+        def exists(name: str) -> bool:
+            return os.path.lexists(Path(out) / name)
+    shown = redact(str(out))
     assign_names(units, known)
     now = fingerprint(options)
     result = Plan()
     for unit in units:
-        rec = known.get(os.path.abspath(unit.path))
+        rec = known.get(key(unit.path))
         status = None if rec is None else rec["status"]
         isolate = status == "started" or (status == "failed" and str(rec.get("error")).startswith(DIED))
         if rec is None and not overwrite:
-            theirs = [f for f in unit.files(options.formats, options.overlay) if os.path.lexists(out / f)]
+            theirs = [f for f in unit.files(options.formats, options.overlay) if exists(f)]
             if theirs:
-                raise OverwriteError(f"{out / theirs[0]} exists and no record of {out / MANIFEST} accounts for it: "
+                raise OverwriteError(f"{join(shown, theirs[0])} exists and no record of {join(shown, MANIFEST)} "
+                                     "accounts for it: "
                                      "it is not replaced; pass --overwrite to replace it, or choose another --out")
         if rec is not None and not overwrite:  # (started, interrupted: neither present nor failed: run)
             stat = input_stat(unit)
             changed = rec.get("stat", stat) != stat  # a record without one (an older manifest): unchanged
-            present = status in ("done", "truncated") and all(os.path.lexists(out / f) for f in rec["files"])
+            present = status in ("done", "truncated") and all(exists(f) for f in rec["files"])
             flags = differences(rec.get("options"), now) if present else []
             if flags:
-                raise OverwriteError(f"{unit.path}: its results in {out} ({', '.join(rec['files'])}) were made with "
-                                     f"other {', '.join(flags)}; pass --overwrite to replace them, or choose "
+                raise OverwriteError(f"{redact(unit.path)}: its results in {shown} ({', '.join(rec['files'])}) were "
+                                     f"made with other {', '.join(flags)}; pass --overwrite to replace them, or choose "
                                      "another --out")
             if present and not changed and (status == "done" or not resume):
                 result.skipped.append((unit, f"{status} earlier ({', '.join(rec['files'])}); --overwrite runs it "

@@ -19,9 +19,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .detectors import DetectorFactory
 
+from .input_cache import DEFAULT_CACHE_BYTES
 from .model_options import ModelOptions
+from .storage import is_url, key
+from .storage import stat as url_stat
 
 DEFAULT_FPS = 30.0
+# Files of a folder (objects of a prefix) taken as videos (a file given by path is probed whatever its suffix).
+VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv",
+                            ".ts", ".mts", ".3gp", ".ogv"})
 
 # fingerprint key -> the flags that set it (the message naming what differs)
 FINGERPRINT_FLAGS = {
@@ -90,6 +96,7 @@ class Options:
     ray_address: str | None = None
     gpus_per_worker: float | None = None  # Ray: GPUs per worker (None: 1 with a CUDA device, 0 otherwise)
     max_image_pixels: int | None = None  # None: hamer.images.MAX_IMAGE_PIXELS
+    cache_size: int = DEFAULT_CACHE_BYTES  # bytes of the local cache of videos read from URLs (hamer.input_cache)
     # makes the run's hand detectors (hamer.detectors.DetectorFactory: mode "IMAGE" or "VIDEO" -> a Detector, made
     # and closed by the engine; picklable for Ray: a module-level class's instance or a module-level function, e.g.
     # hamer.boxfile.BoxFileDetectors(path), hamer.detection.MediaPipeDetectors(options)); None: MediaPipe's bundled
@@ -143,8 +150,14 @@ def differences(recorded: dict[str, Any] | None, now: dict[str, Any]) -> list[st
 
 def input_stat(unit: Unit) -> list[int] | None:
     """``[size, mtime_ns]`` of a unit's input (a folder: its images' total size and latest mtime, the folder's
-    own included): the record's ``"stat"``, telling whether the input changed since. None if it cannot be read."""
+    own included; a URL's: :func:`hamer.storage.stat`): the record's ``"stat"``, telling whether the input changed
+    since. None if it cannot be read."""
     folder = unit.kind == "folder"
+    if is_url(unit.path):
+        stats = [url_stat(p) for p in (unit.images if folder else [unit.path])]
+        if not stats or None in stats:
+            return None
+        return [sum(s[0] for s in stats), max(s[1] for s in stats)]
     try:
         stats = [os.stat(p) for p in ([unit.path, *unit.images] if folder else [unit.path])]
     except OSError:
@@ -155,7 +168,8 @@ def input_stat(unit: Unit) -> list[int] | None:
 
 def record(unit: Unit, status: str, frames: int, hands: int, seconds: float, error: str | None,
            files: Sequence[str], **extra: Any) -> dict[str, Any]:
-    """The manifest line of a finished unit (its input as an absolute path); ``extra``: more fields."""
-    return {"input": os.path.abspath(unit.path), "name": unit.name, "kind": unit.kind, "status": status,
+    """The manifest line of a finished unit (its input as an absolute path, a URL redacted:
+    :func:`hamer.storage.key`); ``extra``: more fields."""
+    return {"input": key(unit.path), "name": unit.name, "kind": unit.kind, "status": status,
             "frames": frames, "expected_frames": unit.frames, "hands": hands, "seconds": round(seconds, 3),
             "error": error, "files": list(files), **extra}

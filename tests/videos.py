@@ -35,9 +35,9 @@ def write_video(path: Path, frames: list[np.ndarray], fps: float = 10.0, fourcc:
 
 
 def manifest(out: Path, started: bool = False) -> list[dict]:
-    """The records of ``out``'s manifest, in order (the ``started`` ones too when asked)."""
+    """The records of ``out``'s manifest, in order (the ``started`` and ``dispatched`` ones too when asked)."""
     records = [json.loads(line) for line in (out / MANIFEST).read_text().splitlines()]
-    return [r for r in records if started or r["status"] != "started"]
+    return [r for r in records if started or r["status"] not in ("started", "dispatched")]
 
 
 def temp_files(out: Path) -> list[Path]:

@@ -62,6 +62,21 @@ def count(value: str) -> int:
     return number
 
 
+def size_bytes(value: str) -> int:
+    """A size in bytes: a number with an optional decimal unit (kB, MB, GB, TB: 1 GB = 10^9 bytes), e.g. ``20GB``."""
+    units = {"": 1, "b": 1, "kb": 10**3, "k": 10**3, "mb": 10**6, "m": 10**6, "gb": 10**9, "g": 10**9,
+             "tb": 10**12, "t": 10**12}
+    text = value.strip().lower().replace(" ", "")
+    number = text.rstrip("kmgtb")
+    try:
+        size = float(number) * units[text[len(number):]]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"not a size: {value!r} (e.g. 20GB, 500MB)") from None
+    if not size >= 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 byte, got {value!r}")
+    return int(size)
+
+
 def non_negative_count(value: str) -> int:
     number = int(value)
     if number < 0:

@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING
 
 from ..corpus import ENGINES
 from ..images import BYTES_PER_PIXEL, MAX_IMAGE_PIXELS, METADATA_BYTES
+from ..input_cache import DEFAULT_CACHE_BYTES
 from ..sizes import format_bytes
-from .args import count, formats, fov, intrinsics, model_options, non_negative, positive
+from ..storage import check_url, is_url, local_path, redact
+from .args import count, formats, fov, intrinsics, model_options, non_negative, positive, size_bytes
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -79,7 +81,18 @@ def run_usage_problem(args: argparse.Namespace) -> str | None:
             import pose_format  # noqa: F401
         except ImportError:
             return "argument --formats: pose needs the pose-format package (pip install pose-format)"
-    return out_dir_problem(Path(args.out))
+    return storage_problem(args) or out_dir_problem(Path(local_path(args.out)))
+
+
+def storage_problem(args: argparse.Namespace) -> str | None:
+    """Why the URLs among --out, --list and the inputs cannot be used (fsspec or its file system missing, naming
+    the extra), naming the flag; None when they can (or there are none)."""
+    for flag, value in (("--out", args.out), ("--list", args.list), *(("INPUT", i) for i in args.inputs)):
+        if value is not None and is_url(value):
+            problem = check_url(value)
+            if problem:
+                return f"argument {flag}: {problem}"
+    return None
 
 
 def overlay_problem(args: argparse.Namespace) -> str | None:
@@ -97,7 +110,9 @@ def overlay_problem(args: argparse.Namespace) -> str | None:
 
 
 def out_dir_problem(out: Path) -> str | None:
-    """Why the folder ``out`` cannot be created or written, naming --out; None when it can."""
+    """Why the folder ``out`` cannot be created or written, naming --out; None when it can (or it is a URL)."""
+    if is_url(str(out)):
+        return None
     try:
         if out.exists() and not out.is_dir():
             return f"argument --out: {out} is a file, not a folder"
@@ -130,7 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         try:
             inputs += read_list(args.list)
         except (OSError, UnicodeDecodeError) as exc:
-            print(f"error: --list {args.list}: {exc}", file=sys.stderr)
+            print(f"error: --list {redact(args.list)}: {redact(str(exc))}", file=sys.stderr)
             return 2
     if not inputs:
         print("error: no input: give INPUT paths or --list FILE", file=sys.stderr)
@@ -157,7 +172,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         detect_workers=args.detect_workers, workers=args.workers or 1, ray_address=args.ray_address,
         formats=args.formats, vertices=args.vertices, pose_base=args.pose_base, camera=args.intrinsics or args.fov_deg,
         max_image_pixels=args.max_image_pixels, detector=None if args.boxes is None else BoxFileDetectors(args.boxes),
-        gpus_per_worker=args.gpus_per_worker)
+        gpus_per_worker=args.gpus_per_worker, cache_size=args.cache_size)
     skipped: list[str] = []
     with logging_redirect_tqdm(), tqdm(unit="frame", disable=args.quiet, dynamic_ncols=True) as bar:
         progress = _Bar(bar, args.quiet)
@@ -175,7 +190,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         more = f" (and {len(skipped) - 3} more input(s) like it)" if len(skipped) > 3 else ""
         print("\n".join(skipped[:3]) + more)
     if (args.resume or skipped) and not args.quiet:
-        print(f"{len(records)} unit(s) run now, {len(skipped)} skipped (results of an earlier run in {args.out})")
+        print(f"{len(records)} unit(s) run now, {len(skipped)} skipped (results of an earlier run in "
+              f"{redact(args.out)})")
     return 1 if progress.failed else 0
 
 
@@ -186,8 +202,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                      "videos) in --out; with --overlay the hands drawn on the images or video.")
     run.add_argument("inputs", nargs="*", metavar="INPUT",
                      help="an image, a video, or a folder (its images as one unit, and each of its videos)")
-    run.add_argument("--list", metavar="FILE", help="also the inputs listed in FILE, one a line (- for stdin)")
-    run.add_argument("--out", default="hamer_out", metavar="DIR", help="output folder (default: hamer_out)")
+    run.add_argument("--list", metavar="FILE", help="also the inputs listed in FILE, one a line (- for stdin); FILE, "
+                                                    "INPUTs and --out may be URLs (s3://, gs://, az://, file://)")
+    run.add_argument("--out", default="hamer_out", metavar="DIR",
+                     help="output folder or URL, e.g. s3://bucket/prefix (default: hamer_out)")
+    run.add_argument("--cache-size", type=size_bytes, default=DEFAULT_CACHE_BYTES, metavar="SIZE",
+                     help="local cache of the videos read from URLs, least recently used removed first (default: "
+                          f"{format_bytes(DEFAULT_CACHE_BYTES)})")
     run.add_argument("--overlay", nargs="?", const="mesh", choices=("mesh", "skeleton", "boxes"), metavar="STYLE",
                      help="also write each image (.overlay.jpg) or video (.overlay.mp4 H.264, else .overlay.webm "
                           "VP9) with the hands drawn in: mesh (default: MANO meshes, boxes, labels), skeleton, "

@@ -16,7 +16,9 @@ from ..run_types import Progress
 from ..units import Options, Unit
 
 Finished = Callable[[dict[str, Any]], None]  # told each finished unit's record
-Started = Callable[[Unit], None]  # told each unit as it begins
+# told each unit as it begins; an engine that knows only when a unit is sent to a worker (Ray) adds
+# status="dispatched"
+Started = Callable[..., None]
 
 
 class StageStats:

@@ -41,7 +41,7 @@ def death(exitcode: int) -> str:
     return f"{DIED}: {name}"
 
 
-def run_isolated(unit: Unit, out: Path, options: Options, progress: Progress | None = None) -> dict[str, Any]:
+def run_isolated(unit: Unit, out: Path | str, options: Options, progress: Progress | None = None) -> dict[str, Any]:
     """Run ``unit`` in a child process; its record (``failed`` with the cause when the child died).
     ModelError when the child cannot set up the model."""
     log.warning("%s: an earlier run died while running it; running it alone in a child process", unit.path)
@@ -85,6 +85,6 @@ def _child(unit: Unit, out: str, options: Options, send: Any) -> None:
         send.send(("model", str(exc), exc.data_problem))
         return
     try:
-        engine.run([unit], Path(out), lambda rec: send.send(("record", rec)))
+        engine.run([unit], out, lambda rec: send.send(("record", rec)))
     finally:
         engine.close()

@@ -34,8 +34,10 @@ import numpy as np
 
 from ..detectors import FrameRef
 from ..frames import Decoded, outcome, read_frames
+from ..input_cache import InputCache
 from ..outputs import Frame
 from ..pipeline import Reconstructor, best_per_label, find_hands, frame_result
+from ..remote_out import Upload, staged
 from ..results import Hand
 from ..run_types import ModelError, Progress
 from ..tracking import HandTracker, OneEuroFilter, TrackedFrame, VideoHands
@@ -124,6 +126,8 @@ class LocalEngine:
             self._make_detector = MediaPipeDetectors(detector_options(num_hands=options.max_hands))
         self._spare_lock = threading.Lock()
         self._spare: Detector | None = None
+        self._cache = InputCache(options.cache_size)
+        self._upload: Upload | None = None
 
     def check(self) -> None:
         """ModelError for model options that cannot work here (the device, the precision...), before anything
@@ -169,12 +173,14 @@ class LocalEngine:
 
     # ------------------------------------------------------------------------------------------------ the run
 
-    def run(self, units: list[Unit], out: Path, finished: Finished, progress: Progress | None = None,
+    def run(self, units: list[Unit], out: Path | str, finished: Finished, progress: Progress | None = None,
             started: Started | None = None) -> None:
         """Run ``units``, writing into ``out`` (loading the model first, :meth:`load`); ``started(unit)`` as each
         begins (in its detection thread, before it is read), ``finished(record)`` as each ends (in the writer
-        thread). An interrupt stops every stage; the units in flight leave no file."""
+        thread). An interrupt stops every stage; the units in flight leave no file. ``out`` a URL: each unit's
+        files are written into a local staging folder and uploaded before its record (:mod:`hamer.remote_out`)."""
         self.load()
+        out, self._upload = staged(out)
         o = self.options
         todo: queue.Queue[Unit | None] = queue.Queue()
         for unit in units:
@@ -236,6 +242,8 @@ class LocalEngine:
             for thread in [*workers, writer]:
                 thread.join()
             self.stats.wall += time.perf_counter() - start
+            if self._upload is not None:
+                self._upload.close()
         if errors:
             raise errors[0]
 
@@ -252,7 +260,7 @@ class LocalEngine:
                     make_filter = partial(OneEuroFilter, o.min_cutoff, o.beta) if o.smooth else None
                     job.video = VideoHands(detector, self.reconstructor, HandTracker(label_hold=o.label_hold),
                                            make_filter)
-                frames = read_frames(unit, job.decoded, o.max_image_pixels)
+                frames = read_frames(unit, job.decoded, o.max_image_pixels, self._cache)
                 last_ms = -1
                 while True:
                     t0 = time.perf_counter()
@@ -370,8 +378,13 @@ class LocalEngine:
                         writer = UnitWriter(unit, out, self.options, self.faces).__enter__()
                     writer.__exit__(None, None, None)
                     files = [f for f in writer.files if (out / f).exists()]
+                    if self._upload is not None:
+                        self._upload.publish(files)
                 except (OSError, ValueError) as exc:  # a full disk, a damaged --pose-base, a link in the way
                     status, error = "failed", f"cannot write its outputs: {exc}"
+                    if self._upload is not None:
+                        self._upload.discard(unit.files(self.options.formats, self.options.overlay))
+                        files = []
         frames = 0 if writer is None else writer.frames
         hands = 0 if writer is None else writer.hands
         self.stats.units += 1

@@ -34,6 +34,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,7 @@ class UnitWorker:
         self.first_unit: float | None = None
         self.stats = StageStats()
         self.engine = LocalEngine(options, stats=self.stats)
-        self.out = Path(out)
+        self.out = out  # a folder every node shares, or a URL (each unit's files uploaded by its worker)
         self.model_error: tuple[str, bool] | None = None  # (message, data_problem)
         try:
             self.engine.load()
@@ -224,21 +225,24 @@ class RayEngine:
             started: Started | None = None) -> None:
         """Run ``units`` on Ray (``options.ray_address``; None: the running Ray, else a new :class:`LocalRay`):
         ``workers`` actors of :func:`gpus_per_worker` GPUs each, with 0 CPUs on a CUDA device, else 1, each taking
-        ``options.detect_workers`` units a call; ``finished(record)`` on the driver for each unit as its call ends
-        (``started``: not told; the workers do not report a unit's start).
+        ``options.detect_workers`` units a call; ``finished(record)`` on the driver for each unit as its call ends,
+        ``started(unit, status="dispatched")`` as its call is sent (the workers do not report a unit's start): a
+        record that accounts for the files a killed run's worker may have written or uploaded; such a unit runs
+        again (not alone, as a ``started`` one would, on the driver).
 
         The units of a call whose worker dies (the process killed, its node lost) run again one by one, on any
         worker: Ray restarts the dead one on any node with the resources; a unit whose worker died
         ``MAX_ATTEMPTS`` times running it is recorded ``failed``. Workers that cannot set up the model: ModelError."""
         with sigterm_through_ray():
-            _run(units, out, self.options, gpus_per_worker(self.options), finished, progress, self.stats)
+            _run(units, out, self.options, gpus_per_worker(self.options), finished, progress, self.stats,
+                 None if started is None else partial(started, status="dispatched"))
 
     def close(self) -> None:
         """Nothing: a run's workers (and a Ray it started) end with it."""
 
 
 def _run(units: list[Unit], out: Path, options: Options, gpus: float, finished: Callable[[dict[str, Any]], None],
-         progress: Progress | None, stats: StageStats | None) -> None:
+         progress: Progress | None, stats: StageStats | None, dispatched: Callable[[Unit], None] | None) -> None:
     import ray
 
     started: LocalRay | bool | None = None
@@ -261,7 +265,7 @@ def _run(units: list[Unit], out: Path, options: Options, gpus: float, finished: 
         actor = ray.remote(UnitWorker).options(num_cpus=0 if options.device.startswith("cuda") else 1,
                                                num_gpus=gpus, max_restarts=-1, max_task_retries=0)
         pool = [actor.remote(options, str(out)) for _ in range(min(options.workers, len(calls)))]
-        workers = _run_calls(calls, pool, finished, progress)
+        workers = _run_calls(calls, pool, finished, progress, dispatched)
         if stats is not None:
             stats.wall += time.time() - min(w["first_unit"] for w in workers.values()) if workers else 0.0
             stats.units += len(units)
@@ -280,7 +284,8 @@ def _run(units: list[Unit], out: Path, options: Options, gpus: float, finished: 
 
 
 def _run_calls(calls: deque[tuple[int, list[str]]], pool: list[Any], finished: Callable[[dict[str, Any]], None],
-               progress: Progress | None) -> dict[int, dict[str, Any]]:
+               progress: Progress | None, dispatched: Callable[[Unit], None] | None = None
+               ) -> dict[int, dict[str, Any]]:
     """Run ``calls`` ((worker deaths so far, units as JSON)) on the ``pool`` of workers, one call in flight per
     worker; the workers' ``_worker`` stats by pid.
 
@@ -302,6 +307,8 @@ def _run_calls(calls: deque[tuple[int, list[str]]], pool: list[Any], finished: C
             worker = idle.pop()
             deaths, call = calls.popleft()
             running[worker.run.remote(call)] = (worker, deaths, call)
+            for text in call if dispatched is not None else []:
+                dispatched(Unit(**json.loads(text)))
         if not (idle or resting or pinging or running):
             raise ModelError(f"every Ray worker died; {sum(len(c) for _, c in calls)} unit(s) not run")
         if not (running or pinging):  # only resting workers

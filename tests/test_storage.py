@@ -1,0 +1,428 @@
+"""Inputs and outputs in object storage: runs from and into an S3 API server (moto's server mode, started on
+127.0.0.1 by the fixture and stopped by it) compared with runs on local paths; the manifest, the second run, a run
+killed mid-upload and ``--resume``, credentials never shown, bad URLs failing their unit only, ``file://`` URLs,
+the bounded input cache. Real ``hamer run`` processes where a kill or the environment matters."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from hamer.cli import main
+from hamer.manifest import MANIFEST
+from hamer.run_types import InputError
+
+from conftest import SHARED_IMAGES
+from videos import manifest, pan_zoom, write_video
+
+pytest.importorskip("s3fs")
+moto_server = pytest.importorskip("moto.server")
+needs_images = pytest.mark.skipif(not (SHARED_IMAGES / "test4.jpg").is_file(), reason="no ../shared/images")
+REPO = Path(__file__).resolve().parents[1]
+KEY_ID = "AKIDTESTHAMER"
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """An S3 API server on 127.0.0.1 (moto), the environment that points S3 clients at it (this process's and
+    the ``hamer`` processes'), and an s3fs file system on it; stopped when the module's tests are done."""
+    requests = logging.getLogger("werkzeug")  # the server's request log: not the runs' stderr
+    level = requests.level
+    requests.setLevel(logging.ERROR)
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    secret = "s3cr3t-" + secrets.token_hex(12)
+    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": KEY_ID,
+           "AWS_SECRET_ACCESS_KEY": secret, "AWS_DEFAULT_REGION": "us-east-1",
+           "XDG_CACHE_HOME": str(tmp_path_factory.mktemp("xdg_cache"))}
+    before = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    import s3fs
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    try:
+        yield fs, env
+    finally:
+        server.stop()
+        requests.setLevel(level)
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def bucket(fs) -> str:
+    name = "b" + secrets.token_hex(6)
+    fs.mkdir(name)
+    return name
+
+
+def read_out(fs, url: str) -> dict[str, bytes]:
+    """Every object under ``url``, by name relative to it."""
+    root = url.removeprefix("s3://").rstrip("/")
+    fs.invalidate_cache()
+    return {p[len(root) + 1:]: fs.cat_file(p) for p in fs.find(root)}
+
+
+def lines_with_sources(data: bytes, old: str = "", new: str = "") -> list[dict]:
+    """The JSONL lines of an output, ``old`` replaced by ``new`` in their ``source`` (the input's path or URL)."""
+    rows = [json.loads(line) for line in data.decode().splitlines()]
+    for row in rows:
+        row["source"] = row["source"].replace(old, new)
+    return rows
+
+
+def records(text: bytes | str) -> list[dict]:
+    text = text.decode() if isinstance(text, bytes) else text
+    return [r for r in map(json.loads, text.splitlines()) if r["status"] not in ("started", "dispatched")]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Local inputs: two photos, a folder of two photos, a clip made from a photo."""
+    root = tmp_path_factory.mktemp("corpus")
+    if not (SHARED_IMAGES / "test4.jpg").is_file():
+        pytest.skip("no ../shared/images")
+    (root / "a.jpg").write_bytes((SHARED_IMAGES / "test4.jpg").read_bytes())
+    (root / "b.jpg").write_bytes((SHARED_IMAGES / "test1.jpg").read_bytes())
+    (root / "frames").mkdir()
+    for name in ("test5.jpeg", "test6.jpg"):
+        (root / "frames" / name).write_bytes((SHARED_IMAGES / name).read_bytes())
+    write_video(root / "clip.mp4", pan_zoom("test4.jpg", 6))
+    return root
+
+
+def upload_corpus(fs, corpus: Path) -> str:
+    name = bucket(fs)
+    fs.put(str(corpus) + "/", f"{name}/in/", recursive=True)
+    return f"s3://{name}/in"
+
+
+INPUTS = ("a.jpg", "b.jpg", "frames", "clip.mp4")
+
+
+def test_s3_inputs_to_s3_out_equal_a_local_run_then_a_second_run_skips(s3, corpus, data_dir, tmp_path, capsys):
+    fs, _ = s3
+    local = tmp_path / "local"
+    assert main(["run", *(str(corpus / i) for i in INPUTS), "--data", str(data_dir), "--out", str(local),
+                 "--quiet"]) == 0
+    src = upload_corpus(fs, corpus)
+    out = src.replace("/in", "/out")
+    assert main(["run", *(f"{src}/{i}" for i in INPUTS), "--data", str(data_dir), "--out", out, "--quiet"]) == 0
+    objects = read_out(fs, out)
+    names = {p.name for p in local.iterdir()}
+    assert set(objects) == names  # the same files, the manifest compacted into one object, no lock left
+    for name in names - {MANIFEST}:
+        if name.endswith(".jsonl"):
+            assert lines_with_sources(objects[name]) == lines_with_sources((local / name).read_bytes(), str(corpus),
+                                                                           src)
+            assert len(objects[name].splitlines()) in (1, 2, 6)
+        else:  # the arrays of the NPZ: bit-identical
+            with np.load(local / name) as want, np.load(__import__("io").BytesIO(objects[name])) as got:
+                assert sorted(want.files) == sorted(got.files)
+                for key in want.files:
+                    if want[key].dtype.kind == "U":  # the frames' sources: the input's path, or its URL
+                        np.testing.assert_array_equal(got[key], np.char.replace(want[key], str(corpus), src))
+                    else:
+                        np.testing.assert_array_equal(got[key], want[key])
+    theirs, ours = records(objects[MANIFEST]), records((local / MANIFEST).read_text())
+    fields = ("name", "status", "files", "frames", "expected_frames", "hands")  # (units finish in any order)
+    assert {r["input"]: [r[f] for f in fields] for r in theirs} == \
+        {r["input"].replace(str(corpus), src): [r[f] for f in fields] for r in ours}
+    assert {r["name"]: r["expected_frames"] for r in theirs}["clip"] == 6 and all(r["stat"][0] > 0 for r in theirs)
+    # a second run skips every unit; one with other options is refused before anything is written
+    capsys.readouterr()
+    assert main(["run", *(f"{src}/{i}" for i in INPUTS), "--data", str(data_dir), "--out", out]) == 0
+    said = capsys.readouterr().out
+    assert "0 unit(s) run now, 4 skipped" in said and said.count("done earlier") == 3
+    assert main(["run", f"{src}/a.jpg", "--data", str(data_dir), "--out", out, "--vertices"]) == 1
+    assert "--vertices" in capsys.readouterr().err
+    assert read_out(fs, out) == objects
+    # files of the output URL that no record accounts for are not replaced
+    fs.pipe_file(out.removeprefix("s3://") + "/c.jsonl", b"someone's")
+    fs.pipe_file(src.removeprefix("s3://") + "/c.jpg", (corpus / "a.jpg").read_bytes())
+    assert main(["run", f"{src}/c.jpg", "--data", str(data_dir), "--out", out]) == 1
+    assert f"{out}/c.jsonl exists and no record" in capsys.readouterr().err
+    assert fs.cat_file(out.removeprefix("s3://") + "/c.jsonl") == b"someone's"
+
+
+# A ``hamer run`` whose first unit uploads a damaged first file, says so in a marker file, then hangs: killed there.
+HOOK = """
+import sys, time
+from pathlib import Path
+import hamer.remote_out as remote_out
+
+def hang(self, files):
+    self.fs.pipe_file(self.root + "/" + files[0], b"PARTIAL")
+    Path(sys.argv[1]).write_text("uploading")
+    time.sleep(600)
+
+remote_out.Upload.publish = hang
+from hamer.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_a_run_killed_mid_upload_leaves_no_record_and_the_next_run_redoes_the_unit(s3, corpus, tmp_path):
+    fs, _ = s3
+    src = upload_corpus(fs, corpus)
+    out = src.replace("/in", "/out")
+    inputs = ["run", f"{src}/clip.mp4", f"{src}/a.jpg", "--bbox-only", "--detect-workers", "1"]
+    args = [*inputs, "--out", out, "--quiet"]
+    marker = tmp_path / "marker"
+    proc = subprocess.Popen([sys.executable, "-c", HOOK, str(marker), *args], cwd=REPO, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    try:
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), proc.stderr.read().decode()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stderr.close()
+    left = read_out(fs, out)
+    assert b"PARTIAL" in left.values() and MANIFEST not in left  # killed: its records are objects, uncompacted
+    latest = {}
+    for name in sorted(n for n in left if n.startswith("manifest.d/")):
+        rec = json.loads(left[name])
+        latest[rec["input"]] = rec["status"]
+    assert "done" not in latest.values() and "started" in latest.values()  # no record of a unit not uploaded
+    again = subprocess.run([sys.executable, "-m", "hamer", *args], cwd=REPO, capture_output=True, text=True,
+                           timeout=240)
+    assert again.returncode == 0, again.stderr
+    assert "took over the lock" in again.stderr
+    done = read_out(fs, out)
+    assert b"PARTIAL" not in done.values() and not any(n.startswith(("manifest.d/", ".hamer")) for n in done)
+    final = {r["input"]: r for r in records(done[MANIFEST])}
+    assert {r["status"] for r in final.values()} == {"done"} and len(final) == 2
+    for rec in final.values():
+        assert all(done[f] for f in rec["files"])
+    clip = [json.loads(line)["frame"] for line in done["clip.jsonl"].decode().splitlines()]
+    assert clip == list(range(6))
+    # what a clean run into a fresh prefix writes
+    clean = src.replace("/in", "/clean")
+    assert main([*inputs, "--out", clean, "--quiet"]) == 0
+    fresh = read_out(fs, clean)
+    for name in ("clip.jsonl", "a.jsonl"):
+        assert done[name] == fresh[name]
+    # a --resume run now has nothing to redo
+    again = subprocess.run([sys.executable, "-m", "hamer", *inputs, "--out", out, "--resume"], cwd=REPO,
+                           capture_output=True, text=True, timeout=240)
+    assert again.returncode == 0 and "0 unit(s) run now, 2 skipped" in again.stdout
+
+
+def test_credentials_are_never_shown_or_written(s3, corpus, tmp_path):
+    fs, env = s3
+    src = upload_corpus(fs, corpus)
+    out = src.replace("/in", "/out")
+    inline = "inl1ne-" + secrets.token_hex(8)
+    with_creds = src.replace("s3://", f"s3://{KEY_ID}:{inline}@")
+    cmd = [sys.executable, "-m", "hamer", "-v", "run", f"{src}/a.jpg", f"{with_creds}/b.jpg", f"{src}/missing.jpg",
+           f"{with_creds}/nope.mp4", "--bbox-only", "--out", out]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 1  # the two missing objects failed
+    said = done.stdout + done.stderr
+    objects = read_out(fs, out)
+    for secret in (env["AWS_SECRET_ACCESS_KEY"], inline):
+        assert secret not in said
+        assert not any(secret.encode() in data for data in objects.values())
+    final = {r["input"]: r for r in records(objects[MANIFEST])}
+    hidden = src.replace("s3://", "s3://***@")
+    assert set(final) == {f"{src}/a.jpg", f"{hidden}/b.jpg", f"{src}/missing.jpg", f"{hidden}/nope.mp4"}
+    assert final[f"{hidden}/b.jpg"]["status"] == "done"  # read with the URL's own credentials
+    assert f"{hidden}/nope.mp4" in said and f"{src}/missing.jpg" in said
+
+
+def test_bad_urls_and_objects_fail_only_their_unit(s3, corpus, tmp_path, capsys):
+    fs, _ = s3
+    src = upload_corpus(fs, corpus)
+    fs.pipe_file(src.removeprefix("s3://") + "/junk.mp4", os.urandom(4000))
+    out = src.replace("/in", "/out")
+    inputs = [f"{src}/a.jpg", f"{src}/missing.jpg", f"{src}/junk.mp4",
+              f"s3://no-such-bucket-{secrets.token_hex(4)}/x.mp4", f"{src}/empty-prefix/"]
+    assert main(["run", *inputs, "--bbox-only", "--out", out, "--quiet"]) == 1
+    err = capsys.readouterr().err
+    final = {r["input"]: r for r in records(read_out(fs, out)[MANIFEST])}
+    assert final[f"{src}/a.jpg"]["status"] == "done"
+    for url in inputs[1:]:
+        assert final[url]["status"] == "failed" and final[url]["files"] == []
+        assert f"error: {url}: " in err
+    assert "no such object or prefix" in final[f"{src}/missing.jpg"]["error"]
+    assert "no frame" in final[f"{src}/junk.mp4"]["error"] or "OpenCV" in final[f"{src}/junk.mp4"]["error"]
+
+
+def test_file_urls_run_as_their_local_paths(corpus, tmp_path):
+    local, urls = tmp_path / "local", tmp_path / "urls"
+    assert main(["run", *(str(corpus / i) for i in INPUTS), "--bbox-only", "--out", str(local), "--quiet"]) == 0
+    assert main(["run", *((corpus / i).as_uri() for i in INPUTS), "--bbox-only", "--out", urls.as_uri(),
+                 "--quiet"]) == 0
+    names = sorted(p.name for p in local.iterdir())
+    assert names == sorted(p.name for p in urls.iterdir())
+    for name in names:
+        if name != MANIFEST:
+            assert (local / name).read_bytes() == (urls / name).read_bytes()
+    assert sorted(r["input"] for r in manifest(urls)) == sorted(str(corpus / i) for i in INPUTS)
+
+
+def test_a_list_file_at_a_url(s3, corpus, capsys):
+    fs, _ = s3
+    src = upload_corpus(fs, corpus)
+    fs.pipe_file(src.removeprefix("s3://") + "/list.txt", f"# two\n{src}/a.jpg\n\n{corpus / 'b.jpg'}\n".encode())
+    out = src.replace("/in", "/out")
+    assert main(["run", "--list", f"{src}/list.txt", "--bbox-only", "--out", out, "--quiet"]) == 0
+    assert sorted(r["input"] for r in records(read_out(fs, out)[MANIFEST])) == [str(corpus / "b.jpg"), f"{src}/a.jpg"]
+
+
+def test_a_second_run_on_a_locked_output_url_is_refused(s3, capsys):
+    from hamer.remote_out import ObjectLock
+
+    fs, _ = s3
+    out = f"s3://{bucket(fs)}/out"
+    with ObjectLock(out):
+        with pytest.raises(Exception, match="in use by another run"):
+            ObjectLock(out).__enter__()  # the conditional create fails: exactly one holder
+        assert main(["run", "x.jpg", "--bbox-only", "--out", out]) == 1
+        assert "is in use by another run (pid" in capsys.readouterr().err
+    assert read_out(fs, out) == {}  # released: the lock object removed
+
+
+def test_the_input_cache_stays_within_its_size(s3, tmp_path):
+    from hamer.input_cache import InputCache
+
+    fs, _ = s3
+    name = bucket(fs)
+    for i in range(4):
+        fs.pipe_file(f"{name}/v{i}.mp4", bytes([i]) * 1000)
+    cache = InputCache(2500, tmp_path / "cache")
+
+    def held() -> int:
+        return sum(p.stat().st_size for p in (tmp_path / "cache").iterdir())
+
+    with cache.local(f"s3://{name}/v0.mp4") as first:
+        assert first.read_bytes() == bytes([0]) * 1000
+        with cache.local(f"s3://{name}/v1.mp4"):
+            pass
+        with cache.local(f"s3://{name}/v2.mp4") as third:  # v1 goes: least recently used and not in use
+            assert first.exists() and third.read_bytes() == bytes([2]) * 1000 and held() <= 2500
+        assert len(list((tmp_path / "cache").iterdir())) == 2
+    with cache.local(f"s3://{name}/v3.mp4"):
+        assert held() <= 2500
+    fs.pipe_file(f"{name}/big.mp4", b"x" * 3000)
+    with pytest.raises(InputError, match="larger than the input cache .--cache-size"):
+        with cache.local(f"s3://{name}/big.mp4"):
+            pass
+    fs.pipe_file(f"{name}/v0.mp4", b"changed" * 100)  # a new version is fetched again
+    with cache.local(f"s3://{name}/v0.mp4") as again:
+        assert again.read_bytes() == b"changed" * 100
+
+
+def test_a_url_without_the_extra_names_it(tmp_path):
+    code = ("import sys; sys.modules['fsspec'] = None; from hamer.cli import main; "
+            f"sys.exit(main(['run', 's3://b/a.jpg', '--bbox-only', '--out', {str(tmp_path / 'o')!r}]))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and 'pip install "hamer[cloud]"' in done.stderr and "INPUT" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_images_from_urls_get_the_header_checks(s3, tmp_path):
+    from hamer.images import ImageError, read_image
+
+    fs, _ = s3
+    name = bucket(fs)
+    ok, png = cv2.imencode(".png", np.zeros((40, 30, 3), np.uint8))
+    fs.pipe_file(f"{name}/small.png", png.tobytes())
+    assert read_image(f"s3://{name}/small.png").shape == (40, 30, 3)
+    with pytest.raises(ImageError, match=f"s3://{name}/small.png: 30 x 40 = 1200 pixels, over the limit"):
+        read_image(f"s3://{name}/small.png", max_pixels=1000)
+    fs.pipe_file(f"{name}/text.jpg", b"not an image at all")
+    with pytest.raises(ImageError, match="not an image whose size"):
+        read_image(f"s3://{name}/text.jpg")
+
+
+def test_ray_workers_read_inputs_and_write_outputs_through_the_url(s3, corpus, onnx_cache, tmp_path):
+    pytest.importorskip("ray")
+    from ray_helpers import hamer_env, kill_marked, new_mark, run_cli, short_temp_dir
+
+    fs, _ = s3
+    src = upload_corpus(fs, corpus)
+    args = [f"{src}/clip.mp4", f"{src}/frames", "--bbox-only", "--quiet"]
+    assert main(["run", *args, "--out", src.replace("/in", "/local")]) == 0
+    mark = new_mark()
+    env = hamer_env(onnx_cache, mark, short_temp_dir())
+    try:
+        done = run_cli([*args, "--out", src.replace("/in", "/ray"), "--engine", "ray", "--workers", "2",
+                        "--detect-workers", "1"], env)
+    finally:
+        kill_marked(mark)
+    assert done.returncode == 0, done.stderr
+    local, ray = read_out(fs, src.replace("/in", "/local")), read_out(fs, src.replace("/in", "/ray"))
+    assert set(local) == set(ray)
+    for name in set(local) - {MANIFEST}:
+        assert local[name] == ray[name] if name.endswith(".jsonl") else len(ray[name]) > 0
+    lines = [json.loads(line) for line in ray[MANIFEST].decode().splitlines()]
+    assert sorted(r["status"] for r in lines) == ["dispatched", "dispatched", "done", "done"]
+    assert all(r["node"]["ray_node_id"] for r in lines if r["status"] == "done")
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("s3://AKID:se%2Fcret@bkt/a.mp4", "s3://***@bkt/a.mp4"),
+    ("gs://bkt/a.mp4?X-Goog-Signature=abc123", "gs://bkt/a.mp4?***"),
+    ("s3://bkt/dir/a.mp4", "s3://bkt/dir/a.mp4"),
+    ("/data/user:pass@x/a.mp4", "/data/user:pass@x/a.mp4"),  # a local path is shown as it is
+])
+def test_urls_are_shown_without_credentials(text, shown):
+    from hamer.storage import redact
+
+    assert redact(text) == shown
+
+
+def test_file_urls_name_local_paths_and_other_protocols_name_their_package(tmp_path, capsys):
+    from hamer.storage import is_url, local_path, url_name
+
+    assert local_path("file:///data/a%20b.mp4") == "/data/a b.mp4" and not is_url("file:///data/a.mp4")
+    assert local_path("FILE://localhost/x") == "/x" and local_path("/plain/path") == "/plain/path"
+    assert [url_name(u) for u in ("s3://b/x/", "s3://k:s@bkt", "gs://b/a.mp4?sig=1")] == ["x", "bkt", "a.mp4"]
+    if __import__("importlib").util.find_spec("adlfs") is None:
+        assert main(["run", "az://container/a.mp4", "--bbox-only", "--out", str(tmp_path / "o")]) == 2
+        assert "adlfs" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_cache_size_is_parsed_and_a_video_over_it_fails_its_unit(s3, corpus, capsys):
+    from hamer.cli.args import size_bytes
+
+    assert [size_bytes(v) for v in ("500MB", "20GB", "1.5 kB", "4096")] == [500 * 10**6, 20 * 10**9, 1500, 4096]
+    fs, _ = s3
+    src = upload_corpus(fs, corpus)
+    out = src.replace("/in", "/out")
+    with pytest.raises(SystemExit):
+        main(["run", f"{src}/clip.mp4", "--bbox-only", "--out", out, "--cache-size", "lots"])
+    assert "argument --cache-size: not a size: 'lots'" in capsys.readouterr().err
+    size = (corpus / "clip.mp4").stat().st_size
+    assert main(["run", f"{src}/clip.mp4", f"{src}/a.jpg", "--bbox-only", "--out", out, "--quiet",
+                 "--cache-size", str(size - 1)]) == 1
+    final = {r["input"]: r for r in records(read_out(fs, out)[MANIFEST])}
+    assert final[f"{src}/a.jpg"]["status"] == "done"  # images are streamed, not cached
+    assert final[f"{src}/clip.mp4"]["status"] == "failed"
+    assert "larger than the input cache (--cache-size" in final[f"{src}/clip.mp4"]["error"]
+
+
+def test_an_output_url_that_cannot_be_written_stops_the_run_naming_it(s3, corpus, capsys):
+    fs, _ = s3
+    src = upload_corpus(fs, corpus)
+    out = f"s3://no-such-bucket-{secrets.token_hex(4)}/out"
+    assert main(["run", f"{src}/a.jpg", "--bbox-only", "--out", out]) == 1
+    err = capsys.readouterr().err
+    assert f"error: cannot write the lock {out}/.hamer-lock" in err and "Traceback" not in err
