@@ -23,7 +23,9 @@ from conftest import SHARED_IMAGES as IMAGES
 from videos import manifest, pan_zoom, temp_files, write_video
 
 ray = pytest.importorskip("ray")
-pytestmark = pytest.mark.skipif(not IMAGES.is_dir(), reason=f"test photographs not found at {IMAGES}")
+# one worker runs every Ray test, one Ray at a time on this machine
+pytestmark = [pytest.mark.skipif(not IMAGES.is_dir(), reason=f"test photographs not found at {IMAGES}"),
+              pytest.mark.xdist_group("ray")]
 
 
 class Recorder:
