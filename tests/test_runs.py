@@ -273,11 +273,11 @@ def poison_hook(tmp_path) -> dict[str, str]:
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(
-        "import cv2, faulthandler\n"
+        "import cv2, os, signal\n"
         "_decode = cv2.imdecode\n"
         "def imdecode(data, flags):\n"
         f"    if {MARKER!r} in bytes(data):\n"
-        "        faulthandler._sigsegv()\n"
+        "        os.kill(os.getpid(), signal.SIGSEGV)\n"
         "    return _decode(data, flags)\n"
         "cv2.imdecode = imdecode\n")
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), str(REPO), os.environ.get("PYTHONPATH", "")])}
