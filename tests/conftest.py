@@ -9,10 +9,15 @@ import cv2
 import numpy as np
 import pytest
 
-from synthetic import make_data_dir
-
 if TYPE_CHECKING:
     from hamer.models.hamer import HaMeRNet
+
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    # pytest-xdist workers share the machine's cores: torch's OpenMP threads (and so ONNX Runtime's, as many as
+    # torch's) are split between them, for this worker and the `hamer` processes its tests start, rather than each
+    # worker's threads contending for every core (set here: before a test module imports torch)
+    workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
 
 SHARED_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
 # A right and a left box on :func:`smooth_noise_image` (240 x 320): hand-sized, apart, inside the image.
@@ -49,6 +54,8 @@ def onnx_cache(tmp_path_factory) -> Iterator[Path]:
 def synthetic_data(tmp_path_factory) -> tuple[Path, HaMeRNet]:
     """A complete synthetic HaMeR data folder (small model), and the random model its checkpoint holds: built once
     a session."""
+    from synthetic import make_data_dir  # (imports torch)
+
     root = tmp_path_factory.mktemp("hamer_data") / "_DATA"
     return root, make_data_dir(root)
 
