@@ -19,6 +19,8 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
 
+# The Ray tests, run by one xdist worker one after the other: one Ray at a time on the machine, one LocalRay a session
+RAY_TEST_FILES = ("tests/test_ray.py", "tests/test_ray_cli.py", "tests/test_ray_cluster.py")
 SHARED_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
 # A right and a left box on :func:`smooth_noise_image` (240 x 320): hand-sized, apart, inside the image.
 TWO_BOXES = {"Right": [60.0, 50.0, 140.0, 150.0], "Left": [200.0, 80.0, 260.0, 140.0]}
@@ -70,3 +72,17 @@ def data_dir(synthetic_data) -> Path:
 def reference_model(synthetic_data) -> HaMeRNet:
     """The random model the ``data_dir`` checkpoint was written from."""
     return synthetic_data[1]
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's scheduler with the Ray tests as one unit of work, every other test its own; the largest unit first
+    (xdist orders units by size), so one worker runs the Ray tests while the other runs the rest. (``--dist
+    loadgroup`` groups nothing with pytest 9.2: its workers rename the tests through an attribute pytest no longer
+    reads.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class RayTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:  # the unit of work a test belongs to
+            return "ray" if nodeid.split("::", 1)[0] in RAY_TEST_FILES else nodeid
+
+    return RayTogether(config, log)

@@ -28,9 +28,8 @@ from conftest import SHARED_IMAGES as IMAGES
 from videos import pan_zoom, temp_files, write_video
 
 pytest.importorskip("ray")
-# one worker runs every Ray test, one Ray at a time on this machine
-pytestmark = [pytest.mark.skipif(not IMAGES.is_dir(), reason=f"test photographs not found at {IMAGES}"),
-              pytest.mark.xdist_group("ray")]
+# (one xdist worker runs every Ray test: tests/conftest.py, pytest_xdist_make_scheduler)
+pytestmark = pytest.mark.skipif(not IMAGES.is_dir(), reason=f"test photographs not found at {IMAGES}")
 
 
 @pytest.fixture(scope="module")

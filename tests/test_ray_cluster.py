@@ -26,9 +26,8 @@ from conftest import SHARED_IMAGES as IMAGES
 from videos import manifest, pan_zoom, temp_files, write_video
 
 pytest.importorskip("ray")
-# one worker runs every Ray test, one Ray at a time on this machine
-pytestmark = [pytest.mark.skipif(not IMAGES.is_dir(), reason=f"test photographs not found at {IMAGES}"),
-              pytest.mark.xdist_group("ray")]
+# (one xdist worker runs every Ray test: tests/conftest.py, pytest_xdist_make_scheduler)
+pytestmark = pytest.mark.skipif(not IMAGES.is_dir(), reason=f"test photographs not found at {IMAGES}")
 
 # (no node_ip_address="127.0.0.1": a driver's ray.init resolves 127.0.0.1 to this machine's address, where such a
 # cluster's GCS does not listen; every node here is a process of this machine on its own address)
