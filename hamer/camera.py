@@ -6,8 +6,10 @@ Frames: camera coordinates in metres, x right, y down, z forward (OpenCV convent
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a formula runs: a --bbox-only run never loads it
+    import torch
 
 
 def perspective_projection(points: torch.Tensor, translation: torch.Tensor, focal_length: torch.Tensor,
@@ -26,6 +28,8 @@ def cam_crop_to_full(cam_bbox: torch.Tensor, box_center: torch.Tensor, box_size:
     img_size (B,2) [W, H]; focal_length scalar or (B,) pixels. Returns (B,3) translation in metres for a camera with
     that focal length and the principal point at the image centre.
     """
+    import torch
+
     img_w, img_h = img_size[:, 0], img_size[:, 1]
     cx, cy, b = box_center[:, 0], box_center[:, 1], box_size
     w_2, h_2 = img_w / 2.0, img_h / 2.0
@@ -52,6 +56,8 @@ def cam_crop_to_pinhole(cam_bbox: torch.Tensor, box_center: torch.Tensor, box_si
     keeps the hand's image area. ``fx = fy = f``, ``(cx, cy)`` the image centre gives
     :func:`cam_crop_to_full`. Returns (B,3) metres.
     """
+    import torch
+
     bs = box_size * cam_bbox[:, 0] + 1e-9
     tz = 2 * math.sqrt(fx * fy) / bs
     tx = tz * (box_center[:, 0] - cx + bs / 2 * cam_bbox[:, 1]) / fx

@@ -69,12 +69,12 @@ class ModelOptions:
         if self.camera is not None and not (isinstance(self.camera, Camera) or callable(self.camera)):
             raise OptionError("camera", f"camera must be a hamer.Camera, a hamer.FieldOfView or a callable (W, H) "
                                         f"-> Camera, got {type(self.camera).__name__}")
-        from .runtime import PRECISIONS, check_precision, resolve_device
-
         if not device_here:
-            if self.precision not in PRECISIONS:
-                raise OptionError("precision", f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+            if self.precision not in configs.PRECISIONS:
+                raise OptionError("precision", f"precision must be one of {configs.PRECISIONS}, got {self.precision!r}")
             return None
+        from .runtime import check_precision, resolve_device  # imports torch
+
         try:
             device = resolve_device(self.device)
         except ValueError as exc:

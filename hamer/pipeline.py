@@ -13,7 +13,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import torch
 from yacs.config import CfgNode
 
 from .camera import cam_crop_to_full, cam_crop_to_pinhole
@@ -199,6 +198,8 @@ def place_hands(net: Mapping[str, np.ndarray], rights: np.ndarray, crops: Sequen
     unmirror[:, 0, 0] = sign
     keypoints_3d = net["pred_keypoints_3d"] * unmirror
     vertices = net["pred_vertices"] * unmirror
+
+    import torch  # here, not at the top: runs without the network (``--bbox-only``) never load torch
 
     pred_cam = torch.from_numpy(net["pred_cam"].copy())
     pred_cam[:, 1] = torch.from_numpy(sign) * pred_cam[:, 1]

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from yacs.config import CfgNode
 
-from .configs import CONFIG_METADATA_KEY, FACES_METADATA_KEY, PathLike, config_from_json
+from .configs import CONFIG_METADATA_KEY, FACES_METADATA_KEY, PRECISIONS, PathLike, config_from_json
 from .models import OUTPUT_NAMES
 
 if TYPE_CHECKING:
@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "bf16", "fp16")
 ONNX_INPUT = "crops"
 
 

@@ -9,11 +9,18 @@ import cv2
 import numpy as np
 import pytest
 
-from synthetic import make_data_dir
-
 if TYPE_CHECKING:
     from hamer.models.hamer import HaMeRNet
 
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    # pytest-xdist workers share the machine's cores: torch's OpenMP threads (and so ONNX Runtime's, as many as
+    # torch's) are split between them, for this worker and the `hamer` processes its tests start, rather than each
+    # worker's threads contending for every core (set here: before a test module imports torch)
+    workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+
+# The Ray tests, run by one xdist worker one after the other: one Ray at a time on the machine, one LocalRay a session
+RAY_TEST_FILES = ("tests/test_ray.py", "tests/test_ray_cli.py", "tests/test_ray_cluster.py")
 SHARED_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
 # A right and a left box on :func:`smooth_noise_image` (240 x 320): hand-sized, apart, inside the image.
 TWO_BOXES = {"Right": [60.0, 50.0, 140.0, 150.0], "Left": [200.0, 80.0, 260.0, 140.0]}
@@ -49,6 +56,8 @@ def onnx_cache(tmp_path_factory) -> Iterator[Path]:
 def synthetic_data(tmp_path_factory) -> tuple[Path, HaMeRNet]:
     """A complete synthetic HaMeR data folder (small model), and the random model its checkpoint holds: built once
     a session."""
+    from synthetic import make_data_dir  # (imports torch)
+
     root = tmp_path_factory.mktemp("hamer_data") / "_DATA"
     return root, make_data_dir(root)
 
@@ -63,3 +72,17 @@ def data_dir(synthetic_data) -> Path:
 def reference_model(synthetic_data) -> HaMeRNet:
     """The random model the ``data_dir`` checkpoint was written from."""
     return synthetic_data[1]
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's scheduler with the Ray tests as one unit of work, every other test its own; the largest unit first
+    (xdist orders units by size), so one worker runs the Ray tests while the other runs the rest. (``--dist
+    loadgroup`` groups nothing with pytest 9.2: its workers rename the tests through an attribute pytest no longer
+    reads.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class RayTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:  # the unit of work a test belongs to
+            return "ray" if nodeid.split("::", 1)[0] in RAY_TEST_FILES else nodeid
+
+    return RayTogether(config, log)

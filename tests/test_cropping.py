@@ -159,14 +159,21 @@ def test_a_crop_reading_a_huge_region_takes_the_reduced_path(monkeypatch):
     1811 x 1411 = 2,555,321 px. Over the limit it is shrunk by ceil(sqrt(2555321 / limit)) = 2; at it, exact."""
     from hamer import cropping
 
-    img = np.zeros((1500, 2000, 3), np.uint8)
+    img = np.random.default_rng(0).integers(0, 256, (1500, 2000, 3), dtype=np.uint8)
     crop = box_to_crop(np.float32([1137.75, 850.25, 2262.75, 2350.25]), True)
     assert crop.size == 3000 and crop.center.tolist() == [1700.25, 1600.25]
     calls = []
-    monkeypatch.setattr(cropping, "_reduced_crop", lambda *args: calls.append((args[1], args[4])) or args[0][:1])
+    real = cropping.reduction_factor
+
+    def reduction_factor(sigma: float, region_pixels: int) -> int:  # the real one, its calls recorded
+        calls.append((region_pixels, real(sigma, region_pixels)))
+        return calls[-1][1]
+
+    monkeypatch.setattr(cropping, "reduction_factor", reduction_factor)
     monkeypatch.setattr(cropping, "MAX_EXACT_REGION", 1811 * 1411 - 1)
-    crop_images(img, [crop])
-    assert calls == [((189, 89, 2000, 1500), 2)]
+    (reduced,) = crop_images(img, [crop])
+    assert calls == [(1811 * 1411, 2)]
     monkeypatch.setattr(cropping, "MAX_EXACT_REGION", 1811 * 1411)
-    crop_images(img, [crop])
-    assert len(calls) == 1  # the exact path
+    (exact,) = crop_images(img, [crop])
+    assert calls[1:] == [(1811 * 1411, 1)]  # the exact path
+    assert reduced.shape == exact.shape == (256, 256, 3) and not np.array_equal(reduced, exact)  # another path

@@ -21,7 +21,7 @@ def test_bbox_only_needs_no_checkpoint(tmp_path):
     with HAMER(data_dir=tmp_path / "no_data_here") as hamer:
         keypoints, boxes = hamer.process_with_mediapipe(_image("test4.jpg"), bbox_only=True)
         assert keypoints == {} and sorted(boxes) == ["Left", "Right"]
-        assert hamer._reconstructor is None  # the network was never loaded
+        assert hamer.cfg is None  # the network was never loaded
         for label, box in boxes.items():
             landmarks = hamer.result["mp_kpts"][label]
             assert landmarks.shape == (21, 2)

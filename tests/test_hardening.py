@@ -41,7 +41,10 @@ def hamer_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def hamer_model(data_dir) -> HAMER:
-    return HAMER(data_dir=data_dir)
+    """Loaded here: a hypothesis example must not pay the load (and a first ONNX export) against its deadline."""
+    hamer = HAMER(data_dir=data_dir)
+    hamer.load()
+    return hamer
 
 
 # ---------------------------------------------------------------------------------------------------- file names

@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from hamer import images
+from hamer.cli import main
 from hamer.images import ImageError, header_size, max_image_bytes, read_image
 
 from conftest import SHARED_IMAGES, smooth_noise_image
@@ -252,22 +253,25 @@ def test_a_folder_with_hostile_files_among_photographs_keeps_its_photographs(tmp
     assert f"{huge}: 4.00 GB, more than an image of at most 200000000 pixels" in records["huge.jpg"]["error"]
 
 
-def test_the_max_image_pixels_flag(tmp_path):
+def test_the_max_image_pixels_flag(tmp_path, capsys):
+    """In this process: nothing hostile here (a 320 x 240 PNG), unlike the runs above."""
     folder = tmp_path / "frames"
     folder.mkdir()
     (folder / "a_small.png").write_bytes(encoded(".png", smooth_noise_image()[:20, :30]))  # 600 pixels
     (folder / "b_large.png").write_bytes(encoded(".png"))  # 320 x 240
     out = tmp_path / "out"
-    run = hamer_run(str(folder), "--bbox-only", "--quiet", "--out", str(out), "--max-image-pixels", "600")
-    assert run.returncode == 1, run.stderr
+    assert main(["run", str(folder), "--bbox-only", "--quiet", "--out", str(out), "--max-image-pixels", "600"]) == 1
     record = json.loads((out / "manifest.jsonl").read_text().splitlines()[-1])  # after the unit's "started" line
     assert record["status"] == "truncated"
     assert record["error"] == (f"cannot read 1 image(s), skipped: {folder / 'b_large.png'}: 320 x 240 = 76800 pixels, "
                                "over the limit of 600: not decoded")
     lines = (out / "frames.jsonl").read_text().splitlines()
     assert [Path(json.loads(line)["source"]).name for line in lines] == ["a_small.png"]
-    assert hamer_run(str(folder), "--bbox-only", "--quiet", "--out", str(tmp_path / "all"),
-                     "--max-image-pixels", "76800").returncode == 0
-    bad = hamer_run(str(folder), "--out", str(tmp_path / "bad"), "--max-image-pixels", "0")
-    assert bad.returncode == 2 and "--max-image-pixels: must be at least 1" in bad.stderr
+    assert main(["run", str(folder), "--bbox-only", "--quiet", "--out", str(tmp_path / "all"),
+                 "--max-image-pixels", "76800"]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as bad:  # argparse's usage error
+        main(["run", str(folder), "--out", str(tmp_path / "bad"), "--max-image-pixels", "0"])
+    assert bad.value.code == 2
+    assert "--max-image-pixels: must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()

@@ -195,8 +195,8 @@ def test_bf16_autocast_runs_close_to_fp32(data_dir, image):
 def test_switching_mode_keeps_the_loaded_network(data_dir):
     hamer = HAMER(data_dir=data_dir)
     hamer.load()
-    runtime = hamer._reconstructor
+    runtime = hamer.reconstructor
     hamer.set_mode("VIDEO")
-    assert hamer.mode == "VIDEO" and hamer._reconstructor is runtime
+    assert hamer.mode == "VIDEO" and hamer.reconstructor is runtime  # (a dropped network would load anew)
     with pytest.raises(ValueError, match="mode"):
         hamer.set_mode("video")

@@ -23,6 +23,7 @@ from conftest import SHARED_IMAGES as IMAGES
 from videos import manifest, pan_zoom, temp_files, write_video
 
 ray = pytest.importorskip("ray")
+# (one xdist worker runs every Ray test: tests/conftest.py, pytest_xdist_make_scheduler)
 pytestmark = pytest.mark.skipif(not IMAGES.is_dir(), reason=f"test photographs not found at {IMAGES}")
 
 

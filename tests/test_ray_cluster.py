@@ -26,6 +26,7 @@ from conftest import SHARED_IMAGES as IMAGES
 from videos import manifest, pan_zoom, temp_files, write_video
 
 pytest.importorskip("ray")
+# (one xdist worker runs every Ray test: tests/conftest.py, pytest_xdist_make_scheduler)
 pytestmark = pytest.mark.skipif(not IMAGES.is_dir(), reason=f"test photographs not found at {IMAGES}")
 
 # (no node_ip_address="127.0.0.1": a driver's ray.init resolves 127.0.0.1 to this machine's address, where such a
@@ -72,13 +73,16 @@ def driver_env(cluster, onnx_cache) -> dict[str, str]:
 
 
 def test_a_two_node_run_names_the_node_of_each_unit(cluster, data_dir, onnx_cache, clips, tmp_path):
+    # A long video first: the worker ready first is still on it when the other is ready (on a loaded machine one
+    # worker can start seconds after the other, and would find the short videos all done)
+    videos = [write_video(tmp_path / "long.mp4", pan_zoom("test4.jpg", 60)), *clips]
     out = tmp_path / "out"
-    result = run_cli([*map(str, clips), "--data", str(data_dir), "--out", str(out), "--quiet", "--engine", "ray",
+    result = run_cli([*map(str, videos), "--data", str(data_dir), "--out", str(out), "--quiet", "--engine", "ray",
                       "--ray-address", cluster.cluster.address, "--workers", "2", "--detect-workers", "1"],
                      driver_env(cluster, onnx_cache))
     assert result.returncode == 0, result.stderr
     records = manifest(out)
-    assert sorted((r["input"], r["status"]) for r in records) == sorted((str(c), "done") for c in clips)
+    assert sorted((r["input"], r["status"]) for r in records) == sorted((str(c), "done") for c in videos)
     nodes = {n.node_id: n for n in (cluster.head, cluster.gpu_node)}
     # one worker of 1 CPU per node of 1 CPU: both nodes ran units
     assert {r["node"]["ray_node_id"] for r in records} == set(nodes)

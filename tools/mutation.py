@@ -106,7 +106,8 @@ def _write_config(work: Path, group: str) -> None:
         'also_copy = ["benchmarks"]',  # a tracking test imports benchmarks/smoothing.py
         f"only_mutate = {json.dumps([module])}",
         f"pytest_add_cli_args_test_selection = {json.dumps(tests)}",
-        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q"]',
+        # in mutmut's process: no pytest-xdist workers (pyproject's addopts start two)
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-n", "0"]',
         'process_isolation = "forkserver"',  # torch and MediaPipe are not fork-safe after they start threads
         "use_git_change_detection = false",
         "",

@@ -59,7 +59,8 @@ def run_usage_problem(args: argparse.Namespace) -> str | None:
     model = ModelOptions(device=args.device, backend=args.backend, precision=args.precision, data=args.data,
                          checkpoint=args.checkpoint, onnx=args.onnx, rescale_factor=args.rescale_factor)
     try:
-        model.check(device_here=args.engine != "ray")  # Ray's workers, not this machine, run the network
+        # Ray's workers, not this machine, run the network; --bbox-only runs none (and so never imports torch)
+        model.check(device_here=args.engine != "ray" and not args.bbox_only)
     except OptionError as exc:
         return f"argument {MODEL_FLAGS[exc.option]}: {exc}"
     if model.backend == "onnx" and not Path(args.onnx).is_file():

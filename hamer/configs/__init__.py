@@ -27,6 +27,7 @@ from .model_config import (
     FACES_METADATA_KEY,
     MAX_CONFIG_BYTES,
     MAX_YAML_DEPTH,
+    PRECISIONS,
     BoundedYamlLoader,
     PathLike,
     check_supported,
@@ -54,7 +55,7 @@ MEAN_PARAMS_FILE = "data/mano_mean_params.npz"
 
 __all__ = [
     "CACHE_DIR_HAMER", "CONFIG_METADATA_KEY", "FACES_METADATA_KEY", "MAX_CONFIG_BYTES", "MAX_YAML_DEPTH",
-    "ONNX_CACHE_DIR", "BoundedYamlLoader", "DataPaths", "PathLike", "check_supported", "config_from_json",
+    "ONNX_CACHE_DIR", "PRECISIONS", "BoundedYamlLoader", "DataPaths", "PathLike", "check_supported", "config_from_json",
     "config_problem", "data_dir", "data_paths", "default_config", "default_data_dir", "download_hint",
     "load_config", "merge_config", "read_yaml", "user_cache_dir",
 ]

@@ -15,6 +15,7 @@ from ..models.variants import variant_config
 
 CONFIG_METADATA_KEY = "hamer_config"  # the model config as JSON in safetensors and ONNX files' metadata
 FACES_METADATA_KEY = "hamer_mano_faces"  # MANO's (1538, 3) triangles as JSON in ONNX files' metadata, for meshes
+PRECISIONS = ("fp32", "bf16", "fp16")  # the network's precisions (hamer.runtime); here, where no torch is needed
 
 MAX_CONFIG_BYTES = 1_000_000  # a model config's limit, file or JSON text (HaMeR's model_config.yaml: about 3 kB)
 MAX_YAML_DEPTH = 64  # nesting levels in a model config (HaMeR's has 5)
