@@ -76,6 +76,11 @@ GROUPS: dict[str, tuple[str, list[str] | None, list[str]]] = {
                      "a_second_run_on_the_folder_is_refused_and_a_dead_runs_lock_taken_over",
                      "a_full_disk_fails_the_unit_and_an_unwritable_manifest_stops_the_run"))]),
     "manifest-unit": ("hamer/manifest.py", None, ["tests/test_manifest.py"]),
+    # the lock file naming its holder (a run's on its output folder, a download's on its data folder)
+    "pidlock": ("hamer/pidlock.py", None, ["tests/test_pidlock.py", "tests/test_manifest.py"]),
+    # plan and units on hand-built units and manifests (seconds), without the runs of the plan group
+    "plan-unit": ("hamer/plan.py", None, ["tests/test_plan.py"]),
+    "units": ("hamer/units.py", None, ["tests/test_plan.py", "tests/test_units.py"]),
     "quantize-search": ("hamer/quantize/search.py",
                         ["hamer.quantize.search.x_cheapest*", "hamer.quantize.search.x_fewest*"],
                         ["tests/test_onnx.py::test_leading_fp32_blocks_search_finds_the_fewest_that_pass",
