@@ -17,54 +17,15 @@ import re
 import socket
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+from processes import Holder, as_another_user, dead_pid, open_fds
 
 from hamer import pidlock
 from hamer.pidlock import LockBusy, PidLock, holder_alive, pid_alive, read_holder
 
 SINCE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}$")
-
-
-def dead_pid() -> int:
-    """The pid of a process that has ended (and been reaped)."""
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-class Holder:
-    """A second process holding ``path``'s flock the way a lock holder does, written by hand: it opens the file,
-    takes the lock, writes ``content`` (default: its pid and host), says so, and holds until closed."""
-
-    def __init__(self, path: Path, content: str | None = None) -> None:
-        code = textwrap.dedent(f"""
-            import fcntl, json, os, socket, sys
-            fd = os.open({str(path)!r}, os.O_RDWR | os.O_CREAT, 0o666)
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            content = {content!r}
-            if content is None:
-                content = json.dumps({{"pid": os.getpid(), "host": socket.gethostname(), "since": "then"}})
-            os.write(fd, content.encode())
-            print("held", flush=True)
-            sys.stdin.read()
-        """)
-        self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True)
-        assert self.proc.stdout.readline().strip() == "held"
-
-    def __enter__(self) -> Holder:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.proc.stdin.close()
-        self.proc.wait(timeout=30)
 
 
 class NoFlock:
@@ -88,6 +49,13 @@ def test_pid_alive_of_a_live_a_dead_and_a_malformed_pid():
     assert pid_alive(dead_pid()) is False
     assert pid_alive(2**80) is True  # no such pid can be told dead: OverflowError means "cannot tell"
     assert pid_alive("12") is True  # not a number os.kill takes (TypeError): cannot tell
+
+
+def test_a_process_of_another_user_is_alive_though_it_cannot_be_signalled():
+    assert os.stat("/proc/1").st_uid == 0  # pid 1 is root's: an ordinary user's signal to it is refused (EPERM)
+    assert as_another_user(lambda: pid_alive(1)) == ("returned", True)
+    pid = dead_pid()
+    assert as_another_user(lambda: pid_alive(pid)) == ("returned", False)
 
 
 def test_holder_alive_on_this_host_and_another():
