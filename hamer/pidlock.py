@@ -50,7 +50,7 @@ def holder_alive(holder: dict[str, Any]) -> bool:
     if holder.get("host") != socket.gethostname():
         return True
     try:
-        return pid_alive(int(holder.get("pid", 0)))
+        return pid_alive(int(holder.get("pid")))  # no pid (None): cannot tell
     except (ValueError, TypeError, OverflowError):
         return True
 

@@ -71,8 +71,7 @@ def test_holder_alive_on_this_host_and_another():
 
 
 def test_a_holder_without_a_pid_on_this_host_is_alive():
-    # no pid field: int(0) is this process group, which exists: the lock is not taken from an unknown holder
-    assert holder_alive({"host": socket.gethostname()}) is True
+    assert holder_alive({"host": socket.gethostname()}) is True  # the lock is not taken from an unknown holder
 
 
 # ---------------------------------------------------------------------------------------------------- holding
