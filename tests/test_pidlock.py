@@ -42,10 +42,11 @@ class NoFlock:
 # ---------------------------------------------------------------------------------------------------- pids
 
 def test_pid_alive_of_a_live_a_dead_and_a_malformed_pid():
-    assert pid_alive(os.getpid()) is True
     with subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE) as child:
         assert pid_alive(child.pid) is True
         child.stdin.close()
+    assert child.returncode == 0  # asked, not signalled: it ended as it would have
+    assert pid_alive(os.getpid()) is True
     assert pid_alive(dead_pid()) is False
     assert pid_alive(2**80) is True  # no such pid can be told dead: OverflowError means "cannot tell"
     assert pid_alive("12") is True  # not a number os.kill takes (TypeError): cannot tell
@@ -135,6 +136,7 @@ def test_a_live_process_holding_it_is_refused_with_what_its_file_says(tmp_path):
         with pytest.raises(LockBusy) as busy:
             PidLock(path).acquire()
         assert busy.value.holder == {"pid": holder.proc.pid, "host": socket.gethostname(), "since": "then"}
+        assert str(busy.value) == str(busy.value.holder)  # uncaught, it still names the holder
         assert open_fds() == fds  # the refused attempt closed its file
         assert json.loads(path.read_text())["pid"] == holder.proc.pid  # and wrote nothing
     lock = PidLock(path)  # the holder ended: the kernel let its lock go
@@ -172,6 +174,19 @@ def test_read_holder_reads_the_file_from_its_start(tmp_path):
     finally:
         os.close(fd)
     assert read_holder(-1) == {}  # unreadable: nothing said
+
+
+@pytest.mark.parametrize("size", [4096, 4097])
+def test_read_holder_reads_4_kib_at_most(tmp_path, size):
+    path = tmp_path / "lock"
+    start = '{"pid": 12, "note": "'
+    path.write_text(start + "x" * (size - len(start) - 2) + '"}')
+    assert path.stat().st_size == size
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert read_holder(fd).get("pid") == (12 if size == 4096 else None)  # a longer file is cut, not read whole
+    finally:
+        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------------- races
@@ -214,6 +229,30 @@ def test_a_lock_file_replaced_as_it_is_locked_is_opened_again(tmp_path, monkeypa
         assert subprocess.run(probe, capture_output=True).returncode != 0  # the file at the path is the one held
     finally:
         lock.release()
+
+
+class LinkedOnFlock(ReplacedOnFlock):
+    """As :class:`ReplacedOnFlock`, but the file at the path becomes a symbolic link to the very file opened (moved
+    aside): the inode met through the link is the one locked, yet the path is a link."""
+
+    def flock(self, fd: int, operation: int) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            self.path.rename(self.path.with_name("moved"))
+            self.path.symlink_to(self.path.with_name("moved"))
+        fcntl.flock(fd, operation)
+
+
+def test_a_lock_file_replaced_by_a_link_as_it_is_locked_is_refused(tmp_path, monkeypatch):
+    path = tmp_path / "lock"
+    path.write_text("")
+    monkeypatch.setattr(pidlock, "fcntl", LinkedOnFlock(path, False))
+    fds = open_fds()
+    with pytest.raises(OSError) as refused:
+        PidLock(path).acquire()
+    assert refused.value.errno == errno.ELOOP  # opened again without following the link: refused
+    assert (tmp_path / "moved").read_text() == ""  # nothing written through the link
+    assert open_fds() == fds
 
 
 # ---------------------------------------------------------------------------------------------------- fallbacks
