@@ -78,7 +78,9 @@ def test_the_manifests_names_are_kept_and_reserved(tmp_path):
     a, b, c = image(tmp_path / "a.png"), image(tmp_path / "x" / "b.png"), image(tmp_path / "c.png")
     other = str(tmp_path / "y" / "b.png")  # another input of the folder, not in this run: its name stays its own
     elsewhere = str(tmp_path / "z" / "c.png")  # a record without a name reserves nothing
-    known = {os.path.abspath(a.path): {"name": "b"}, other: {"name": "b-2"}, elsewhere: {"name": ""}}
+    problem = str(tmp_path / "bad")  # a record without a name field (a hand-edited manifest): reserves nothing
+    known = {os.path.abspath(a.path): {"name": "b"}, other: {"name": "b-2"}, elsewhere: {"name": ""},
+             problem: {"status": "failed"}}
     assign_names([b, a, c], known)
     assert (a.name, b.name, c.name) == ("b", "b-3", "c")
 
@@ -248,3 +250,11 @@ def test_a_folder_unit_is_skipped_until_one_of_its_images_changes(tmp_path):
     assert [u for u, _ in run_plan([unit], out, known_of(done)).skipped] == [unit]
     images[1].write_bytes(b"image 2")
     assert names(run_plan([unit], out, known_of(done)).todo) == ["shots"]
+
+
+def test_the_units_after_a_skipped_one_are_planned_too(tmp_path):
+    out = tmp_path / "out"
+    outputs(out, "a.jsonl", "a.npz")
+    a, b, c = image(tmp_path / "a.png"), image(tmp_path / "b.png"), image(tmp_path / "c.png")
+    result = run_plan([a, b, c], out, known_of(rec(a, "done", "a"), rec(b, "failed", "b", files=[], error="x")))
+    assert [u.name for u, _ in result.skipped] == ["a", "b"] and names(result.todo) == ["c"]
