@@ -3,13 +3,15 @@ holding a lock file, this process's open files."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import tempfile
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +25,26 @@ def dead_pid() -> int:
     return proc.pid
 
 
-def shared_temp_dir() -> Path:
-    """A new folder every user can enter and read (not writable by others): for :func:`as_another_user`."""
+@contextlib.contextmanager
+def shared_temp_dir() -> Iterator[Path]:
+    """A new folder every user can enter and read, for :func:`as_another_user` (pytest's own are this user's
+    alone); removed after, whatever modes the test gave what is in it."""
     path = Path(tempfile.mkdtemp(prefix="hamer-test-"))
     path.chmod(0o755)
-    return path
+    try:
+        yield path
+    finally:
+        for folder, _, _ in os.walk(path):
+            os.chmod(folder, 0o755)
+        shutil.rmtree(path)
 
 
 def as_another_user(call: Callable[[], Any]) -> tuple[str, Any]:
     """``call()`` in a forked child that is not root (as user ``nobody`` when this process is root, else as this
     user, who already is not): ``("returned", value)`` or ``("raised", exception)``. File permissions then apply as
-    they do to an ordinary user (root passes every permission check). The child's modules are this process's, as
-    imported."""
+    they do to an ordinary user (root passes every permission check): a file or folder of mode 0o000 / 0o555 is
+    not readable / writable by it. The child's modules are this process's, as imported. (A mutation tool records
+    which tests reach a function in this process only: a test calls the code under test here too.)"""
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns into the test runner
