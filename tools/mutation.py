@@ -137,9 +137,12 @@ def pytest_collection_modifyitems(items):  # added by tools/mutation.py in its s
 
 
 def _refresh_tests(group: str) -> Path:
-    """The group's folder of an earlier run with the current tests, for re-running its survivors."""
+    """The group's folder of an earlier run with the current tests, for re-running its survivors. mutmut's record of
+    which tests reach which function is dropped, so that it is made again with the current tests: kept, a test
+    added since would never be run against the mutants of the functions it reaches."""
     work = WORK / group
     _copy_tests(work)
+    (work / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
     _write_config(work, group)
     return work
 
