@@ -152,7 +152,8 @@ def _describe(holder: dict[str, Any]) -> str:
 
 
 def clean_temp_files(out: Path) -> list[Path]:
-    """Remove the temporary files and folders (``.hamer-tmp-*``) in ``out`` and its overlay folders; returns them.
+    """Remove the temporary files and folders (``.hamer-tmp-*``) in ``out`` and its overlay folders; returns those
+    removed (one that cannot be is logged and left).
 
     Call it holding the folder's lock: then no other run is writing, and every one of them is a dead run's (or
     this run's own, between its units)."""
@@ -162,10 +163,14 @@ def clean_temp_files(out: Path) -> list[Path]:
         for path in folder.iterdir():
             if not TEMP_FILE.match(path.name):
                 continue
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
+            try:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
+            except OSError as exc:  # another user's, in a shared folder: left, and said
+                log.warning("cannot remove %s, left by an interrupted run: %s", path, exc.strerror or exc)
+                continue
             removed.append(path)
     if removed:
         log.info("removed %d temporary file(s) and folder(s) of an interrupted run in %s", len(removed), out)

@@ -24,6 +24,8 @@ except ImportError:  # not POSIX
 
 log = logging.getLogger(__name__)
 
+MAX_HOLDER = 4096  # bytes of a lock file read: a holder's JSON is under 200
+
 
 class LockBusy(Exception):
     """Another live process holds the lock; ``holder``: what its file says (``{}`` when it has written nothing)."""
@@ -50,7 +52,7 @@ def holder_alive(holder: dict[str, Any]) -> bool:
     if holder.get("host") != socket.gethostname():
         return True
     try:
-        return pid_alive(int(holder.get("pid", 0)))
+        return pid_alive(int(holder.get("pid")))  # no pid (None): cannot tell
     except (ValueError, TypeError, OverflowError):
         return True
 
@@ -83,11 +85,10 @@ class PidLock:
                 os.close(fd)
                 raise LockBusy(holder) from None
             try:
-                same = os.fstat(fd).st_ino == os.stat(self.path, follow_symlinks=False).st_ino
+                if os.fstat(fd).st_ino == os.stat(self.path, follow_symlinks=False).st_ino:
+                    break
             except FileNotFoundError:
-                same = False
-            if same:
-                break
+                pass
             os.close(fd)  # the holder before removed the file as we opened it: lock the new one
         holder = read_holder(fd)
         os.ftruncate(fd, 0)
@@ -107,7 +108,7 @@ class PidLock:
 def read_holder(fd: int) -> dict[str, Any]:
     """What the lock file open at ``fd`` says of its holder; ``{}`` when it says nothing readable."""
     try:
-        holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        holder = json.loads(os.pread(fd, MAX_HOLDER, 0))  # empty: a ValueError too
     except (OSError, ValueError):
         return {}
     return holder if isinstance(holder, dict) else {}

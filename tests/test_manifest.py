@@ -8,10 +8,9 @@ import json
 import logging
 import os
 import socket
-import subprocess
-import sys
 
 import pytest
+from processes import Holder, as_another_user, dead_pid, shared_temp_dir
 
 from hamer.manifest import (
     LOCK,
@@ -22,15 +21,8 @@ from hamer.manifest import (
     ManifestError,
     RunError,
     clean_temp_files,
+    this_run,
 )
-
-
-def dead_pid() -> int:
-    """The pid of a process that has ended (and been reaped)."""
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
-
 
 # ---------------------------------------------------------------------------------------------------- reading
 
@@ -230,3 +222,112 @@ def test_the_removal_of_leftovers_is_logged_with_its_count(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="hamer.manifest"):
         clean_temp_files(tmp_path)
     assert caplog.messages == [f"removed 2 temporary file(s) and folder(s) of an interrupted run in {tmp_path}"]
+
+
+def test_this_run_names_this_process_and_host():
+    assert this_run() == {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+def test_bad_lines_are_logged_naming_the_file_and_line(tmp_path, caplog):
+    (tmp_path / MANIFEST).write_text(json.dumps({"input": "/a", "status": "done"}) + "\nnot json\n")
+    with caplog.at_level(logging.WARNING, logger="hamer.manifest"):
+        Manifest(tmp_path).load()
+    assert caplog.messages == [f"{tmp_path / MANIFEST} line 2 is not a record (a run killed while writing it?); "
+                               "ignored"]
+
+
+def test_a_manifest_this_user_cannot_read_is_a_run_error_naming_it():
+    with shared_temp_dir() as out:
+        line = {"input": "/a", "status": "done"}
+        (out / MANIFEST).write_text(json.dumps(line) + "\n")
+        (out / MANIFEST).chmod(0)
+        outcome, error = as_another_user(lambda: Manifest(out).load())
+        assert outcome == "raised" and type(error) is RunError
+        assert str(error) == f"cannot read {out / MANIFEST}: {os.strerror(errno.EACCES)}"
+        if os.geteuid() == 0:  # root reads it
+            assert Manifest(out).load() == {"/a": line}
+
+
+def test_a_closed_manifest_opens_again_on_the_next_append(tmp_path):
+    manifest = Manifest(tmp_path)
+    manifest.append({"input": "/a", "status": "started"})
+    manifest.close()
+    manifest.close()  # twice: nothing
+    manifest.append({"input": "/a", "status": "done"})
+    manifest.close()
+    assert (tmp_path / MANIFEST).read_text().splitlines() == ['{"input": "/a", "status": "started"}',
+                                                              '{"input": "/a", "status": "done"}']
+
+
+def test_a_second_run_is_refused_naming_the_live_holder_or_saying_it_is_unknown(tmp_path):
+    with Holder(tmp_path / LOCK) as holder, pytest.raises(FolderBusy) as busy, FolderLock(tmp_path):
+        pass
+    assert str(busy.value) == (f"{tmp_path} is in use by another run (pid {holder.proc.pid} on "
+                               f"{socket.gethostname()}, since then); wait for it to end or choose another --out")
+    with Holder(tmp_path / LOCK, "") as holder, pytest.raises(FolderBusy) as busy, FolderLock(tmp_path):
+        pass
+    assert str(busy.value) == (f"{tmp_path} is in use by another run (pid and host unknown); wait for it to end or "
+                               "choose another --out")
+
+
+def test_the_take_over_of_a_dead_runs_lock_is_logged_whole(tmp_path, caplog):
+    pid = dead_pid()
+    (tmp_path / LOCK).write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "since": "then"}))
+    with caplog.at_level(logging.WARNING, logger="hamer.manifest"), FolderLock(tmp_path):
+        pass
+    assert caplog.messages == [f"{tmp_path}: took over the lock of a run that ended without releasing it (pid {pid} "
+                               f"on {socket.gethostname()}, since then)"]
+
+
+def test_a_lock_that_is_a_link_is_refused_naming_it(tmp_path):
+    (tmp_path / LOCK).symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(RunError) as refused, FolderLock(tmp_path):
+        pass
+    assert str(refused.value) == (f"{tmp_path / LOCK} is a symbolic link (to {tmp_path / 'elsewhere'}): the lock is "
+                                  "not written through links; remove it or choose another --out")
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_lock_that_cannot_be_created_is_a_run_error_naming_it(tmp_path):
+    with pytest.raises(RunError) as refused, FolderLock(tmp_path / "missing"):
+        pass
+    assert str(refused.value) == f"cannot open {tmp_path / 'missing' / LOCK}: {os.strerror(errno.ENOENT)}"
+    with shared_temp_dir() as out:
+        out.chmod(0o555)  # a folder an ordinary user cannot write in
+
+        def lock():
+            with FolderLock(out):
+                pass
+
+        outcome, error = as_another_user(lock)
+        assert outcome == "raised" and type(error) is RunError
+        assert str(error) == f"cannot open {out / LOCK}: {os.strerror(errno.EACCES)}"
+        if os.geteuid() == 0:  # root can
+            lock()
+
+
+def test_leftovers_this_user_cannot_remove_are_left_and_said_not_fatal(caplog):
+    with shared_temp_dir() as out:
+        (out / ".hamer-tmp-1-1.npz").write_bytes(b"in a folder not writable by an ordinary user")
+        (out / ".hamer-tmp-1-2").mkdir()
+        (out / ".hamer-tmp-1-2" / "000.json").write_text("{}")
+        overlay = out / "a.overlay"
+        overlay.mkdir()
+        (overlay / ".hamer-tmp-1-3.jpg").write_bytes(b"removable: its folder is writable")
+        overlay.chmod(0o777)
+        (out / ".hamer-tmp-1-2").chmod(0o555)
+        out.chmod(0o555)
+        with caplog.at_level(logging.INFO, logger="hamer.manifest"):
+            outcome = as_another_user(lambda: (clean_temp_files(out), caplog.messages))
+        assert outcome[0] == "returned"
+        removed, messages = outcome[1]
+        assert removed == [overlay / ".hamer-tmp-1-3.jpg"]
+        denied = os.strerror(errno.EACCES)
+        assert sorted(messages) == sorted([
+            f"cannot remove {out / '.hamer-tmp-1-1.npz'}, left by an interrupted run: {denied}",
+            f"cannot remove {out / '.hamer-tmp-1-2'}, left by an interrupted run: {denied}",
+            f"removed 1 temporary file(s) and folder(s) of an interrupted run in {out}"])
+        assert (out / ".hamer-tmp-1-1.npz").exists() and (out / ".hamer-tmp-1-2" / "000.json").exists()
+        assert not (overlay / ".hamer-tmp-1-3.jpg").exists()
+        if os.geteuid() == 0:  # root removes them
+            assert sorted(clean_temp_files(out)) == [out / ".hamer-tmp-1-1.npz", out / ".hamer-tmp-1-2"]

@@ -76,6 +76,11 @@ GROUPS: dict[str, tuple[str, list[str] | None, list[str]]] = {
                      "a_second_run_on_the_folder_is_refused_and_a_dead_runs_lock_taken_over",
                      "a_full_disk_fails_the_unit_and_an_unwritable_manifest_stops_the_run"))]),
     "manifest-unit": ("hamer/manifest.py", None, ["tests/test_manifest.py"]),
+    # the lock file naming its holder (a run's on its output folder, a download's on its data folder)
+    "pidlock": ("hamer/pidlock.py", None, ["tests/test_pidlock.py", "tests/test_manifest.py"]),
+    # plan and units on hand-built units and manifests (seconds), without the runs of the plan group
+    "plan-unit": ("hamer/plan.py", None, ["tests/test_plan.py"]),
+    "units": ("hamer/units.py", None, ["tests/test_plan.py", "tests/test_units.py"]),
     "quantize-search": ("hamer/quantize/search.py",
                         ["hamer.quantize.search.x_cheapest*", "hamer.quantize.search.x_fewest*"],
                         ["tests/test_onnx.py::test_leading_fp32_blocks_search_finds_the_fewest_that_pass",
@@ -133,9 +138,12 @@ def pytest_collection_modifyitems(items):  # added by tools/mutation.py in its s
 
 
 def _refresh_tests(group: str) -> Path:
-    """The group's folder of an earlier run with the current tests, for re-running its survivors."""
+    """The group's folder of an earlier run with the current tests, for re-running its survivors. mutmut's record of
+    which tests reach which function is dropped, so that it is made again with the current tests: kept, a test
+    added since would never be run against the mutants of the functions it reaches."""
     work = WORK / group
     _copy_tests(work)
+    (work / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
     _write_config(work, group)
     return work
 
