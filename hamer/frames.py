@@ -15,17 +15,20 @@ from .units import Unit
 
 @dataclass
 class Decoded:
-    """What reading a unit found: frames decoded, and the images skipped, each as "PATH: why"."""
+    """What reading a unit found: frames decoded (``before``: of them, the warm-up's, before a segment's start),
+    and the images skipped, each as "PATH: why"."""
 
     frames: int = 0
     unreadable: list[str] = field(default_factory=list)
+    before: int = 0
 
 
-def read_frames(unit: Unit, decoded: Decoded, max_pixels: int | None = None
+def read_frames(unit: Unit, decoded: Decoded, max_pixels: int | None = None, warmup: int = 0
                 ) -> Iterator[tuple[int, float | None, str, np.ndarray]]:
     """``(index, time_s, source, img_bgr)`` of each readable frame or image of ``unit``; ``decoded`` counts them
     and lists the images skipped (unreadable, or refused by ``hamer.images.read_image`` with ``max_pixels``). A
-    video that cannot be opened raises InputError."""
+    video that cannot be opened raises InputError. A segment of a video (``unit.segment``): its frames, after the
+    ``warmup`` frames before it (counted in ``decoded.before``)."""
     if unit.kind != "video":
         for index, path in enumerate(unit.images):
             try:
@@ -44,12 +47,21 @@ def read_frames(unit: Unit, decoded: Decoded, max_pixels: int | None = None
         try:
             if not cap.isOpened():
                 raise InputError("not an image or a video that OpenCV can read")
-            while True:
+            start, stop = (0, None) if unit.segment is None else unit.segment
+            first = max(start - warmup, 0)
+            if first and not (cap.set(cv2.CAP_PROP_POS_FRAMES, first)
+                              and int(cap.get(cv2.CAP_PROP_POS_FRAMES)) == first):
+                cap.release()  # no seek there: from the start again, frames dropped
+                cap = cv2.VideoCapture(name)
+                if not all(cap.grab() for _ in range(first)):
+                    return
+            while stop is None or first + decoded.frames < stop:
                 ok, img = cap.read()
                 if not ok:
                     return
-                index = decoded.frames
+                index = first + decoded.frames
                 decoded.frames += 1
+                decoded.before += index < start
                 yield index, index / unit.fps, unit.path, img
         finally:
             cap.release()
@@ -57,6 +69,15 @@ def read_frames(unit: Unit, decoded: Decoded, max_pixels: int | None = None
 
 def outcome(unit: Unit, decoded: Decoded) -> tuple[str, str | None]:
     """(status, error) of a unit read whole: truncated, failed (nothing read) or done."""
+    if unit.segment is not None:
+        start, end = unit.segment
+        got = decoded.frames - decoded.before
+        if decoded.frames == 0 and start == 0:
+            return "failed", "not a video that OpenCV can decode (no frame)"
+        if got < end - start:
+            return "truncated", (f"truncated: {got} of the {end - start} frames of segment [{start}, {end}) could "
+                                 "be decoded; those were written")
+        return "done", None
     if unit.kind == "video":
         if decoded.frames == 0:
             return "failed", "not a video that OpenCV can decode (no frame)"

@@ -11,6 +11,10 @@ Stages, connected by bounded queues (memory is bounded by their sizes, not by th
 3. one writer thread: per unit, in frame order, the smoothing of :meth:`hamer.tracking.VideoHands.finish`, then
    :class:`hamer.unit_writer.UnitWriter`; when a unit ends, its record goes to the manifest.
 
+A segment of a video (:mod:`hamer.segments`) is a unit like a video, read from ``segment_warmup`` frames before its
+start: the warm-up frames are detected and tracked (and with ``smooth`` reconstructed and smoothed) but not written;
+its frames go to a part file (:class:`hamer.segment_parts.PartWriter`) with the warm-up's tracked hands.
+
 The network is loaded once per engine (:meth:`LocalEngine.load`, or its first run). Outputs equal the
 frame-by-frame path's (``VideoHands`` called per frame) up to the float rounding of a different batch composition
 (README, *Corpora*).
@@ -38,6 +42,8 @@ from ..outputs import Frame
 from ..pipeline import Reconstructor, best_per_label, find_hands, frame_result
 from ..results import Hand
 from ..run_types import ModelError, Progress
+from ..segment_parts import PartWriter, Warmup
+from ..segments import warmup_frames
 from ..tracking import HandTracker, OneEuroFilter, TrackedFrame, VideoHands
 from ..unit_writer import UnitWriter
 from ..units import Options, Unit, record
@@ -59,6 +65,7 @@ class _Job:
     decoded: Decoded = field(default_factory=Decoded)
     start: float = field(default_factory=time.perf_counter)
     error: str | None = None
+    warmup: Warmup = field(default_factory=list)  # a segment's warm-up frames: (index, tracked hands)
 
 
 @dataclass(eq=False)
@@ -74,6 +81,7 @@ class _Item:
     detections: tuple | None
     tracked: TrackedFrame | None
     done: list[Hand] | None = None
+    warmup: bool = False  # a segment's warm-up frame: smoothed, not written
 
 
 @dataclass(eq=False)
@@ -252,7 +260,8 @@ class LocalEngine:
                     make_filter = partial(OneEuroFilter, o.min_cutoff, o.beta) if o.smooth else None
                     job.video = VideoHands(detector, self.reconstructor, HandTracker(label_hold=o.label_hold),
                                            make_filter)
-                frames = read_frames(unit, job.decoded, o.max_image_pixels)
+                frames = read_frames(unit, job.decoded, o.max_image_pixels, warmup_frames(o))
+                start = 0 if unit.segment is None else unit.segment[0]
                 last_ms = -1
                 while True:
                     t0 = time.perf_counter()
@@ -271,7 +280,12 @@ class LocalEngine:
                                                        frame=FrameRef(source, index))
                     self.stats.add("decode", t1 - t0)
                     self.stats.add("detect", time.perf_counter() - t1)
-                    put(work, _Item(job, index, time_s, source, img, tuple(hands), detections, tracked), stop)
+                    if index < start:  # warm-up: only the smoothing needs the network
+                        job.warmup.append((index, tuple(hands)))
+                        if not o.smooth:
+                            continue
+                    put(work, _Item(job, index, time_s, source, img, tuple(hands), detections, tracked,
+                                    warmup=index < start), stop)
         except Stopped:
             raise
         except Exception as exc:  # noqa: BLE001 (recorded: the unit failed, the run goes on)
@@ -329,11 +343,14 @@ class LocalEngine:
                 job = item.job
                 if job in failed:
                     continue
+                if item.warmup:
+                    self._result(item)  # the filters' state at the segment's start
+                    continue
                 start = time.perf_counter()
                 try:
                     writer = writers.get(job)
                     if writer is None:
-                        writer = writers[job] = UnitWriter(job.unit, out, self.options, self.faces).__enter__()
+                        writer = writers[job] = self._writer(job, out).__enter__()
                     writer.add(Frame(item.source, item.index, item.time_s, self._result(item)), item.img)
                 except (OSError, ValueError) as exc:
                     job.error = f"cannot write its outputs: {exc}"
@@ -347,6 +364,12 @@ class LocalEngine:
         finally:
             for writer in writers.values():  # interrupted: no partial file
                 _discard(writer, Stopped())
+
+    def _writer(self, job: _Job, out: Path) -> UnitWriter | PartWriter:
+        """The writer of a unit's files, or of a segment's part file."""
+        if job.unit.segment is not None:
+            return PartWriter(job.unit, out, self.options, self.faces, job.warmup)
+        return UnitWriter(job.unit, out, self.options, self.faces)
 
     def _result(self, item: _Item) -> Any:
         hands = item.hands if item.done is None else item.done
@@ -367,7 +390,7 @@ class LocalEngine:
             if status != "failed":
                 try:
                     if writer is None:  # no frame at all (e.g. every image of a folder unreadable)
-                        writer = UnitWriter(unit, out, self.options, self.faces).__enter__()
+                        writer = self._writer(job, out).__enter__()
                     writer.__exit__(None, None, None)
                     files = [f for f in writer.files if (out / f).exists()]
                 except (OSError, ValueError) as exc:  # a full disk, a damaged --pose-base, a link in the way
@@ -379,7 +402,7 @@ class LocalEngine:
                   "node": {"host": socket.gethostname()}})
 
 
-def _discard(writer: UnitWriter, exc: BaseException) -> None:
+def _discard(writer: UnitWriter | PartWriter, exc: BaseException) -> None:
     """Close ``writer`` without its files; an error doing so (the full disk that failed it) is the unit's already."""
     try:
         writer.__exit__(type(exc), exc, exc.__traceback__)
