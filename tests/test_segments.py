@@ -231,7 +231,8 @@ def test_a_failed_segment_fails_its_video_and_resume_runs_only_it(clip, data_dir
     flag = tmp_path / "poison"
     flag.touch()
     out = tmp_path / "out"
-    options = Options(data=str(data_dir), segment_frames=SEGMENT, detector=FailingBoxes(str(flag), 60))
+    options = Options(data=str(data_dir), segment_frames=SEGMENT, segment_warmup=10,  # (65..74 before [75, 100))
+                      detector=FailingBoxes(str(flag), 60))
     (rec,) = run_corpus([str(clip)], out, options)
     assert rec["status"] == "failed" and rec["files"] == [] and not (out / "clip.jsonl").exists()
     assert rec["error"].startswith("segment [50, 75) failed: poisoned frame 60")
