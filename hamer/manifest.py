@@ -91,7 +91,7 @@ class Manifest:
                 else:
                     start, end = record["segment"]
                     self.segments[record["input"], int(start), int(end)] = record
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, AttributeError):  # (AttributeError: JSON, not an object)
                 log.warning("%s line %d is not a record (a run killed while writing it?); ignored", self.path,
                             number)
         return records

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import pytest
 from pose_format import Pose
+from ray_helpers import short_temp_dir
 
 from hamer.corpus import Options, run_corpus
 from hamer.detectors import FrameRef, HandDetection
@@ -248,3 +249,36 @@ def test_a_failed_segment_fails_its_video_and_resume_runs_only_it(clip, data_dir
         np.testing.assert_allclose(npz["box"][:, 0, 0], 100 + np.arange(120) % 7)
     assert not (out / ".hamer-segments").exists()
     assert run_corpus([str(clip)], out, options, resume=True) == []  # done
+
+
+def test_a_kill_between_the_join_and_the_videos_record_joins_again(clip, data_dir, tmp_path):
+    """The video's files that a join wrote before its record are its own: the next run replaces them, no refusal."""
+    out = tmp_path / "out"
+    options = Options(data=str(data_dir), segment_frames=SEGMENT, detector=FailingBoxes(str(tmp_path / "no"), -1))
+    (first,) = run_corpus([str(clip)], out, options)
+    lines = (out / MANIFEST).read_text().splitlines()
+    (out / MANIFEST).write_text("\n".join(lines[:-1]) + "\n")  # the video's record never written
+    (again,) = run_corpus([str(clip)], out, options)
+    assert (again["status"], again["frames"], again["files"]) == ("done", 120, first["files"])
+    assert len([r for r in manifest(out) if "segment" not in r]) == 1
+
+
+def test_segments_through_ray_workers(clip, whole, data_dir, tmp_path):
+    pytest.importorskip("ray")
+    from hamer.engines.ray import LocalRay
+
+    local = LocalRay(num_cpus=2, temp_dir=str(short_temp_dir()))
+    try:
+        out = tmp_path / "out"
+        (rec,) = run_corpus([str(clip)], out, Options(data=str(data_dir), formats=FORMATS, overlay=True,
+                                                      segment_frames=SEGMENT, engine="ray", workers=2,
+                                                      detect_workers=1))
+    finally:
+        local.shutdown()
+    assert (rec["status"], rec["frames"], rec["segments"]) == ("done", 120, 5)
+    segments = [r for r in manifest(out) if "segment" in r]
+    assert sorted(tuple(r["segment"]) for r in segments) == bounds(120, SEGMENT)
+    assert all(r["node"]["ray_node_id"] for r in segments)
+    same, mm = agreement(whole / "clip.npz", out / "clip.npz")
+    assert same >= 0.99 and mm <= 1.0, (same, mm)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*rec["files"], MANIFEST])
