@@ -20,6 +20,7 @@ from .files import atomic_path, naming
 from .manifest import SEGMENT_PARTS as PARTS
 from .outputs import Frame
 from .results import Camera, FrameResult, Hand, ManoParams
+from .unit_writer import UnitWriter
 from .units import Options, Unit
 
 # optional per-hand arrays, each stored for the hands that have it (a mask says which)
@@ -93,6 +94,15 @@ class PartWriter:
             arrays["faces"] = np.asarray(self.faces)
         with naming(self.path), atomic_path(self.path) as tmp, open(tmp, "wb") as f:
             np.savez(f, **arrays)
+
+
+def open_writer(unit: Unit, out: Path, options: Options, faces: np.ndarray | None, warmup: Warmup
+                ) -> UnitWriter | PartWriter:
+    """The writer of a unit's files (:class:`UnitWriter`), or of a segment's part file (``warmup``: its warm-up's
+    tracked hands, filled before the writer's block ends)."""
+    if unit.segment is not None:
+        return PartWriter(unit, out, options, faces, warmup)
+    return UnitWriter(unit, out, options, faces)
 
 
 def _frame_arrays(frames: list[dict[str, Any]]) -> dict[str, np.ndarray]:

@@ -9,11 +9,8 @@ Stages, connected by bounded queues (memory is bounded by their sizes, not by th
 2. the calling thread: crops of up to ``batch_size`` hands, from consecutive frames of any units, through the
    network at once (:meth:`hamer.pipeline.Reconstructor.batch`);
 3. one writer thread: per unit, in frame order, the smoothing of :meth:`hamer.tracking.VideoHands.finish`, then
-   :class:`hamer.unit_writer.UnitWriter`; when a unit ends, its record goes to the manifest.
-
-A segment of a video (:mod:`hamer.segments`) is a unit like a video, read from ``segment_warmup`` frames before its
-start: the warm-up frames are detected and tracked (and with ``smooth`` reconstructed and smoothed) but not written;
-its frames go to a part file (:class:`hamer.segment_parts.PartWriter`) with the warm-up's tracked hands.
+   :class:`hamer.unit_writer.UnitWriter` (a video's segment, :mod:`hamer.segments`: its part file, the warm-up
+   frames before it only tracked and smoothed); when a unit ends, its record goes to the manifest.
 
 The network is loaded once per engine (:meth:`LocalEngine.load`, or its first run). Outputs equal the
 frame-by-frame path's (``VideoHands`` called per frame) up to the float rounding of a different batch composition
@@ -42,7 +39,7 @@ from ..outputs import Frame
 from ..pipeline import Reconstructor, best_per_label, find_hands, frame_result
 from ..results import Hand
 from ..run_types import ModelError, Progress
-from ..segment_parts import PartWriter, Warmup
+from ..segment_parts import PartWriter, Warmup, open_writer
 from ..segments import warmup_frames
 from ..tracking import HandTracker, OneEuroFilter, TrackedFrame, VideoHands
 from ..unit_writer import UnitWriter
@@ -81,7 +78,6 @@ class _Item:
     detections: tuple | None
     tracked: TrackedFrame | None
     done: list[Hand] | None = None
-    warmup: bool = False  # a segment's warm-up frame: smoothed, not written
 
 
 @dataclass(eq=False)
@@ -284,8 +280,7 @@ class LocalEngine:
                         job.warmup.append((index, tuple(hands)))
                         if not o.smooth:
                             continue
-                    put(work, _Item(job, index, time_s, source, img, tuple(hands), detections, tracked,
-                                    warmup=index < start), stop)
+                    put(work, _Item(job, index, time_s, source, img, tuple(hands), detections, tracked), stop)
         except Stopped:
             raise
         except Exception as exc:  # noqa: BLE001 (recorded: the unit failed, the run goes on)
@@ -343,14 +338,15 @@ class LocalEngine:
                 job = item.job
                 if job in failed:
                     continue
-                if item.warmup:
+                if job.unit.segment is not None and item.index < job.unit.segment[0]:  # a warm-up frame
                     self._result(item)  # the filters' state at the segment's start
                     continue
                 start = time.perf_counter()
                 try:
                     writer = writers.get(job)
                     if writer is None:
-                        writer = writers[job] = self._writer(job, out).__enter__()
+                        writer = writers[job] = open_writer(job.unit, out, self.options, self.faces,
+                                                            job.warmup).__enter__()
                     writer.add(Frame(item.source, item.index, item.time_s, self._result(item)), item.img)
                 except (OSError, ValueError) as exc:
                     job.error = f"cannot write its outputs: {exc}"
@@ -364,12 +360,6 @@ class LocalEngine:
         finally:
             for writer in writers.values():  # interrupted: no partial file
                 _discard(writer, Stopped())
-
-    def _writer(self, job: _Job, out: Path) -> UnitWriter | PartWriter:
-        """The writer of a unit's files, or of a segment's part file."""
-        if job.unit.segment is not None:
-            return PartWriter(job.unit, out, self.options, self.faces, job.warmup)
-        return UnitWriter(job.unit, out, self.options, self.faces)
 
     def _result(self, item: _Item) -> Any:
         hands = item.hands if item.done is None else item.done
@@ -390,7 +380,7 @@ class LocalEngine:
             if status != "failed":
                 try:
                     if writer is None:  # no frame at all (e.g. every image of a folder unreadable)
-                        writer = self._writer(job, out).__enter__()
+                        writer = open_writer(job.unit, out, self.options, self.faces, job.warmup).__enter__()
                     writer.__exit__(None, None, None)
                     files = [f for f in writer.files if (out / f).exists()]
                 except (OSError, ValueError) as exc:  # a full disk, a damaged --pose-base, a link in the way
