@@ -23,7 +23,7 @@ from hamer.corpus import Options, run_corpus
 from hamer.detectors import FrameRef, HandDetection
 from hamer.frames import Decoded, read_frames
 from hamer.hamer_module import HAMER
-from hamer.manifest import MANIFEST
+from hamer.manifest import MANIFEST, Manifest
 from hamer.outputs import Frame
 from hamer.segment_parts import Part, PartWriter
 from hamer.segments import bounds
@@ -62,6 +62,18 @@ def agreement(a: Path, b: Path) -> tuple[float, float]:
         joints = np.abs(x["keypoints_3d"] - y["keypoints_3d"])
         assert (np.isnan(joints) == ~x["present"][:, :, None, None]).all()
         return float(same.mean()), float(np.nanmax(joints)) * 1000
+
+
+def test_the_manifest_keeps_segment_lines_apart_from_their_videos(tmp_path):
+    lines = [{"input": "/v", "status": "done", "files": ["v.jsonl"]},
+             {"input": "/v", "segment": [0, 25], "status": "started"},
+             {"input": "/v", "segment": [0, 25], "status": "done"},
+             {"input": "/v", "segment": [25, 50], "status": "failed"},
+             {"input": "/w", "segment": "bad", "status": "done"}]
+    (tmp_path / MANIFEST).write_text("".join(json.dumps(line) + "\n" for line in lines))
+    book = Manifest(tmp_path)
+    assert book.load() == {"/v": lines[0]}
+    assert book.segments == {("/v", 0, 25): lines[2], ("/v", 25, 50): lines[3]}
 
 
 def test_bounds_cover_the_video_once():
@@ -190,8 +202,11 @@ def test_a_killed_run_resumes_at_the_first_unfinished_segment(clip, whole, data_
     done = {tuple(r["segment"]) for r in first if r["status"] == "done"}
     assert len(done) >= 2 and all("segment" in r for r in first)  # no video record yet
     assert len(list((out / ".hamer-segments" / "clip").glob("*.npz"))) == len(done)
+    in_flight = {tuple(r["segment"]) for r in manifest(out, started=True)} - done
+    assert in_flight  # a segment started and not finished: it runs first, alone in a child process
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
+    assert again.stderr.count("running it alone in a child process") == len(in_flight)
     ran = {tuple(r["segment"]) for r in manifest(out)[len(first):] if "segment" in r}
     assert ran and not ran & done and ran | done == set(bounds(120, SEGMENT)), (ran, done)
     (video,) = [r for r in manifest(out) if "segment" not in r]

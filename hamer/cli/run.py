@@ -1,4 +1,7 @@
-"""``hamer run``: images, folders and videos -> JSONL + NPZ (+ other formats, overlays) and a manifest."""
+"""``hamer run``: images, folders and videos -> JSONL + NPZ (+ other formats, overlays) and a manifest.
+
+Videos of more than ``--segment-frames`` frames (default 9000; 0: never) run as segments, each a unit of its own,
+joined into the video's files when the last one ends (:mod:`hamer.segments`)."""
 
 from __future__ import annotations
 
