@@ -24,12 +24,14 @@ import logging
 import os
 import shutil
 import time
+import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .frames import Decoded, outcome, read_frames
 from .manifest import DIED
+from .outputs import Frame
 from .segment_parts import PARTS, Part, part_folder, part_path
 from .tracking import box_iou
 from .unit_writer import UnitWriter
@@ -60,12 +62,6 @@ def bounds(frames: int, size: int) -> list[tuple[int, int]]:
     return [(start, min(start + size, frames)) for start in range(0, frames, size)]
 
 
-def segment_key(rec: dict[str, Any]) -> tuple[str, int, int]:
-    """A segment record's key: (input, start, end)."""
-    start, end = rec["segment"]
-    return rec["input"], int(start), int(end)
-
-
 @dataclass(eq=False)
 class _Video:
     """A segmented video of this run: its segments' latest records, those still running, the seconds they took."""
@@ -80,12 +76,15 @@ class Segments:
     """The segments of one run's long videos (see the module): :meth:`split` says which to run, :meth:`finished`
     takes their records and joins each video when its last segment ends.
 
-    ``records``: the manifest's latest record of each segment (by :func:`segment_key`); ``overwrite`` runs every
+    ``records``: the manifest's latest record of each segment (by (input, start, end)); ``overwrite`` runs every
     segment again; ``resume`` also retries truncated ones (failed and interrupted ones run again whenever their video
     runs)."""
 
     def __init__(self, out: Path, options: Options, records: dict[tuple[str, int, int], dict[str, Any]],
                  resume: bool = False, overwrite: bool = False) -> None:
+        if segment_size(options) < 0 or warmup_frames(options) < 0:
+            raise ValueError(f"segment_frames and segment_warmup must be >= 0, got {options.segment_frames} and "
+                             f"{options.segment_warmup}")
         self.out, self.options, self.records = Path(out), options, records
         self.resume, self.overwrite = resume, overwrite
         self.videos: dict[str, _Video] = {}
@@ -154,7 +153,7 @@ class Segments:
         start_join = time.perf_counter()
         try:
             files, frames, hands = join_parts(unit, self.out, self.options, video.segments)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:  # a part file damaged since
             return record(unit, "failed", frames, hands, seconds, f"cannot join its segments: {exc}", [], **extra)
         status, error = outcome(unit, Decoded(frames=frames))
         return record(unit, status, frames, hands, seconds + time.perf_counter() - start_join, error, files,
@@ -181,7 +180,7 @@ def join_parts(unit: Unit, out: Path, options: Options, segments: list[tuple[int
     images = None
     if options.overlay or "rerun" in options.formats:
         images = read_frames(unit, Decoded(), options.max_image_pixels)
-    renumber = Renumbering()
+    renumber = Renumbering(warmup_frames(options))
     with UnitWriter(unit, out, options, faces) as writer:
         for path in parts:
             part = Part(path)
@@ -202,7 +201,8 @@ class Renumbering:
     hands its warm-up saw to the hands joined for the same frames (same label, box IoU >= :data:`MATCH_IOU`); the
     other tracks get the next ids in their order of birth, as one tracker over the whole video numbers them."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: int) -> None:
+        self.keep = keep  # frames of hands kept: the warm-up's
         self.recent: dict[int, list[tuple[int, str, Any]]] = {}  # joined frame -> [(track id, label, box)]
         self.next_id = 0
 
@@ -224,16 +224,15 @@ class Renumbering:
         for track in sorted(part.track_ids() - mapping.keys()):
             mapping[track] = self.next_id
             self.next_id += 1
-        if part.warmup:  # later warm-ups start later
-            self.recent = {k: v for k, v in self.recent.items() if k >= min(part.warmup)}
         return mapping
 
-    def joined(self, frame: Any) -> None:
+    def joined(self, frame: Frame) -> None:
         """Note a joined frame's hands (for the next segment's warm-up to match)."""
         hands = [(h.track_id, h.label, h.box) for h in frame.result.hands if h.track_id >= 0]
         self.recent[frame.index] = hands
+        self.recent.pop(frame.index - self.keep, None)
         self.next_id = max([self.next_id, *(h[0] + 1 for h in hands)])
 
 
-__all__ = ["DEFAULT_SEGMENT_FRAMES", "DEFAULT_WARMUP", "PARTS", "Segments", "bounds", "segment_key", "segment_size",
+__all__ = ["DEFAULT_SEGMENT_FRAMES", "DEFAULT_WARMUP", "PARTS", "Segments", "bounds", "segment_size",
            "warmup_frames"]
