@@ -23,7 +23,7 @@ from hamer.corpus import Options, run_corpus
 from hamer.detectors import FrameRef, HandDetection
 from hamer.frames import Decoded, read_frames
 from hamer.hamer_module import HAMER
-from hamer.manifest import MANIFEST, Manifest
+from hamer.manifest import MANIFEST, Manifest, OverwriteError
 from hamer.outputs import Frame
 from hamer.segment_parts import Part, PartWriter
 from hamer.segments import bounds
@@ -76,9 +76,11 @@ def test_the_manifest_keeps_segment_lines_apart_from_their_videos(tmp_path):
     assert book.segments == {("/v", 0, 25): lines[2], ("/v", 25, 50): lines[3]}
 
 
-def test_bounds_cover_the_video_once():
+def test_bounds_cover_the_video_once(tmp_path):
     assert bounds(60, 25) == [(0, 25), (25, 50), (50, 60)]
     assert bounds(25, 25) == bounds(26, 0) == bounds(0, 25) == []  # one unit: short, off, or unknown length
+    with pytest.raises(ValueError, match="segment_frames and segment_warmup must be >= 0"):
+        run_corpus([], tmp_path, Options(segment_warmup=-1))
 
 
 @pytest.mark.parametrize("fourcc, suffix", [("mp4v", "mp4"), ("MJPG", "avi")])
@@ -264,6 +266,8 @@ def test_a_failed_segment_fails_its_video_and_resume_runs_only_it(clip, data_dir
         np.testing.assert_allclose(npz["box"][:, 0, 0], 100 + np.arange(120) % 7)
     assert not (out / ".hamer-segments").exists()
     assert run_corpus([str(clip)], out, options, resume=True) == []  # done
+    with pytest.raises(OverwriteError, match="--label-hold"):  # a segmented video's results, as any
+        run_corpus([str(clip)], out, Options(**{**vars(options), "label_hold": 2}))
 
 
 def test_a_kill_between_the_join_and_the_videos_record_joins_again(clip, data_dir, tmp_path):
