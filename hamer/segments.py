@@ -40,7 +40,7 @@ from .units import Options, Unit, fingerprint, input_stat, record
 log = logging.getLogger(__name__)
 
 DEFAULT_SEGMENT_FRAMES = 9000  # 5 min at 30 fps; a video of at most this many frames stays one unit
-DEFAULT_WARMUP = 30  # frames before each segment run and dropped (docs/CLI.md: the agreement it buys)
+DEFAULT_WARMUP = 90  # frames before each segment run and dropped (3 s at 30 fps; benchmarks/segments.py: what it buys)
 MATCH_IOU = 0.2  # a warm-up hand and a joined one of its label are the same track at this box overlap (the tracker's)
 
 

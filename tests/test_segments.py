@@ -37,6 +37,8 @@ from videos import manifest, scenes, temp_files, write_video
 pytestmark = pytest.mark.skipif(not IMAGES.is_dir(), reason=f"test photographs not found at {IMAGES}")
 REPO = Path(__file__).resolve().parents[1]
 SEGMENT = 25  # frames a segment; the clip: 4 scenes of 30 frames, so borders fall inside scenes and tracks
+# frames of warm-up: fewer than the default (90), so that the warm-ups of the later segments start after frame 0
+WARMUP = 30
 FORMATS = ("jsonl", "npz", "pose", "openpose")
 
 
@@ -153,7 +155,7 @@ def test_segments_agree_with_a_whole_run(clip, whole, data_dir, tmp_path, smooth
     out = tmp_path / "segmented"
     formats = ("jsonl", "npz") if smooth else FORMATS
     records = run_corpus([str(clip)], out, Options(data=str(data_dir), formats=formats, overlay=not smooth,
-                                                   smooth=smooth, segment_frames=SEGMENT))
+                                                   smooth=smooth, segment_frames=SEGMENT, segment_warmup=WARMUP))
     (rec,) = records
     assert (rec["status"], rec["frames"], rec["segments"], rec.get("segment")) == ("done", 120, 5, None)
     assert rec["files"] == manifest(reference)[-1]["files"]
@@ -187,7 +189,8 @@ def test_segments_agree_with_a_whole_run(clip, whole, data_dir, tmp_path, smooth
 def test_a_killed_run_resumes_at_the_first_unfinished_segment(clip, whole, data_dir, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "hamer", "run", str(clip), "--data", str(data_dir), "--out", str(out), "--quiet",
-           "--detect-workers", "1", "--segment-frames", str(SEGMENT), "--formats", ",".join(FORMATS), "--overlay"]
+           "--detect-workers", "1", "--segment-frames", str(SEGMENT), "--segment-warmup", str(WARMUP), "--formats",
+           ",".join(FORMATS), "--overlay"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     try:
@@ -290,7 +293,8 @@ def test_segments_through_ray_workers(clip, whole, data_dir, tmp_path):
     try:
         out = tmp_path / "out"
         (rec,) = run_corpus([str(clip)], out, Options(data=str(data_dir), formats=FORMATS, overlay=True,
-                                                      segment_frames=SEGMENT, engine="ray", workers=2,
+                                                      segment_frames=SEGMENT, segment_warmup=WARMUP, engine="ray",
+                                                      workers=2,
                                                       detect_workers=1))
     finally:
         local.shutdown()

@@ -266,5 +266,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                             "joined into its files at the end (default: 9000, 5 min at 30 fps; 0: never)")
     video.add_argument("--segment-warmup", type=non_negative_count, metavar="FRAMES",
                        help="frames before each segment tracked (and smoothed) and dropped, so that segments join "
-                            "seamlessly (default: 30)")
+                            "seamlessly (default: 90)")
     run.set_defaults(func=cmd_run)
