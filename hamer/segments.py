@@ -64,7 +64,7 @@ def bounds(frames: int, size: int) -> list[tuple[int, int]]:
 
 @dataclass(eq=False)
 class _Video:
-    """A segmented video of this run: its segments' latest records, those still running, the seconds they took."""
+    """A segmented video of this run: its segments, their latest records, those not ended yet in this run."""
 
     unit: Unit
     segments: list[tuple[int, int]]
@@ -151,6 +151,7 @@ class Segments:
             return record(unit, "failed", frames, hands, seconds, f"segment [{start}, {end}) failed: {bad['error']}; "
                           "--resume runs the segments not done", [], **extra)
         start_join = time.perf_counter()
+        log.info("%s: joining its %d segments", unit.path, len(recs))
         try:
             files, frames, hands = join_parts(unit, self.out, self.options, video.segments)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:  # a part file damaged since
