@@ -125,7 +125,7 @@ def main(single: bool) -> None:
     lines = [f"# Video segments against whole runs ({frames} frames of {', '.join(photos)}, 30 fps, segments of "
              f"{SEGMENT})", "",
              f"CPU: {result['cpu']}. Small random-weight model, local engine, 2 detection threads; "
-             "`python benchmarks/segments.py`.", "",
+             f"`python benchmarks/segments.py{' --single' if single else ''}`.", "",
              "| smooth | warm-up frames | same hands, labels, ids | same hands, labels | max joint diff mm | "
              "max box diff px | frames with a box > 1 px off | warm-up frames run | ms each (whole run's "
              "decode+detect(+network) per frame) | wall s (whole run s) |", "|---|---|---|---|---|---|---|---|---|---|"]
