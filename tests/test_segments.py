@@ -286,10 +286,11 @@ def test_a_kill_between_the_join_and_the_videos_record_joins_again(clip, data_di
 
 
 def test_segments_through_ray_workers(clip, whole, data_dir, tmp_path):
-    pytest.importorskip("ray")
+    ray = pytest.importorskip("ray")
     from hamer.engines.ray import LocalRay
 
-    local = LocalRay(num_cpus=2, temp_dir=str(short_temp_dir()))
+    # the Ray of tests/test_ray.py when the session started one, else one of its own
+    local = None if ray.is_initialized() else LocalRay(num_cpus=2, temp_dir=str(short_temp_dir()))
     try:
         out = tmp_path / "out"
         (rec,) = run_corpus([str(clip)], out, Options(data=str(data_dir), formats=FORMATS, overlay=True,
@@ -297,7 +298,8 @@ def test_segments_through_ray_workers(clip, whole, data_dir, tmp_path):
                                                       workers=2,
                                                       detect_workers=1))
     finally:
-        local.shutdown()
+        if local is not None:
+            local.shutdown()
     assert (rec["status"], rec["frames"], rec["segments"]) == ("done", 120, 5)
     segments = [r for r in manifest(out) if "segment" in r]
     assert sorted(tuple(r["segment"]) for r in segments) == bounds(120, SEGMENT)
