@@ -1,6 +1,7 @@
 """A corpus run: many inputs, one unit of work each, a manifest of their records, resumable after any kill.
 
-A *unit* is one video, one image, or one folder of images (:mod:`hamer.units`). Each unit's outputs
+A *unit* is one video, one image, or one folder of images (:mod:`hamer.units`); a long video runs as segments
+joined into its files (:mod:`hamer.segments`; their records carry ``"segment": [start, end]``). Each unit's outputs
 (``<name>.jsonl``, ``<name>.npz`` and with overlays ``<name>.overlay.*``) are written whole through atomic renames
 (:func:`hamer.files.atomic_path`); ``OUT/manifest.jsonl`` (:mod:`hamer.manifest`) gets a ``started`` line before a
 unit runs and a line when it ends, each flushed and fsynced as it is written; for each input the latest line
@@ -41,6 +42,7 @@ from .images import IMAGE_SUFFIXES, opencv_path
 from .manifest import MANIFEST, TEMP_FILE, FolderLock, Manifest, RunError, clean_temp_files, this_run
 from .plan import plan
 from .run_types import InputError, ModelError, Progress
+from .segments import Segments
 from .storage import is_url, key, local_path, read_text
 from .units import DEFAULT_FPS, VIDEO_SUFFIXES, Options, Unit, fingerprint, input_stat
 
@@ -192,49 +194,68 @@ def _run_locked(units: list[Unit], problems: list[tuple[str, str]], out: Path | 
         from .remote_out import existing
 
         exists = existing(out)
-    todo = plan(units, out, options, manifest.load(), resume, overwrite, exists)
+    known = manifest.load()
+    todo = plan(units, out, options, known, resume, overwrite, exists,
+                frozenset(segment[0] for segment in manifest.segments))
     for unit, why in todo.skipped:
         log.info("%s: %s", unit.path, why)
         if skipped is not None:
             skipped(unit, why)
-    if todo.todo or todo.suspects:
+    segments = Segments(out, options, manifest.segments, resume, overwrite)
+    work, suspects, ready = segments.split(todo.todo)
+    suspects = todo.suspects + suspects
+    if work or suspects:
         engine.check()
     if local:
         clean_temp_files(out)
+    for unit, _ in todo.skipped:  # what a run killed after a video's record left
+        if known[key(unit.path)]["status"] in ("done", "truncated"):
+            segments.remove_parts(unit.name)
     if progress is not None:
-        every = todo.suspects + todo.todo
-        frames = None if any(u.frames == 0 for u in every) else sum(u.frames for u in every)
-        progress.start(len(every) + len(problems), frames)
+        every = suspects + work
+        frames = None if any(u.frames == 0 for u in every) else sum(_frames(u) for u in every)
+        progress.start(len(todo.suspects) + len(todo.todo) + len(problems), frames)
     extra = {**this_run(), "options": fingerprint(options)}
     stat = {key(u.path): input_stat(u) for u in units}
     records: list[dict[str, Any]] = []
 
-    in_flight: dict[str, Unit] = {}
+    in_flight: dict[tuple[str, Any], Unit] = {}
 
     def started(unit: Unit, status: str = "started") -> None:
-        in_flight[key(unit.path)] = unit
-        manifest.append({"input": key(unit.path), "name": unit.name, "kind": unit.kind,
+        in_flight[key(unit.path), unit.segment] = unit
+        segment = {} if unit.segment is None else {"segment": list(unit.segment)}
+        manifest.append({"input": key(unit.path), "name": unit.name, "kind": unit.kind, **segment,
                          "status": status, **this_run(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
     def finished(rec: dict[str, Any]) -> None:
-        in_flight.pop(rec["input"], None)
+        segment = rec.get("segment")
+        in_flight.pop((rec["input"], None if segment is None else tuple(segment)), None)
         rec = {**rec, **extra, "stat": stat.get(rec["input"])}
         manifest.append(rec)
+        if segment is not None:
+            whole = segments.finished(rec)
+            if whole is not None:
+                finished(whole)
+            return
         records.append(rec)
         if progress is not None:
             progress.unit(rec)
+        if rec["status"] != "failed":
+            segments.remove_parts(rec["name"])
 
     try:
         for arg, why in problems:
             finished({"input": key(arg), "name": None, "kind": None, "status": "failed", "frames": 0,
                       "expected_frames": 0, "hands": 0, "seconds": 0.0, "error": why, "files": []})
-        if todo.suspects:  # first, and before the network loads here: each in a process of its own
+        for unit in ready:  # every segment done earlier
+            finished(segments.join(unit))
+        if suspects:  # first, and before the network loads here: each in a process of its own
             from .engines.isolated import run_isolated
 
-            for unit in todo.suspects:
+            for unit in suspects:
                 finished(run_isolated(unit, out, options, progress))
-        if todo.todo:
-            engine.run(todo.todo, out, finished, progress, started)
+        if work:
+            engine.run(work, out, finished, progress, started)
     except (KeyboardInterrupt, SystemExit):  # stopped by the user: the units in flight were not at fault
         for unit in list(in_flight.values()):
             started(unit, "interrupted")
@@ -244,3 +265,8 @@ def _run_locked(units: list[Unit], problems: list[tuple[str, str]], out: Path | 
     if local:
         clean_temp_files(out)
     return records
+
+
+def _frames(unit: Unit) -> int:
+    """The frames a unit (a segment: of its video) announces."""
+    return unit.frames if unit.segment is None else unit.segment[1] - unit.segment[0]

@@ -18,18 +18,22 @@ from .units import Unit
 
 @dataclass
 class Decoded:
-    """What reading a unit found: frames decoded, and the images skipped, each as "PATH: why"."""
+    """What reading a unit found: frames decoded (``before``: of them, the warm-up's, before a segment's start),
+    and the images skipped, each as "PATH: why"."""
 
     frames: int = 0
     unreadable: list[str] = field(default_factory=list)
+    before: int = 0
 
 
-def read_frames(unit: Unit, decoded: Decoded, max_pixels: int | None = None, cache: InputCache | None = None
-                ) -> Iterator[tuple[int, float | None, str, np.ndarray]]:
+def read_frames(unit: Unit, decoded: Decoded, max_pixels: int | None = None, warmup: int = 0,
+                cache: InputCache | None = None) -> Iterator[tuple[int, float | None, str, np.ndarray]]:
     """``(index, time_s, source, img_bgr)`` of each readable frame or image of ``unit``; ``decoded`` counts them
     and lists the images skipped (unreadable, or refused by ``hamer.images.read_image`` with ``max_pixels``). A
-    video that cannot be opened raises InputError. A video at a URL is read from its copy in ``cache`` (default:
-    :class:`~hamer.input_cache.InputCache`'s default size), its frame rate and count set on ``unit`` then."""
+    video that cannot be opened raises InputError. A segment of a video (``unit.segment``): its frames, after the
+    ``warmup`` frames before it (counted in ``decoded.before``). A video at a URL is read from its copy in
+    ``cache`` (default: :class:`~hamer.input_cache.InputCache`'s default size), its frame rate and count set on
+    ``unit`` then."""
     if unit.kind != "video":
         for index, path in enumerate(unit.images):
             try:
@@ -45,14 +49,15 @@ def read_frames(unit: Unit, decoded: Decoded, max_pixels: int | None = None, cac
         return
     if is_url(unit.path):
         with (cache or InputCache()).local(unit.path) as copy:
-            yield from _read_video(unit, decoded, copy, probe=True)
+            yield from _read_video(unit, decoded, copy, warmup, probe=True)
         return
-    yield from _read_video(unit, decoded, unit.path)
+    yield from _read_video(unit, decoded, unit.path, warmup)
 
 
-def _read_video(unit: Unit, decoded: Decoded, path: os.PathLike | str, probe: bool = False
+def _read_video(unit: Unit, decoded: Decoded, path: os.PathLike | str, warmup: int, probe: bool = False
                 ) -> Iterator[tuple[int, float | None, str, np.ndarray]]:
-    """The frames of ``unit``'s video, read from ``path``; ``probe``: its frame rate and count set on ``unit``."""
+    """The frames of ``unit``'s video (a segment: after ``warmup`` frames before it), read from ``path``;
+    ``probe``: its frame rate and count set on ``unit``."""
     source = redact(unit.path)
     with opencv_path(path) as name:
         cap = cv2.VideoCapture(name)
@@ -64,12 +69,21 @@ def _read_video(unit: Unit, decoded: Decoded, path: os.PathLike | str, probe: bo
                 unit.frames = max(count, 0)
                 if np.isfinite(fps) and fps > 0:
                     unit.fps = fps
-            while True:
+            start, stop = (0, None) if unit.segment is None else unit.segment
+            first = max(start - warmup, 0)
+            if first and not (cap.set(cv2.CAP_PROP_POS_FRAMES, first)
+                              and int(cap.get(cv2.CAP_PROP_POS_FRAMES)) == first):
+                cap.release()  # no seek there: from the start again, frames dropped
+                cap = cv2.VideoCapture(name)
+                if not all(cap.grab() for _ in range(first)):
+                    return
+            while stop is None or first + decoded.frames < stop:
                 ok, img = cap.read()
                 if not ok:
                     return
-                index = decoded.frames
+                index = first + decoded.frames
                 decoded.frames += 1
+                decoded.before += index < start
                 yield index, index / unit.fps, source, img
         finally:
             cap.release()
@@ -77,6 +91,15 @@ def _read_video(unit: Unit, decoded: Decoded, path: os.PathLike | str, probe: bo
 
 def outcome(unit: Unit, decoded: Decoded) -> tuple[str, str | None]:
     """(status, error) of a unit read whole: truncated, failed (nothing read) or done."""
+    if unit.segment is not None:
+        start, end = unit.segment
+        got = decoded.frames - decoded.before
+        if decoded.frames == 0 and start == 0:
+            return "failed", "not a video that OpenCV can decode (no frame)"
+        if got < end - start:
+            return "truncated", (f"truncated: {got} of the {end - start} frames of segment [{start}, {end}) could "
+                                 "be decoded; those were written")
+        return "done", None
     if unit.kind == "video":
         if decoded.frames == 0:
             return "failed", "not a video that OpenCV can decode (no frame)"

@@ -29,6 +29,7 @@ MANIFEST = "manifest.jsonl"
 LOCK = ".hamer-lock"
 # The temporary files and folders of hamer.files.atomic_path / atomic_folder: ".hamer-tmp-<pid>-<n><suffix>".
 TEMP_FILE = re.compile(rf"^{re.escape(TEMP_PREFIX)}(\d+)-\d+(\.[A-Za-z0-9]+)?$")
+SEGMENT_PARTS = ".hamer-segments"  # OUT/.hamer-segments/NAME/: the part files of a video's segments
 # The error of a unit whose process died while running it (a native crash, an out-of-memory kill).
 DIED = "the process died while running it"
 
@@ -68,10 +69,13 @@ class Manifest:
         self.path = Path(out) / MANIFEST
         self._file: IO[str] | None = None
         self._lock = threading.Lock()
+        self.segments: dict[tuple[str, int, int], dict[str, Any]] = {}
 
     def load(self) -> dict[str, dict[str, Any]]:
-        """The latest record of each input; a torn last line (a kill while writing) is ignored."""
+        """The latest record of each input; a torn last line (a kill while writing) is ignored. The latest record
+        of each video segment goes to :attr:`segments`, by (input, start, end)."""
         records: dict[str, dict[str, Any]] = {}
+        self.segments = {}
         refuse_link(self.path, "manifest")
         if not self.path.is_file():
             return records
@@ -82,8 +86,12 @@ class Manifest:
         for number, line in enumerate(text.splitlines(), 1):
             try:
                 record = json.loads(line)
-                records[record["input"]] = record
-            except (ValueError, KeyError, TypeError):
+                if record.get("segment") is None:
+                    records[record["input"]] = record
+                else:
+                    start, end = record["segment"]
+                    self.segments[record["input"], int(start), int(end)] = record
+            except (ValueError, KeyError, TypeError, AttributeError):  # (AttributeError: JSON, not an object)
                 log.warning("%s line %d is not a record (a run killed while writing it?); ignored", self.path,
                             number)
         return records
@@ -152,13 +160,17 @@ def _describe(holder: dict[str, Any]) -> str:
 
 
 def clean_temp_files(out: Path) -> list[Path]:
-    """Remove the temporary files and folders (``.hamer-tmp-*``) in ``out`` and its overlay folders; returns those
-    removed (one that cannot be is logged and left).
+    """Remove the temporary files and folders (``.hamer-tmp-*``) in ``out``, its overlay folders and its videos'
+    segment part folders (``.hamer-segments/NAME``: the part files themselves stay until their video is joined);
+    returns those removed (one that cannot be is logged and left).
 
     Call it holding the folder's lock: then no other run is writing, and every one of them is a dead run's (or
     this run's own, between its units)."""
     removed = []
+    parts = out / SEGMENT_PARTS
     folders = [out, *(p for p in out.glob("*.overlay") if p.is_dir() and not p.is_symlink())]
+    if parts.is_dir() and not parts.is_symlink():
+        folders += [p for p in parts.iterdir() if p.is_dir() and not p.is_symlink()]
     for folder in folders:
         for path in folder.iterdir():
             if not TEMP_FILE.match(path.name):

@@ -7,7 +7,9 @@ the way that no record of the folder accounts for (someone's files) are not repl
 retries failed and truncated units. ``overwrite`` runs every unit again. A unit whose latest record is
 ``interrupted`` (the user stopped the run while it ran) runs again. A unit whose latest record is ``started``
 (a run died while running it) is a *suspect*: it runs first, alone, in a child process (:mod:`hamer.engines.isolated`),
-so that an input that kills the process fails once instead of killing every run.
+so that an input that kills the process fails once instead of killing every run. The segments of long videos
+(:mod:`hamer.segments`) are planned from the videos planned here: a video's files that its segments' join was
+writing when a run died (``joining``: inputs with segment records) are its own, not someone's.
 """
 
 from __future__ import annotations
@@ -58,7 +60,8 @@ def assign_names(units: Sequence[Unit], known: dict[str, dict[str, Any]]) -> Non
 
 
 def plan(units: Sequence[Unit], out: Path | str, options: Options, known: dict[str, dict[str, Any]], resume: bool,
-         overwrite: bool, exists: Callable[[str], bool] | None = None) -> Plan:
+         overwrite: bool, exists: Callable[[str], bool] | None = None, joining: frozenset[str] = frozenset()
+         ) -> Plan:
     """The plan of a run (see the module) over the manifest's latest records ``known``; names the units.
     OverwriteError, before anything is written, when it would replace results it was not asked to. ``exists``:
     whether a name is in ``out`` (default: a local folder's ``os.path.lexists``; an output URL's listing)."""
@@ -73,7 +76,7 @@ def plan(units: Sequence[Unit], out: Path | str, options: Options, known: dict[s
         rec = known.get(key(unit.path))
         status = None if rec is None else rec["status"]
         isolate = status == "started" or (status == "failed" and str(rec.get("error")).startswith(DIED))
-        if rec is None and not overwrite:
+        if rec is None and not overwrite and key(unit.path) not in joining:
             theirs = [f for f in unit.files(options.formats, options.overlay) if exists(f)]
             if theirs:
                 raise OverwriteError(f"{join(shown, theirs[0])} exists and no record of {join(shown, MANIFEST)} "

@@ -1,6 +1,7 @@
 """The units of a corpus run and the options they run with: what a unit is, the options that decide its outputs.
 
-A *unit* is one video, one image, or one folder of images (:class:`Unit`; its manifest line: :func:`record`);
+A *unit* is one video, one image, one folder of images, or one segment of a long video (:class:`Unit`,
+:mod:`hamer.segments`; its manifest line: :func:`record`);
 :class:`Options` are the ``hamer run`` flags. :func:`fingerprint` is the part of the options that changes a unit's
 outputs, as recorded in the manifest (``"options"``): a unit done with other options is not taken as done. The
 engine, batch size and worker counts are left out: they change results only by float rounding. The model's own
@@ -43,7 +44,8 @@ FINGERPRINT_FLAGS = {
 @dataclass
 class Unit:
     """One unit of work. kind: "image", "folder" (its images, sorted by name) or "video"; ``name``: the stem of
-    its output files in the output folder; ``frames``: frames or images announced (0 if unknown)."""
+    its output files in the output folder; ``frames``: frames or images announced (0 if unknown); ``segment``: a
+    video's frames ``[start, end)`` when the unit is one segment of it (:mod:`hamer.segments`), else None."""
 
     path: str
     kind: str
@@ -51,6 +53,7 @@ class Unit:
     images: list[str] = field(default_factory=list)
     frames: int = 0
     fps: float = DEFAULT_FPS
+    segment: tuple[int, int] | None = None
 
     def files(self, formats: Sequence[str], overlay: bool) -> list[str]:
         """The names of the files (and folders) it writes in the output folder."""
@@ -96,6 +99,9 @@ class Options:
     ray_address: str | None = None
     gpus_per_worker: float | None = None  # Ray: GPUs per worker (None: 1 with a CUDA device, 0 otherwise)
     max_image_pixels: int | None = None  # None: hamer.images.MAX_IMAGE_PIXELS
+    # videos of more frames are split into segments of this many (hamer.segments; None: its default, 0: never)
+    segment_frames: int | None = None
+    segment_warmup: int | None = None  # frames run and dropped before each segment (None: hamer.segments' default)
     cache_size: int = DEFAULT_CACHE_BYTES  # bytes of the local cache of videos read from URLs (hamer.input_cache)
     # makes the run's hand detectors (hamer.detectors.DetectorFactory: mode "IMAGE" or "VIDEO" -> a Detector, made
     # and closed by the engine; picklable for Ray: a module-level class's instance or a module-level function, e.g.
@@ -169,7 +175,10 @@ def input_stat(unit: Unit) -> list[int] | None:
 def record(unit: Unit, status: str, frames: int, hands: int, seconds: float, error: str | None,
            files: Sequence[str], **extra: Any) -> dict[str, Any]:
     """The manifest line of a finished unit (its input as an absolute path, a URL redacted:
-    :func:`hamer.storage.key`); ``extra``: more fields."""
-    return {"input": key(unit.path), "name": unit.name, "kind": unit.kind, "status": status,
-            "frames": frames, "expected_frames": unit.frames, "hands": hands, "seconds": round(seconds, 3),
+    :func:`hamer.storage.key`; a segment's ``"segment": [start, end]`` and its frames as ``expected_frames``);
+    ``extra``: more fields."""
+    segment = {} if unit.segment is None else {"segment": list(unit.segment)}
+    expected = unit.frames if unit.segment is None else unit.segment[1] - unit.segment[0]
+    return {"input": key(unit.path), "name": unit.name, "kind": unit.kind, **segment, "status": status,
+            "frames": frames, "expected_frames": expected, "hands": hands, "seconds": round(seconds, 3),
             "error": error, "files": list(files), **extra}

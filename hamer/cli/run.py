@@ -1,4 +1,7 @@
-"""``hamer run``: images, folders and videos -> JSONL + NPZ (+ other formats, overlays) and a manifest."""
+"""``hamer run``: images, folders and videos -> JSONL + NPZ (+ other formats, overlays) and a manifest.
+
+Videos of more than ``--segment-frames`` frames (default 9000; 0: never) run as segments, each a unit of its own,
+joined into the video's files when the last one ends (:mod:`hamer.segments`)."""
 
 from __future__ import annotations
 
@@ -13,7 +16,17 @@ from ..images import BYTES_PER_PIXEL, MAX_IMAGE_PIXELS, METADATA_BYTES
 from ..input_cache import DEFAULT_CACHE_BYTES
 from ..sizes import format_bytes
 from ..storage import check_url, is_url, local_path, redact
-from .args import count, formats, fov, intrinsics, model_options, non_negative, positive, size_bytes
+from .args import (
+    count,
+    formats,
+    fov,
+    intrinsics,
+    model_options,
+    non_negative,
+    non_negative_count,
+    positive,
+    size_bytes,
+)
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -173,7 +186,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         detect_workers=args.detect_workers, workers=args.workers or 1, ray_address=args.ray_address,
         formats=args.formats, vertices=args.vertices, pose_base=args.pose_base, camera=args.intrinsics or args.fov_deg,
         max_image_pixels=args.max_image_pixels, detector=None if args.boxes is None else BoxFileDetectors(args.boxes),
-        gpus_per_worker=args.gpus_per_worker, cache_size=args.cache_size)
+        gpus_per_worker=args.gpus_per_worker, segment_frames=args.segment_frames,
+        segment_warmup=args.segment_warmup, cache_size=args.cache_size)
     skipped: list[str] = []
     with logging_redirect_tqdm(), tqdm(unit="frame", disable=args.quiet, dynamic_ncols=True) as bar:
         progress = _Bar(bar, args.quiet)
@@ -279,4 +293,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        help="One Euro cutoff at rest: lower = less jitter (default: 1.0)")
     video.add_argument("--beta", type=non_negative, default=10.0, metavar="S_PER_M",
                        help="One Euro speed coefficient: higher = less lag when moving (default: 10)")
+    video.add_argument("--segment-frames", type=non_negative_count, metavar="N",
+                       help="a video of more than N frames runs as segments of N frames, each a unit of its own, "
+                            "joined into its files at the end (default: 9000, 5 min at 30 fps; 0: never)")
+    video.add_argument("--segment-warmup", type=non_negative_count, metavar="FRAMES",
+                       help="frames before each segment tracked (and smoothed) and dropped, so that segments join "
+                            "seamlessly (default: 90)")
     run.set_defaults(func=cmd_run)

@@ -9,7 +9,8 @@ Stages, connected by bounded queues (memory is bounded by their sizes, not by th
 2. the calling thread: crops of up to ``batch_size`` hands, from consecutive frames of any units, through the
    network at once (:meth:`hamer.pipeline.Reconstructor.batch`);
 3. one writer thread: per unit, in frame order, the smoothing of :meth:`hamer.tracking.VideoHands.finish`, then
-   :class:`hamer.unit_writer.UnitWriter`; when a unit ends, its record goes to the manifest.
+   :class:`hamer.unit_writer.UnitWriter` (a video's segment, :mod:`hamer.segments`: its part file, the warm-up
+   frames before it only tracked and smoothed); when a unit ends, its record goes to the manifest.
 
 The network is loaded once per engine (:meth:`LocalEngine.load`, or its first run). Outputs equal the
 frame-by-frame path's (``VideoHands`` called per frame) up to the float rounding of a different batch composition
@@ -40,6 +41,8 @@ from ..pipeline import Reconstructor, best_per_label, find_hands, frame_result
 from ..remote_out import Upload, staged
 from ..results import Hand
 from ..run_types import ModelError, Progress
+from ..segment_parts import PartWriter, Warmup, open_writer
+from ..segments import warmup_frames
 from ..tracking import HandTracker, OneEuroFilter, TrackedFrame, VideoHands
 from ..unit_writer import UnitWriter
 from ..units import Options, Unit, record
@@ -61,6 +64,7 @@ class _Job:
     decoded: Decoded = field(default_factory=Decoded)
     start: float = field(default_factory=time.perf_counter)
     error: str | None = None
+    warmup: Warmup = field(default_factory=list)  # a segment's warm-up frames: (index, tracked hands)
 
 
 @dataclass(eq=False)
@@ -260,7 +264,8 @@ class LocalEngine:
                     make_filter = partial(OneEuroFilter, o.min_cutoff, o.beta) if o.smooth else None
                     job.video = VideoHands(detector, self.reconstructor, HandTracker(label_hold=o.label_hold),
                                            make_filter)
-                frames = read_frames(unit, job.decoded, o.max_image_pixels, self._cache)
+                frames = read_frames(unit, job.decoded, o.max_image_pixels, warmup_frames(o), self._cache)
+                start = 0 if unit.segment is None else unit.segment[0]
                 last_ms = -1
                 while True:
                     t0 = time.perf_counter()
@@ -279,6 +284,10 @@ class LocalEngine:
                                                        frame=FrameRef(source, index))
                     self.stats.add("decode", t1 - t0)
                     self.stats.add("detect", time.perf_counter() - t1)
+                    if index < start:  # warm-up: only the smoothing needs the network
+                        job.warmup.append((index, tuple(hands)))
+                        if not o.smooth:
+                            continue
                     put(work, _Item(job, index, time_s, source, img, tuple(hands), detections, tracked), stop)
         except Stopped:
             raise
@@ -337,11 +346,15 @@ class LocalEngine:
                 job = item.job
                 if job in failed:
                     continue
+                if job.unit.segment is not None and item.index < job.unit.segment[0]:  # a warm-up frame
+                    self._result(item)  # the filters' state at the segment's start
+                    continue
                 start = time.perf_counter()
                 try:
                     writer = writers.get(job)
                     if writer is None:
-                        writer = writers[job] = UnitWriter(job.unit, out, self.options, self.faces).__enter__()
+                        writer = writers[job] = open_writer(job.unit, out, self.options, self.faces,
+                                                            job.warmup).__enter__()
                     writer.add(Frame(item.source, item.index, item.time_s, self._result(item)), item.img)
                 except (OSError, ValueError) as exc:
                     job.error = f"cannot write its outputs: {exc}"
@@ -375,7 +388,7 @@ class LocalEngine:
             if status != "failed":
                 try:
                     if writer is None:  # no frame at all (e.g. every image of a folder unreadable)
-                        writer = UnitWriter(unit, out, self.options, self.faces).__enter__()
+                        writer = open_writer(job.unit, out, self.options, self.faces, job.warmup).__enter__()
                     writer.__exit__(None, None, None)
                     files = [f for f in writer.files if (out / f).exists()]
                     if self._upload is not None:
@@ -392,7 +405,7 @@ class LocalEngine:
                   "node": {"host": socket.gethostname()}})
 
 
-def _discard(writer: UnitWriter, exc: BaseException) -> None:
+def _discard(writer: UnitWriter | PartWriter, exc: BaseException) -> None:
     """Close ``writer`` without its files; an error doing so (the full disk that failed it) is the unit's already."""
     try:
         writer.__exit__(type(exc), exc, exc.__traceback__)

@@ -1,7 +1,8 @@
 """The Ray engine: the units of a corpus spread over the workers of a Ray cluster (``pip install "hamer[ray]"``).
 
 ``workers`` Ray actors (:class:`UnitWorker`) each load the network once and take ``detect_workers`` units a call
-(whole units, so each video stays whole and in order on one worker), which they run as one local engine does:
+(whole units, so each video, or each segment of a long one, stays whole and in order on one worker; the driver
+joins a video's segments, :mod:`hamer.segments`), which they run as one local engine does:
 ``detect_workers`` detection threads feeding one batched network and a writer. One call is in flight per worker, so
 calls go to the workers free for them. Workers write the units' files into the output folder, which on a cluster
 must be storage every machine shares; the driver writes the manifest (each record naming the node that ran it)
