@@ -201,7 +201,7 @@ def _run_locked(units: list[Unit], problems: list[tuple[str, str]], out: Path | 
         log.info("%s: %s", unit.path, why)
         if skipped is not None:
             skipped(unit, why)
-    segments = Segments(out, options, manifest.segments, resume, overwrite)
+    segments = Segments(out, options, manifest.segments, resume, overwrite, exists)
     work, suspects, ready = segments.split(todo.todo)
     suspects = todo.suspects + suspects
     if work or suspects:
@@ -222,7 +222,7 @@ def _run_locked(units: list[Unit], problems: list[tuple[str, str]], out: Path | 
     in_flight: dict[tuple[str, Any], Unit] = {}
 
     def started(unit: Unit, status: str = "started") -> None:
-        in_flight[key(unit.path), unit.segment] = unit
+        in_flight[key(unit.path), None if unit.segment is None else tuple(unit.segment)] = unit
         segment = {} if unit.segment is None else {"segment": list(unit.segment)}
         manifest.append({"input": key(unit.path), "name": unit.name, "kind": unit.kind, **segment,
                          "status": status, **this_run(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})

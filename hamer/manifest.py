@@ -62,6 +62,22 @@ def refuse_link(path: Path, what: str, error: type[Exception] = RunError) -> Non
                     "links; remove it or choose another --out")
 
 
+def take_record(line: str, records: dict[str, dict[str, Any]],
+                segments: dict[tuple[str, int, int], dict[str, Any]]) -> bool:
+    """Put a manifest line's record into ``records`` (by input) or, a video segment's, ``segments`` (by (input,
+    start, end)), replacing an earlier one; False when the line is not a record."""
+    try:
+        record = json.loads(line)
+        if record.get("segment") is None:
+            records[record["input"]] = record
+        else:
+            start, end = record["segment"]
+            segments[record["input"], int(start), int(end)] = record
+    except (ValueError, KeyError, TypeError, AttributeError):  # (AttributeError: JSON, not an object)
+        return False
+    return True
+
+
 class Manifest:
     """``OUT/manifest.jsonl``: one JSON line per record, each flushed and fsynced as it is written (thread-safe)."""
 
@@ -84,14 +100,7 @@ class Manifest:
         except OSError as exc:
             raise RunError(f"cannot read {self.path}: {exc.strerror or exc}") from None
         for number, line in enumerate(text.splitlines(), 1):
-            try:
-                record = json.loads(line)
-                if record.get("segment") is None:
-                    records[record["input"]] = record
-                else:
-                    start, end = record["segment"]
-                    self.segments[record["input"], int(start), int(end)] = record
-            except (ValueError, KeyError, TypeError, AttributeError):  # (AttributeError: JSON, not an object)
+            if not take_record(line, records, self.segments):
                 log.warning("%s line %d is not a record (a run killed while writing it?); ignored", self.path,
                             number)
         return records

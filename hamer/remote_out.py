@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from .configs import user_cache_dir
-from .manifest import LOCK, MANIFEST, FolderBusy, ManifestError, RunError
+from .manifest import LOCK, MANIFEST, FolderBusy, ManifestError, RunError, take_record
 from .pidlock import holder_alive, pid_alive
 from .storage import StorageError, filesystem, is_url, redact
 
@@ -69,10 +69,12 @@ class ObjectManifest:
         self._text = ""
         self._mine: list[tuple[str, str]] = []  # (key, line) of this run's records
         self._lock = threading.Lock()
+        self.segments: dict[tuple[str, int, int], dict[str, Any]] = {}
 
     def load(self) -> dict[str, dict[str, Any]]:
         """The latest record of each input; the record objects of earlier runs are compacted into
-        ``manifest.jsonl`` first."""
+        ``manifest.jsonl`` first. The latest record of each video segment goes to :attr:`segments`, by (input,
+        start, end), as :meth:`hamer.manifest.Manifest.load` does."""
         self.fs.invalidate_cache()  # what this process listed before may have changed since
         try:
             text = self.fs.cat_file(self.path).decode("utf-8", "replace") if self.fs.exists(self.path) else ""
@@ -84,11 +86,9 @@ class ObjectManifest:
         if keys:
             self._compact([*zip(keys, lines, strict=True)])
         records: dict[str, dict[str, Any]] = {}
+        self.segments = {}
         for number, line in enumerate(self._text.splitlines(), 1):
-            try:
-                record = json.loads(line)
-                records[record["input"]] = record
-            except (ValueError, KeyError, TypeError):
+            if not take_record(line, records, self.segments):
                 log.warning("%s line %d is not a record; ignored", redact(self.url) + "/" + MANIFEST, number)
         return records
 
@@ -215,7 +215,8 @@ def _dead(holder: dict[str, Any]) -> bool:
 
 
 def existing(url: str) -> Callable[[str], bool]:
-    """Whether a name (a file, or a folder of files) is in the output URL: one listing, then lookups."""
+    """Whether a name (a file, or a folder of files, relative to the URL) is in the output URL: one listing, then
+    lookups."""
     fs, root = _store(url)
     fs.invalidate_cache()
     try:
@@ -224,9 +225,8 @@ def existing(url: str) -> Callable[[str], bool]:
         raise RunError(f"cannot list {redact(url)}: {exc}") from None
     names = set()
     for path in found:
-        rel = path[len(root) + 1:]
-        names.add(rel)
-        names.add(rel.split("/", 1)[0])
+        parts = path[len(root) + 1:].split("/")
+        names.update("/".join(parts[:n]) for n in range(1, len(parts) + 1))
     return names.__contains__
 
 

@@ -34,10 +34,15 @@ def part_folder(out: Path, name: str) -> Path:
     return Path(out) / PARTS / name
 
 
-def part_path(out: Path, unit: Unit) -> Path:
-    """The part file of a segment unit."""
+def part_name(unit: Unit) -> str:
+    """The part file of a segment unit, relative to the output folder (or URL)."""
     start, end = unit.segment
-    return part_folder(out, unit.name) / f"{start:012d}-{end:012d}.npz"
+    return f"{PARTS}/{unit.name}/{start:012d}-{end:012d}.npz"
+
+
+def part_path(out: Path, unit: Unit) -> Path:
+    """The part file of a segment unit in the output folder ``out``."""
+    return Path(out) / part_name(unit)
 
 
 def needs_vertices(options: Options) -> bool:

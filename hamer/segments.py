@@ -16,6 +16,14 @@ already joined (by label and box overlap; new tracks numbered on in order of bir
 (``done`` or ``truncated``, naming the joined files, ``"segments": K``); then the part files are removed. A failed
 segment fails the video (its record names the segment and why) and keeps the other parts: ``--resume`` runs only
 the segments not done. A run killed mid-video runs only the unfinished segments again.
+
+*An output URL* (``--out s3://...``, :mod:`hamer.remote_out`): a segment's part file is written in the worker's
+local staging folder and uploaded, as a unit's files are, to ``OUT/.hamer-segments/NAME/`` before the segment's
+record; a part counts as there when the listing of the URL at the run's start has it. The join runs on the driver: it
+downloads the video's parts into a local staging folder, joins them there, uploads the joined files, and only then
+is the video's record written; then the part objects are removed. Videos from input URLs are segmented when their
+frame count is in their container's header (:func:`hamer.remote_inputs.probe_frames`, at plan time, when the
+run splits videos); the others are run whole (logged).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import logging
 import shutil
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -31,8 +40,8 @@ from typing import Any
 from .frames import Decoded, outcome, read_frames
 from .manifest import DIED
 from .outputs import Frame
-from .segment_parts import PARTS, Part, part_folder, part_path
-from .storage import key
+from .segment_parts import PARTS, Part, part_folder, part_name, part_path
+from .storage import filesystem, is_url, key, redact
 from .tracking import box_iou
 from .unit_writer import UnitWriter
 from .units import Options, Unit, fingerprint, input_stat, record
@@ -78,14 +87,16 @@ class Segments:
 
     ``records``: the manifest's latest record of each segment (by (input, start, end)); ``overwrite`` runs every
     segment again; ``resume`` also retries truncated ones (failed and interrupted ones run again whenever their video
-    runs)."""
+    runs). ``out``: the output folder, or URL; ``exists`` (a URL's): whether the URL held a name at the run's
+    start (:func:`hamer.remote_out.existing`)."""
 
-    def __init__(self, out: Path, options: Options, records: dict[tuple[str, int, int], dict[str, Any]],
-                 resume: bool = False, overwrite: bool = False) -> None:
+    def __init__(self, out: Path | str, options: Options, records: dict[tuple[str, int, int], dict[str, Any]],
+                 resume: bool = False, overwrite: bool = False, exists: Callable[[str], bool] | None = None) -> None:
         if segment_size(options) < 0 or warmup_frames(options) < 0:
             raise ValueError(f"segment_frames and segment_warmup must be >= 0, got {options.segment_frames} and "
                              f"{options.segment_warmup}")
-        self.out, self.options, self.records = Path(out), options, records
+        self.out = out if is_url(str(out)) else Path(out)
+        self.options, self.records, self.exists = options, records, exists
         self.resume, self.overwrite = resume, overwrite
         self.videos: dict[str, _Video] = {}
         self._now = fingerprint(options)
@@ -98,6 +109,12 @@ class Segments:
         suspects: list[Unit] = []
         ready: list[Unit] = []
         size = segment_size(self.options)
+        if size:
+            unknown = [u for u in units if u.kind == "video" and u.frames == 0 and is_url(u.path)]
+            if unknown:
+                from .remote_inputs import probe_frames
+
+                probe_frames(unknown)
         for unit in units:
             segments = bounds(unit.frames, size) if unit.kind == "video" else []
             if not segments:
@@ -124,7 +141,13 @@ class Segments:
         unchanged, its part file there."""
         status_ok = rec["status"] == "done" or (rec["status"] == "truncated" and not self.resume)
         return (status_ok and rec.get("options") == self._now and rec.get("stat") == stat
-                and part_path(self.out, segment).is_file())
+                and self._has(part_name(segment)))
+
+    def _has(self, name: str) -> bool:
+        """Whether the output folder (a URL: at the run's start) holds ``name``."""
+        if isinstance(self.out, Path):
+            return (self.out / name).exists()
+        return self.exists is not None and self.exists(name)
 
     def finished(self, rec: dict[str, Any]) -> dict[str, Any] | None:
         """Take a segment's record (written to the manifest): the video's record when it was its last segment
@@ -153,15 +176,41 @@ class Segments:
         start_join = time.perf_counter()
         log.info("%s: joining its %d segments", unit.path, len(recs))
         try:
-            files, frames, hands = join_parts(unit, self.out, self.options, video.segments)
+            if isinstance(self.out, Path):
+                files, frames, hands = join_parts(unit, self.out, self.options, video.segments)
+            else:
+                files, frames, hands = self._join_remote(unit, video.segments)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:  # a part file damaged since
             return record(unit, "failed", frames, hands, seconds, f"cannot join its segments: {exc}", [], **extra)
         status, error = outcome(unit, Decoded(frames=frames))
         return record(unit, status, frames, hands, seconds + time.perf_counter() - start_join, error, files,
                       **extra)
 
+    def _join_remote(self, unit: Unit, segments: list[tuple[int, int]]) -> tuple[list[str], int, int]:
+        """:func:`join_parts` for an output URL: the parts downloaded into a staging folder, joined there, the
+        joined files uploaded (before the video's record is written)."""
+        from .remote_out import Upload
+
+        upload = Upload(str(self.out))
+        try:
+            for segment in segments:
+                name = part_name(replace(unit, segment=segment))
+                (upload.folder / name).parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    upload.fs.get_file(f"{upload.root}/{name}", str(upload.folder / name))
+                except OSError as exc:
+                    raise OSError(f"cannot download {redact(str(self.out))}/{name}: {exc}") from None
+            files, frames, hands = join_parts(unit, upload.folder, self.options, segments)
+            upload.publish(files)
+        finally:
+            upload.close()
+        return files, frames, hands
+
     def remove_parts(self, name: str | None) -> None:
         """Remove the part files of the video named ``name`` (after its record is written), if any."""
+        if name and not isinstance(self.out, Path):
+            self._remove_remote(name)
+            return
         folder = part_folder(self.out, name) if name else None
         if folder is None or not folder.is_dir():
             return
@@ -170,6 +219,20 @@ class Segments:
             folder.parent.rmdir()  # the last one
         except OSError:
             pass
+
+    def _remove_remote(self, name: str) -> None:
+        """Remove the part objects of the video named ``name`` from the output URL: those of a video segmented in
+        this run, or listed at its start."""
+        folder = f"{PARTS}/{name}"
+        if name not in {v.unit.name for v in self.videos.values()} and not self._has(folder):
+            return
+        fs, root = filesystem(str(self.out))
+        try:
+            fs.rm(f"{root.rstrip('/')}/{folder}", recursive=True)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("%s: cannot remove its segments' part files from %s (%s)", name, redact(str(self.out)), exc)
 
 
 def join_parts(unit: Unit, out: Path, options: Options, segments: list[tuple[int, int]]) -> tuple[list[str], int,

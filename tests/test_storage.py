@@ -20,11 +20,13 @@ import numpy as np
 import pytest
 
 from hamer.cli import main
+from hamer.corpus import Options, run_corpus
 from hamer.manifest import MANIFEST
 from hamer.run_types import InputError
+from hamer.segment_parts import PARTS
 
 from conftest import SHARED_IMAGES
-from videos import manifest, pan_zoom, write_video
+from videos import manifest, pan_zoom, scenes, write_video
 
 pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")
@@ -426,3 +428,56 @@ def test_an_output_url_that_cannot_be_written_stops_the_run_naming_it(s3, corpus
     assert main(["run", f"{src}/a.jpg", "--bbox-only", "--out", out]) == 1
     err = capsys.readouterr().err
     assert f"error: cannot write the lock {out}/.hamer-lock" in err and "Traceback" not in err
+
+
+def test_segments_from_s3_into_s3_equal_a_local_segmented_run_and_resume_from_their_parts(s3, data_dir, tmp_path):
+    """A video at a URL is split (its frame count read from its header at plan time); its parts go to
+    ``OUT/.hamer-segments/`` in the output URL, are joined by the driver into the files a local segmented run
+    writes, then removed; a second run skips; a failed segment keeps the others' parts in the URL and ``--resume``
+    runs only it."""
+    from test_segments import FailingBoxes
+
+    fs, _ = s3
+    clip = write_video(tmp_path / "long.mp4", scenes(10), fps=30.0)  # 40 frames, hands crossing the borders
+    options = Options(data=str(data_dir), formats=("jsonl", "npz"), segment_frames=15, segment_warmup=10)
+    local = tmp_path / "local"
+    (want,) = run_corpus([str(clip)], local, options)
+    src = f"s3://{bucket(fs)}/in"
+    fs.put_file(str(clip), src.removeprefix("s3://") + "/long.mp4")
+    out = src.replace("/in", "/out")
+    (got,) = run_corpus([f"{src}/long.mp4"], out, options)
+    fields = ("status", "frames", "expected_frames", "hands", "files", "segments")
+    assert [got[f] for f in fields] == [want[f] for f in fields] and got["segments"] == 3
+    objects = read_out(fs, out)
+    assert set(objects) == {p.name for p in local.iterdir()}  # no part left
+    assert lines_with_sources(objects["long.jsonl"]) == lines_with_sources((local / "long.jsonl").read_bytes(),
+                                                                           str(clip), f"{src}/long.mp4")
+    with np.load(local / "long.npz") as a, np.load(__import__("io").BytesIO(objects["long.npz"])) as b:
+        assert sorted(a.files) == sorted(b.files)
+        for name in a.files:
+            if a[name].dtype.kind != "U":
+                np.testing.assert_array_equal(b[name], a[name])
+    lines = records(objects[MANIFEST])
+    assert [tuple(r["segment"]) for r in lines if "segment" in r] == [(0, 15), (15, 30), (30, 40)]
+    assert run_corpus([f"{src}/long.mp4"], out, options) == []  # done earlier
+    assert read_out(fs, out) == objects
+    # a segment that fails: the video fails, the others' parts stay in the URL; --resume runs only the failed one
+    flag = tmp_path / "poison"
+    flag.touch()
+    out = src.replace("/in", "/failing")
+    failing = Options(**{**vars(options), "detector": FailingBoxes(str(flag), 20)})
+    (rec,) = run_corpus([f"{src}/long.mp4"], out, failing)
+    assert rec["status"] == "failed" and rec["error"].startswith("segment [15, 30) failed: poisoned frame 20")
+    parts = sorted(n for n in read_out(fs, out) if n.startswith(PARTS))
+    assert parts == [f"{PARTS}/long/{s:012d}-{e:012d}.npz" for s, e in ((0, 15), (30, 40))]
+    flag.unlink()
+    before = len(records(read_out(fs, out)[MANIFEST]))
+    (rec,) = run_corpus([f"{src}/long.mp4"], out, failing, resume=True)
+    assert (rec["status"], rec["frames"], rec["segments"]) == ("done", 40, 3)
+    after = records(read_out(fs, out)[MANIFEST])[before:]
+    assert [tuple(r["segment"]) for r in after if "segment" in r] == [(15, 30)]
+    objects = read_out(fs, out)
+    assert not any(n.startswith(PARTS) for n in objects)
+    with np.load(__import__("io").BytesIO(objects["long.npz"])) as npz:
+        assert npz["present"][:, 0].all() and (npz["track_id"][:, 0] == 0).all()  # one track, joined across
+        np.testing.assert_allclose(npz["box"][:, 0, 0], 100 + np.arange(40) % 7)

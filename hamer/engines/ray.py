@@ -89,7 +89,7 @@ class UnitWorker:
         if self.first_unit is None:
             self.first_unit = time.time()
         records: list[dict[str, Any]] = []
-        self.engine.run([Unit(**json.loads(text)) for text in units], self.out, records.append)
+        self.engine.run([_unit(text) for text in units], self.out, records.append)
         worker = {"pid": os.getpid(), "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "seconds": dict(self.stats.seconds), "frames": self.stats.frames,
                   "first_unit": self.first_unit}
@@ -309,7 +309,7 @@ def _run_calls(calls: deque[tuple[int, list[str]]], pool: list[Any], finished: C
             deaths, call = calls.popleft()
             running[worker.run.remote(call)] = (worker, deaths, call)
             for text in call if dispatched is not None else []:
-                dispatched(Unit(**json.loads(text)))
+                dispatched(_unit(text))
         if not (idle or resting or pinging or running):
             raise ModelError(f"every Ray worker died; {sum(len(c) for _, c in calls)} unit(s) not run")
         if not (running or pinging):  # only resting workers
@@ -343,7 +343,7 @@ def _run_calls(calls: deque[tuple[int, list[str]]], pool: list[Any], finished: C
                 if deaths + 1 < MAX_ATTEMPTS:
                     calls.append((deaths + 1, [text]))
                 else:
-                    finished(record(Unit(**json.loads(text)), "failed", 0, 0, 0.0,
+                    finished(record(_unit(text), "failed", 0, 0, 0.0,
                                     f"its Ray worker died {MAX_ATTEMPTS} times running it", []))
             continue
         idle.append(worker)
@@ -365,3 +365,11 @@ def gpus_per_worker(options: Options) -> float:
     if not (gpus >= 0 and (gpus > 0 or not gpu)):
         raise ValueError(f"gpus_per_worker must be > 0 with device {options.device}, got {gpus}")
     return gpus
+
+
+def _unit(text: str) -> Unit:
+    """A unit sent to a worker as JSON (its segment a tuple again, as :class:`Unit` has it)."""
+    fields = json.loads(text)
+    if fields.get("segment") is not None:
+        fields["segment"] = tuple(fields["segment"])
+    return Unit(**fields)
