@@ -465,9 +465,9 @@ def test_segments_from_s3_into_s3_equal_a_local_segmented_run_and_resume_from_th
     flag = tmp_path / "poison"
     flag.touch()
     out = src.replace("/in", "/failing")
-    failing = Options(**{**vars(options), "detector": FailingBoxes(str(flag), 20)})
+    failing = Options(**{**vars(options), "detector": FailingBoxes(str(flag), 17)})  # (warm-up of [30, 40): 20..29)
     (rec,) = run_corpus([f"{src}/long.mp4"], out, failing)
-    assert rec["status"] == "failed" and rec["error"].startswith("segment [15, 30) failed: poisoned frame 20")
+    assert rec["status"] == "failed" and rec["error"].startswith("segment [15, 30) failed: poisoned frame 17")
     parts = sorted(n for n in read_out(fs, out) if n.startswith(PARTS))
     assert parts == [f"{PARTS}/long/{s:012d}-{e:012d}.npz" for s, e in ((0, 15), (30, 40))]
     flag.unlink()
