@@ -8,9 +8,8 @@ Stages, connected by bounded queues (memory is bounded by their sizes, not by th
    in order;
 2. the calling thread: crops of up to ``batch_size`` hands, from consecutive frames of any units, through the
    network at once (:meth:`hamer.pipeline.Reconstructor.batch`);
-3. one writer thread: per unit, in frame order, the smoothing of :meth:`hamer.tracking.VideoHands.finish`, then
-   :class:`hamer.unit_writer.UnitWriter` (a video's segment, :mod:`hamer.segments`: its part file, the warm-up
-   frames before it only tracked and smoothed); when a unit ends, its record goes to the manifest.
+3. one writer thread (:mod:`hamer.engines.write_stage`): per unit, in frame order, the smoothing, then its files
+   (a video's segment: its part file); when a unit ends, its record goes to the manifest.
 
 The network is loaded once per engine (:meth:`LocalEngine.load`, or its first run). Outputs equal the
 frame-by-frame path's (``VideoHands`` called per frame) up to the float rounding of a different batch composition
@@ -21,72 +20,33 @@ from __future__ import annotations
 
 import logging
 import queue
-import socket
 import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..detectors import FrameRef
-from ..frames import Decoded, outcome, read_frames
+from ..frames import read_frames
 from ..input_cache import InputCache
-from ..outputs import Frame
-from ..pipeline import Reconstructor, best_per_label, find_hands, frame_result
+from ..pipeline import Reconstructor, best_per_label, find_hands
 from ..remote_out import Upload, staged
-from ..results import Hand
 from ..run_types import ModelError, Progress
-from ..segment_parts import PartWriter, Warmup, open_writer
 from ..segments import warmup_frames
-from ..tracking import HandTracker, OneEuroFilter, TrackedFrame, VideoHands
-from ..unit_writer import UnitWriter
-from ..units import Options, Unit, record
+from ..tracking import HandTracker, OneEuroFilter, VideoHands
+from ..units import Options, Unit
 from .base import Finished, StageStats, Started, TimedNetwork
 from .queues import EMPTY, Stopped, get, get_nowait, put
+from .write_stage import End, Item, Job, WriteStage
 
 if TYPE_CHECKING:
     from ..detectors import Detector
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(eq=False)
-class _Job:
-    """A unit in flight."""
-
-    unit: Unit
-    video: VideoHands | None = None
-    decoded: Decoded = field(default_factory=Decoded)
-    start: float = field(default_factory=time.perf_counter)
-    error: str | None = None
-    warmup: Warmup = field(default_factory=list)  # a segment's warm-up frames: (index, tracked hands)
-
-
-@dataclass(eq=False)
-class _Item:
-    """One frame between the stages."""
-
-    job: _Job
-    index: int
-    time_s: float | None
-    source: str
-    img: np.ndarray
-    hands: tuple[Hand, ...]
-    detections: tuple | None
-    tracked: TrackedFrame | None
-    done: list[Hand] | None = None
-
-
-@dataclass(eq=False)
-class _End:
-    """The end of a unit's frames."""
-
-    job: _Job
 
 
 def load_reconstructor(options: Options) -> Reconstructor | None:
@@ -189,8 +149,8 @@ class LocalEngine:
         todo: queue.Queue[Unit | None] = queue.Queue()
         for unit in units:
             todo.put(unit)
-        work: queue.Queue[_Item | _End | None] = queue.Queue(maxsize=max(2 * o.batch_size, 4))
-        done: queue.Queue[_Item | _End | None] = queue.Queue(maxsize=max(2 * o.batch_size, 4))
+        work: queue.Queue[Item | End | None] = queue.Queue(maxsize=max(2 * o.batch_size, 4))
+        done: queue.Queue[Item | End | None] = queue.Queue(maxsize=max(2 * o.batch_size, 4))
         stop = threading.Event()
         errors: list[BaseException] = []
         start = time.perf_counter()
@@ -232,7 +192,8 @@ class LocalEngine:
 
         workers = [threading.Thread(target=guarded(detect_loop), name=f"hamer-detect-{i}", daemon=True)
                    for i in range(o.detect_workers)]
-        writer = threading.Thread(target=guarded(partial(self._write_loop, out, done, finished, progress, stop)),
+        stage = WriteStage(o, self.faces, self.reconstructor, self.stats, self._upload)
+        writer = threading.Thread(target=guarded(partial(stage.loop, out, done, finished, progress, stop)),
                                   name="hamer-write", daemon=True)
         for thread in [*workers, writer]:
             thread.start()
@@ -256,7 +217,7 @@ class LocalEngine:
         """Stage 1 for one unit: its frames, detected (and tracked) in order, then its end. A video gets a VIDEO-mode
         detector of its own; images use ``images``."""
         o = self.options
-        job = _Job(unit)
+        job = Job(unit)
         video = unit.kind == "video"
         try:
             with self._video_detector() if video else nullcontext(images) as detector:
@@ -288,27 +249,27 @@ class LocalEngine:
                         job.warmup.append((index, tuple(hands)))
                         if not o.smooth:
                             continue
-                    put(work, _Item(job, index, time_s, source, img, tuple(hands), detections, tracked), stop)
+                    put(work, Item(job, index, time_s, source, img, tuple(hands), detections, tracked), stop)
         except Stopped:
             raise
         except Exception as exc:  # noqa: BLE001 (recorded: the unit failed, the run goes on)
             log.debug("unit %s failed", unit.path, exc_info=True)
             job.error = f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
-        put(work, _End(job), stop)
+        put(work, End(job), stop)
 
     def _network_loop(self, work: queue.Queue, done: queue.Queue, stop: threading.Event) -> None:
         """Stage 2: the crops of consecutive frames (up to ``batch_size``) through the network at once; a batch
         runs as soon as no frame is waiting, so the network never waits for a full one."""
         size = self.options.batch_size
-        batch: list[_Item] = []
+        batch: list[Item] = []
         crops = 0
         while True:
             item = get(work, stop) if not batch else get_nowait(work)
-            full = isinstance(item, _Item) and (crops + len(item.hands) > size or len(batch) >= size)
-            if item is EMPTY or not isinstance(item, _Item) or full:
+            full = isinstance(item, Item) and (crops + len(item.hands) > size or len(batch) >= size)
+            if item is EMPTY or not isinstance(item, Item) or full:
                 self._reconstruct(batch, done, stop)  # a unit's end or the run's follows its frames
                 batch, crops = [], 0
-            if isinstance(item, _Item):
+            if isinstance(item, Item):
                 batch.append(item)
                 crops += len(item.hands)
             elif item is not EMPTY:
@@ -316,7 +277,7 @@ class LocalEngine:
                 if item is None:
                     return
 
-    def _reconstruct(self, batch: list[_Item], done: queue.Queue, stop: threading.Event) -> None:
+    def _reconstruct(self, batch: list[Item], done: queue.Queue, stop: threading.Event) -> None:
         if not batch:
             return
         if self.reconstructor is not None:
@@ -328,86 +289,3 @@ class LocalEngine:
                 item.done = hands
         for item in batch:
             put(done, item, stop)
-
-    def _write_loop(self, out: Path, done: queue.Queue, finished: Callable[[dict[str, Any]], None],
-                    progress: Progress | None, stop: threading.Event) -> None:
-        """Stage 3: per unit, in frame order, smoothing and the files; a record when the unit ends."""
-        writers: dict[_Job, UnitWriter] = {}
-        failed: set[_Job] = set()
-        try:
-            while True:
-                item = get(done, stop)
-                if item is None:
-                    return
-                if isinstance(item, _End):
-                    self._end_unit(item.job, writers.pop(item.job, None), item.job in failed, out, finished)
-                    failed.discard(item.job)
-                    continue
-                job = item.job
-                if job in failed:
-                    continue
-                if job.unit.segment is not None and item.index < job.unit.segment[0]:  # a warm-up frame
-                    self._result(item)  # the filters' state at the segment's start
-                    continue
-                start = time.perf_counter()
-                try:
-                    writer = writers.get(job)
-                    if writer is None:
-                        writer = writers[job] = open_writer(job.unit, out, self.options, self.faces,
-                                                            job.warmup).__enter__()
-                    writer.add(Frame(item.source, item.index, item.time_s, self._result(item)), item.img)
-                except (OSError, ValueError) as exc:
-                    job.error = f"cannot write its outputs: {exc}"
-                    failed.add(job)
-                    broken = writers.pop(job, None)
-                    if broken is not None:
-                        _discard(broken, exc)
-                self.stats.add("write", time.perf_counter() - start, frames=1)
-                if progress is not None:
-                    progress.frames(1)
-        finally:
-            for writer in writers.values():  # interrupted: no partial file
-                _discard(writer, Stopped())
-
-    def _result(self, item: _Item) -> Any:
-        hands = item.hands if item.done is None else item.done
-        if item.tracked is not None:
-            return item.job.video.finish(item.tracked, hands)
-        return frame_result(item.img.shape, hands, item.detections, self.reconstructor)
-
-    def _end_unit(self, job: _Job, writer: UnitWriter | None, write_failed: bool, out: Path,
-                  finished: Callable[[dict[str, Any]], None]) -> None:
-        unit = job.unit
-        if job.error is not None or write_failed:
-            if writer is not None:
-                _discard(writer, Stopped())
-            status, error, files = "failed", job.error, []
-        else:
-            status, error = outcome(unit, job.decoded)
-            files = []
-            if status != "failed":
-                try:
-                    if writer is None:  # no frame at all (e.g. every image of a folder unreadable)
-                        writer = open_writer(job.unit, out, self.options, self.faces, job.warmup).__enter__()
-                    writer.__exit__(None, None, None)
-                    files = [f for f in writer.files if (out / f).exists()]
-                    if self._upload is not None:
-                        self._upload.publish(files)
-                except (OSError, ValueError) as exc:  # a full disk, a damaged --pose-base, a link in the way
-                    status, error = "failed", f"cannot write its outputs: {exc}"
-                    if self._upload is not None:
-                        self._upload.discard(unit.files(self.options.formats, self.options.overlay))
-                        files = []
-        frames = 0 if writer is None else writer.frames
-        hands = 0 if writer is None else writer.hands
-        self.stats.units += 1
-        finished({**record(unit, status, frames, hands, time.perf_counter() - job.start, error, files),
-                  "node": {"host": socket.gethostname()}})
-
-
-def _discard(writer: UnitWriter | PartWriter, exc: BaseException) -> None:
-    """Close ``writer`` without its files; an error doing so (the full disk that failed it) is the unit's already."""
-    try:
-        writer.__exit__(type(exc), exc, exc.__traceback__)
-    except (OSError, ValueError) as again:
-        log.debug("%s: %s while discarding its outputs", writer.unit.path, again)
