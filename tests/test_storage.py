@@ -331,6 +331,28 @@ def test_the_input_cache_stays_within_its_size(s3, tmp_path):
         assert again.read_bytes() == b"changed" * 100
 
 
+@needs_images
+def test_video_objects_are_probed_for_their_frame_count_from_their_header(s3, tmp_path, caplog):
+    """The frame count and rate OpenCV reads from the local file, read from the object (by PyAV); an object whose
+    header cannot be read keeps 0 frames (run whole), which is logged."""
+    from hamer.remote_inputs import probe_frames
+    from hamer.units import Unit
+
+    fs, _ = s3
+    name = bucket(fs)
+    clip = write_video(tmp_path / "v.mp4", pan_zoom("test4.jpg", 13), fps=25.0)
+    cap = cv2.VideoCapture(str(clip))
+    want = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), cap.get(cv2.CAP_PROP_FPS)
+    cap.release()
+    fs.put_file(str(clip), f"{name}/v.mp4")
+    fs.pipe_file(f"{name}/bad.mp4", secrets.token_bytes(5000))
+    units = [Unit(f"s3://{name}/v.mp4", "video"), Unit(f"s3://{name}/bad.mp4", "video")]
+    with caplog.at_level(logging.INFO, logger="hamer.remote_inputs"):
+        probe_frames(units)
+    assert (units[0].frames, units[0].fps) == want == (13, 25.0)
+    assert units[1].frames == 0 and "bad.mp4: its frame count is not in its header; it is run whole" in caplog.text
+
+
 def test_a_url_without_the_extra_names_it(tmp_path):
     code = ("import sys; sys.modules['fsspec'] = None; from hamer.cli import main; "
             f"sys.exit(main(['run', 's3://b/a.jpg', '--bbox-only', '--out', {str(tmp_path / 'o')!r}]))")
@@ -430,6 +452,7 @@ def test_an_output_url_that_cannot_be_written_stops_the_run_naming_it(s3, corpus
     assert f"error: cannot write the lock {out}/.hamer-lock" in err and "Traceback" not in err
 
 
+@needs_images
 def test_segments_from_s3_into_s3_equal_a_local_segmented_run_and_resume_from_their_parts(s3, data_dir, tmp_path):
     """A video at a URL is split (its frame count read from its header at plan time); its parts go to
     ``OUT/.hamer-segments/`` in the output URL, are joined by the driver into the files a local segmented run
