@@ -377,6 +377,8 @@ def test_images_from_urls_get_the_header_checks(s3, tmp_path):
 
 
 def test_ray_workers_read_inputs_and_write_outputs_through_the_url(s3, corpus, onnx_cache, tmp_path):
+    """Ray workers read the URLs and upload their files; a video's segments (the parts uploaded by the workers)
+    joined by the driver through the URL equal an unsegmented run's JSON."""
     pytest.importorskip("ray")
     from ray_helpers import hamer_env, kill_marked, new_mark, run_cli, short_temp_dir
 
@@ -388,7 +390,7 @@ def test_ray_workers_read_inputs_and_write_outputs_through_the_url(s3, corpus, o
     env = hamer_env(onnx_cache, mark, short_temp_dir())
     try:
         done = run_cli([*args, "--out", src.replace("/in", "/ray"), "--engine", "ray", "--workers", "2",
-                        "--detect-workers", "1"], env)
+                        "--detect-workers", "1", "--segment-frames", "3"], env)  # the clip: 2 segments, joined
     finally:
         kill_marked(mark)
     assert done.returncode == 0, done.stderr
@@ -397,8 +399,12 @@ def test_ray_workers_read_inputs_and_write_outputs_through_the_url(s3, corpus, o
     for name in set(local) - {MANIFEST}:
         assert local[name] == ray[name] if name.endswith(".jsonl") else len(ray[name]) > 0
     lines = [json.loads(line) for line in ray[MANIFEST].decode().splitlines()]
-    assert sorted(r["status"] for r in lines) == ["dispatched", "dispatched", "done", "done"]
-    assert all(r["node"]["ray_node_id"] for r in lines if r["status"] == "done")
+    assert sorted(r["status"] for r in lines) == ["dispatched"] * 3 + ["done"] * 4
+    assert sorted(tuple(r["segment"]) for r in lines if r["status"] == "done" and "segment" in r) == [(0, 3), (3, 6)]
+    assert all(r["node"]["ray_node_id"] for r in lines if r["status"] == "done" and ("segment" in r or
+                                                                                     r["name"] != "clip"))
+    (clip,) = [r for r in lines if r["name"] == "clip" and "segment" not in r]  # joined by the driver
+    assert (clip["status"], clip["frames"], clip["segments"]) == ("done", 6, 2)
 
 
 @pytest.mark.parametrize("text, shown", [
