@@ -462,8 +462,8 @@ def test_an_output_url_that_cannot_be_written_stops_the_run_naming_it(s3, corpus
 def test_segments_from_s3_into_s3_equal_a_local_segmented_run_and_resume_from_their_parts(s3, data_dir, tmp_path):
     """A video at a URL is split (its frame count read from its header at plan time); its parts go to
     ``OUT/.hamer-segments/`` in the output URL, are joined by the driver into the files a local segmented run
-    writes, then removed; a second run skips; a failed segment keeps the others' parts in the URL and ``--resume``
-    runs only it."""
+    writes, then removed; a second run skips; a run stopped between the join and the video's record joins again
+    from the parts; a failed segment keeps the others' parts in the URL and ``--resume`` runs only it."""
     from test_segments import FailingBoxes
 
     fs, _ = s3
@@ -490,6 +490,27 @@ def test_segments_from_s3_into_s3_equal_a_local_segmented_run_and_resume_from_th
     assert [tuple(r["segment"]) for r in lines if "segment" in r] == [(0, 15), (15, 30), (30, 40)]
     assert run_corpus([f"{src}/long.mp4"], out, options) == []  # done earlier
     assert read_out(fs, out) == objects
+    # a run stopped between the join's upload and the video's record: the next one joins the parts again
+    from hamer.remote_out import ObjectManifest
+
+    append = ObjectManifest.append
+
+    def stop_at_the_video(self, record):
+        if record["status"] == "done" and "segment" not in record:
+            raise KeyboardInterrupt
+        append(self, record)
+
+    out = src.replace("/in", "/stopped")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ObjectManifest, "append", stop_at_the_video)
+        with pytest.raises(KeyboardInterrupt):
+            run_corpus([f"{src}/long.mp4"], out, options)
+    stopped = read_out(fs, out)
+    assert "long.jsonl" in stopped and sum(n.startswith(PARTS) for n in stopped) == 3
+    (again,) = run_corpus([f"{src}/long.mp4"], out, options)
+    assert [again[f] for f in fields] == [want[f] for f in fields]
+    assert [r.get("segment") for r in records(read_out(fs, out)[MANIFEST])] == [[0, 15], [15, 30], [30, 40], None]
+    assert not any(n.startswith(PARTS) for n in read_out(fs, out))
     # a segment that fails: the video fails, the others' parts stay in the URL; --resume runs only the failed one
     flag = tmp_path / "poison"
     flag.touch()
