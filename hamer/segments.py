@@ -32,7 +32,7 @@ from .frames import Decoded, outcome, read_frames
 from .manifest import DIED
 from .outputs import Frame
 from .segment_parts import PARTS, Part, part_folder, part_path
-from .storage import key
+from .storage import key, redact
 from .tracking import box_iou
 from .unit_writer import UnitWriter
 from .units import Options, Unit, fingerprint, input_stat, record
@@ -151,7 +151,7 @@ class Segments:
             return record(unit, "failed", frames, hands, seconds, f"segment [{start}, {end}) failed: {bad['error']}; "
                           "--resume runs the segments not done", [], **extra)
         start_join = time.perf_counter()
-        log.info("%s: joining its %d segments", unit.path, len(recs))
+        log.info("%s: joining its %d segments", redact(unit.path), len(recs))
         try:
             files, frames, hands = join_parts(unit, self.out, self.options, video.segments)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:  # a part file damaged since

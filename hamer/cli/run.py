@@ -193,7 +193,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress = _Bar(bar, args.quiet)
         try:
             records = run_corpus(inputs, args.out, options, resume=args.resume, overwrite=args.overwrite,
-                                 progress=progress, skipped=lambda unit, why: skipped.append(f"{unit.path}: {why}"))
+                                 progress=progress,
+                                 skipped=lambda unit, why: skipped.append(f"{redact(unit.path)}: {why}"))
         except RunError as exc:
             bar.write(f"error: {exc}", file=sys.stderr)
             return 1
