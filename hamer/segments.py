@@ -174,7 +174,7 @@ class Segments:
             return record(unit, "failed", frames, hands, seconds, f"segment [{start}, {end}) failed: {bad['error']}; "
                           "--resume runs the segments not done", [], **extra)
         start_join = time.perf_counter()
-        log.info("%s: joining its %d segments", unit.path, len(recs))
+        log.info("%s: joining its %d segments", redact(unit.path), len(recs))
         try:
             if isinstance(self.out, Path):
                 files, frames, hands = join_parts(unit, self.out, self.options, video.segments)

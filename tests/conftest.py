@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,8 +20,10 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
 
-# The Ray tests, run by one xdist worker one after the other: one Ray at a time on the machine, one LocalRay a session
+# The Ray tests, run by one xdist worker one after the other: one Ray at a time on the machine, one LocalRay a session:
+# these files, and the tests elsewhere with "ray" as a word of their name (test_segments_through_ray_workers...)
 RAY_TEST_FILES = ("tests/test_ray.py", "tests/test_ray_cli.py", "tests/test_ray_cluster.py")
+RAY_TEST_NAME = re.compile(r"(?:^|_)ray(?:_|$)")
 SHARED_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
 # A right and a left box on :func:`smooth_noise_image` (240 x 320): hand-sized, apart, inside the image.
 TWO_BOXES = {"Right": [60.0, 50.0, 140.0, 150.0], "Left": [200.0, 80.0, 260.0, 140.0]}
@@ -83,6 +86,7 @@ def pytest_xdist_make_scheduler(config, log):
 
     class RayTogether(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:  # the unit of work a test belongs to
-            return "ray" if nodeid.split("::", 1)[0] in RAY_TEST_FILES else nodeid
+            path, _, name = nodeid.partition("::")
+            return "ray" if path in RAY_TEST_FILES or RAY_TEST_NAME.search(name.split("[")[0]) else nodeid
 
     return RayTogether(config, log)

@@ -193,7 +193,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress = _Bar(bar, args.quiet)
         try:
             records = run_corpus(inputs, args.out, options, resume=args.resume, overwrite=args.overwrite,
-                                 progress=progress, skipped=lambda unit, why: skipped.append(f"{unit.path}: {why}"))
+                                 progress=progress,
+                                 skipped=lambda unit, why: skipped.append(f"{redact(unit.path)}: {why}"))
         except RunError as exc:
             bar.write(f"error: {exc}", file=sys.stderr)
             return 1
@@ -202,8 +203,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             bar.write(f"error: cannot set up the model: {exc}{hint}", file=sys.stderr)
             return 1
     if skipped and not args.quiet:
-        more = f" (and {len(skipped) - 3} more input(s) like it)" if len(skipped) > 3 else ""
-        print("\n".join(skipped[:3]) + more)
+        more = [f"... and {len(skipped) - 3} more (hamer -v names each)"] if len(skipped) > 3 else []
+        print("\n".join(skipped[:3] + more))
     if (args.resume or skipped) and not args.quiet:
         print(f"{len(records)} unit(s) run now, {len(skipped)} skipped (results of an earlier run in "
               f"{redact(args.out)})")

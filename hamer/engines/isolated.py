@@ -18,6 +18,7 @@ from typing import Any
 
 from ..manifest import DIED
 from ..run_types import ModelError, Progress
+from ..storage import redact
 from ..units import Options, Unit, record
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,9 @@ def death(exitcode: int) -> str:
 def run_isolated(unit: Unit, out: Path | str, options: Options, progress: Progress | None = None) -> dict[str, Any]:
     """Run ``unit`` in a child process; its record (``failed`` with the cause when the child died).
     ModelError when the child cannot set up the model."""
-    log.warning("%s: an earlier run died while running it; running it alone in a child process", unit.path)
+    where = "" if unit.segment is None else f" (frames [{unit.segment[0]}, {unit.segment[1]}))"
+    log.warning("%s%s: an earlier run died while running it; running it alone in a child process",
+                redact(unit.path), where)
     context = multiprocessing.get_context("spawn")
     receive, send = context.Pipe(duplex=False)
     child = context.Process(target=_child, args=(unit, str(out), options, send), name="hamer-suspect", daemon=True)
