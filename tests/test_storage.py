@@ -53,11 +53,15 @@ def s3(tmp_path_factory):
     os.environ.update(env)
     import s3fs
 
+    # fsspec keeps its file systems by their arguments, not by the environment: one made for an earlier server
+    # of this session (this module's tests split by xdist around other modules') would call its port
+    s3fs.S3FileSystem.clear_instance_cache()
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     try:
         yield fs, env
     finally:
         server.stop()
+        s3fs.S3FileSystem.clear_instance_cache()
         requests.setLevel(level)
         for name, value in before.items():
             if value is None:
