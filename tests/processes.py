@@ -1,5 +1,5 @@
-"""Processes for the bookkeeping tests: a pid that has ended, a call made as an unprivileged user, a second process
-holding a lock file, this process's open files."""
+"""Processes for the tests: a pid that has ended, a call made as an unprivileged user, a second process holding a
+lock file, this process's open files, waiting on a running process for a condition."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 NOBODY = 65534
 
@@ -100,3 +103,13 @@ class Holder:
     def __exit__(self, *exc: object) -> None:
         self.proc.stdin.close()
         self.proc.wait(timeout=30)
+
+
+def wait_for(condition: Callable[[], Any], proc: subprocess.Popen, what: str, seconds: float = 120) -> None:
+    """Poll ``condition`` until it holds; the test fails, saying it ``never {what}``, if ``proc`` ends first or
+    ``seconds`` pass."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"never {what} (exit status {proc.poll()})")
+        time.sleep(0.02)

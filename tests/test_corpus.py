@@ -8,13 +8,13 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from functools import partial
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from processes import wait_for
 
 from hamer.cli import main
 from hamer.corpus import MANIFEST, Options, run_corpus
@@ -205,14 +205,9 @@ def test_sigkill_mid_run_then_resume_does_every_input_once(data_dir, tmp_path):
     cmd = [sys.executable, "-m", "hamer", "run", *map(str, videos), "--data", str(data_dir), "--out", str(out),
            "--quiet", "--detect-workers", "1", "--overlay"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300  # generous: a loaded machine slows the start-up, not the window polled for
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:  # kill once a unit is done, the next half-written
-            if (out / MANIFEST).exists() and manifest(out) and temp_files(out):
-                break
-            time.sleep(0.01)
-        else:
-            pytest.fail(f"the run never reached the middle of its second unit (exit status {proc.poll()})")
+    try:  # kill once a unit is done, the next half-written (generous: a loaded machine slows the start-up)
+        wait_for(lambda: (out / MANIFEST).exists() and manifest(out) and temp_files(out), proc,
+                 "reached the middle of its second unit", 300)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()

@@ -18,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from processes import wait_for
 
 from hamer.cli import main
 from hamer.engines.isolated import death
@@ -228,14 +229,6 @@ def test_a_unit_a_run_died_in_runs_alone_in_a_child(tmp_path, capsys, caplog):
 
 
 # ---------------------------------------------------------------------------------------------------- two runs
-
-def wait_for(condition, proc: subprocess.Popen, what: str, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"never {what} (exit status {proc.poll()})")
-        time.sleep(0.02)
-
 
 def test_a_second_run_on_the_folder_is_refused_and_a_dead_runs_lock_taken_over(data_dir, tmp_path, capsys,
                                                                                  caplog):

@@ -9,7 +9,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import cv2
 import numpy as np
 import pytest
 from pose_format import Pose
+from processes import wait_for
 from ray_helpers import short_temp_dir
 
 from hamer.corpus import Options, run_corpus
@@ -192,14 +192,8 @@ def test_a_killed_run_resumes_at_the_first_unfinished_segment(clip, whole, data_
            "--detect-workers", "1", "--segment-frames", str(SEGMENT), "--segment-warmup", str(WARMUP), "--formats",
            ",".join(FORMATS), "--overlay"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:  # two segments done, the third under way
-            if (out / MANIFEST).exists() and len(manifest(out)) >= 2:
-                break
-            time.sleep(0.01)
-        else:
-            pytest.fail(f"the run never finished two segments (exit status {proc.poll()})")
+    try:  # two segments done, the third under way
+        wait_for(lambda: (out / MANIFEST).exists() and len(manifest(out)) >= 2, proc, "finished two segments", 300)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
