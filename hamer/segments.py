@@ -248,12 +248,12 @@ def join_parts(unit: Unit, out: Path, options: Options, segments: list[tuple[int
     with UnitWriter(unit, out, options, faces) as writer:
         for path in parts:
             part = Part(path)
-            for frame in part.frames(unit.path, renumber.mapping(part)):
+            for frame in part.frames(redact(unit.path), renumber.mapping(part)):
                 img = None
                 if images is not None:
                     index, _, _, img = next(images, (None, None, None, None))
                     if index != frame.index:
-                        raise ValueError(f"{unit.path}: frame {frame.index} cannot be decoded again for the "
+                        raise ValueError(f"{redact(unit.path)}: frame {frame.index} cannot be decoded again for the "
                                          "overlay")
                 writer.add(frame, img)
                 renumber.joined(frame)

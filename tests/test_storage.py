@@ -237,7 +237,8 @@ def test_credentials_are_never_shown_or_written(s3, corpus, tmp_path):
     inline = "inl1ne-" + secrets.token_hex(8)
     with_creds = src.replace("s3://", f"s3://{KEY_ID}:{inline}@")
     cmd = [sys.executable, "-m", "hamer", "-v", "run", f"{src}/a.jpg", f"{with_creds}/b.jpg", f"{src}/missing.jpg",
-           f"{with_creds}/nope.mp4", "--bbox-only", "--out", out]
+           f"{with_creds}/nope.mp4", f"{with_creds}/clip.mp4", "--segment-frames", "4", "--segment-warmup", "2",
+           "--bbox-only", "--out", out]  # the clip (6 frames) as segments, joined by the driver
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
     assert done.returncode == 1  # the two missing objects failed
     said = done.stdout + done.stderr
@@ -247,8 +248,11 @@ def test_credentials_are_never_shown_or_written(s3, corpus, tmp_path):
         assert not any(secret.encode() in data for data in objects.values())
     final = {r["input"]: r for r in records(objects[MANIFEST])}
     hidden = src.replace("s3://", "s3://***@")
-    assert set(final) == {f"{src}/a.jpg", f"{hidden}/b.jpg", f"{src}/missing.jpg", f"{hidden}/nope.mp4"}
+    assert set(final) == {f"{src}/a.jpg", f"{hidden}/b.jpg", f"{src}/missing.jpg", f"{hidden}/nope.mp4",
+                          f"{hidden}/clip.mp4"}
     assert final[f"{hidden}/b.jpg"]["status"] == "done"  # read with the URL's own credentials
+    assert final[f"{hidden}/clip.mp4"]["status"] == "done" and final[f"{hidden}/clip.mp4"]["segments"] == 2
+    assert json.loads(objects["clip.jsonl"].splitlines()[0])["source"] == f"{hidden}/clip.mp4"
     assert f"{hidden}/nope.mp4" in said and f"{src}/missing.jpg" in said
     # the second run: the objects done are skipped; the missing ones are not units and fail again, as local paths do
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
