@@ -14,12 +14,13 @@ of joint parents), while tracing folds that loop into a static graph.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -88,8 +89,9 @@ def write_onnx(model: HaMeRNet, cfg: CfgNode, path: PathLike, crops: np.ndarray,
     ``nn.Linear`` weight is moved to a scratch file and replaced by a marker of (almost) no memory, which the
     exporter traces, folds (``MatMul(x, Transpose(W))``) and writes like the weight; each marker is then
     recognized in the written tensors and replaced by the weight, transposed where the exporter transposed the
-    marker. Same graph, same values as without ``consume`` (ViT-H: the peak is 2.7 GB lower). ``on_saving``:
-    called when the trace is done and the writing starts.
+    marker. Same graph, same values as without ``consume`` (ViT-H: the peak is 2.7 GB lower), and the exporter's
+    shape inference is not given the markers (:func:`_shape_inference_without_markers`). ``on_saving``: called
+    when the trace is done and the writing starts.
     """
     import onnx
 
@@ -108,9 +110,10 @@ def write_onnx(model: HaMeRNet, cfg: CfgNode, path: PathLike, crops: np.ndarray,
             # smplx's Python-side shape logic and unfoldable slices: benign here, and the export is checked later
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", "Constant folding", UserWarning)
-            torch.onnx.export(_TupleOutputs(model).eval(), (trace_x,), str(traced), input_names=[ONNX_INPUT],
-                              output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic, opset_version=OPSET,
-                              dynamo=False)
+            with _shape_inference_without_markers() if markers else contextlib.nullcontext():
+                torch.onnx.export(_TupleOutputs(model).eval(), (trace_x,), str(traced), input_names=[ONNX_INPUT],
+                                  output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic, opset_version=OPSET,
+                                  dynamo=False)
         log.info("traced the network to ONNX in %.1f s", time.perf_counter() - start)
         if on_saving is not None:
             on_saving()
@@ -150,6 +153,31 @@ def _replace_linear_weights_by_markers(model: nn.Module, scratch: BinaryIO) -> d
             first += columns
     scratch.flush()
     return markers
+
+
+@contextlib.contextmanager
+def _shape_inference_without_markers() -> Iterator[None]:
+    """Within the block, the exporter's ONNX shape inference of the whole graph is not given the markers (see
+    :func:`_replace_linear_weights_by_markers`) among the weights' values: it reads their shapes and types from the
+    graph instead. Given them, it copied each weight for every node reading it (ViT-H: some 25 GB of copies in its
+    two passes, about 10 s on 2 loaded cores; the C heap kept up to 1.8 GB of them resident, the first run's peak).
+    A marker's values cannot change an inferred shape, and the graph written is the same (tested)."""
+    exporter = torch._C
+    infer = getattr(exporter, "_jit_pass_onnx_graph_shape_type_inference", None)
+    if infer is None:  # another torch: the same graph, with the copies
+        yield
+        return
+
+    def without_markers(graph, params, opset):  # noqa: ANN001, ANN202 (torch's binding)
+        kept = {name: value for name, value in params.items()
+                if not (isinstance(value, torch.Tensor) and value.dim() == 2 and 0 in value.stride())}
+        return infer(graph, kept, opset)
+
+    exporter._jit_pass_onnx_graph_shape_type_inference = without_markers
+    try:
+        yield
+    finally:
+        exporter._jit_pass_onnx_graph_shape_type_inference = infer
 
 
 def _marked_weight(values: np.ndarray, markers: dict[float, _Marker], scratch: BinaryIO) -> np.ndarray | None:

@@ -122,15 +122,33 @@ def test_tampered_camera_head_is_rejected_and_rebuilt(cache: Path, data_dir: Pat
     np.testing.assert_array_equal(numpy_helper.to_array(weight), original)
 
 
-def test_consuming_export_writes_the_same_graph_and_weights(tmp_path: Path, data_dir: Path) -> None:
-    """The cache's export (weights moved out, markers traced) against the plain export of the same checkpoint."""
+def test_consuming_export_writes_the_same_graph_and_weights(tmp_path: Path, data_dir: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cache's export (weights moved out, markers traced, shape inference not given the markers) against the
+    plain export of the same checkpoint."""
     cfg = load_config(data_paths(data_dir).config)
     crops = hamer.onnx_cache.check_crops(cfg)
     export_onnx(build_model(data_paths(data_dir))[0], cfg, tmp_path / "plain" / "hamer.onnx", crops)
+    infer = torch._C._jit_pass_onnx_graph_shape_type_inference
+    given = []  # the weights each whole-graph shape inference pass was given
+
+    def recording(graph, params, opset):  # noqa: ANN001, ANN202
+        given.append([v for v in params.values() if isinstance(v, torch.Tensor)])
+        return infer(graph, params, opset)
+
+    monkeypatch.setattr(torch._C, "_jit_pass_onnx_graph_shape_type_inference", recording)
     consumed = build_model(data_paths(data_dir))[0]
     write_onnx(consumed, cfg, tmp_path / "consumed" / "hamer.onnx", crops, consume=True)
+    assert torch._C._jit_pass_onnx_graph_shape_type_inference is recording  # put back
+    assert given and all(given)  # the passes ran, given weights
+    assert not [w for weights in given for w in weights if 0 in w.stride() and w.numel() > 1]  # but no marker
     plain, light = (onnx.load(str(tmp_path / name / "hamer.onnx")) for name in ("plain", "consumed"))
     assert [n.SerializeToString() for n in light.graph.node] == [n.SerializeToString() for n in plain.graph.node]
+    bare = [onnx.GraphProto(), onnx.GraphProto()]  # everything the graphs hold but their weights
+    for graph, proto in zip(bare, (plain, light), strict=True):
+        graph.CopyFrom(proto.graph)
+        del graph.initializer[:]
+    assert bare[0].SerializeToString() == bare[1].SerializeToString()
     assert light.graph.input == plain.graph.input and light.graph.output == plain.graph.output
     assert light.metadata_props == plain.metadata_props
     names = [t.name for t in plain.graph.initializer]
