@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import fcntl
 import os
 import re
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,6 +35,24 @@ def smooth_noise_image() -> np.ndarray:
     """A 240 x 320 BGR image of blurred noise (seed 0): texture for the crops, no hands."""
     rng = np.random.default_rng(0)
     return cv2.GaussianBlur(rng.integers(0, 256, size=(240, 320, 3), dtype=np.uint8), (0, 0), 3)
+
+
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
+    """The folder ``name``, filled by ``build(folder)`` once a test run: under pytest-xdist by the first worker that
+    asks, the others waiting on its lock, then reading what it built (the folder of the run that every worker's own
+    temporary folder is in); else once a session. A build that failed leaves nothing: the next one starts again."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    folder, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -5,6 +5,7 @@ synthetic model."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from pose_format import Pose
 from processes import wait_for
 from ray_helpers import short_temp_dir
 
+from hamer.configs import CHECKPOINT_FILE
 from hamer.corpus import Options, run_corpus
 from hamer.detectors import FrameRef, HandDetection
 from hamer.frames import Decoded, read_frames
@@ -32,6 +34,7 @@ from hamer.unit_writer import UnitWriter
 from hamer.units import Unit
 
 from conftest import SHARED_IMAGES as IMAGES
+from conftest import built_once
 from videos import manifest, scenes, temp_files, write_video
 
 pytestmark = pytest.mark.skipif(not IMAGES.is_dir(), reason=f"test photographs not found at {IMAGES}")
@@ -44,16 +47,19 @@ FORMATS = ("jsonl", "npz", "pose", "openpose")
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> Path:
-    """120 frames at 30 fps: four scenes (two hands, two, one, two), each drifting and zooming."""
-    return write_video(tmp_path_factory.mktemp("clip") / "clip.mp4", scenes(30), fps=30.0)
+    """120 frames at 30 fps: four scenes (two hands, two, one, two), each drifting and zooming. Made once a test
+    run (the Ray test runs on another xdist worker than the others: :func:`conftest.built_once`)."""
+    folder = built_once(tmp_path_factory, "segments_clip", lambda f: write_video(f / "clip.mp4", scenes(30), fps=30.0))
+    return folder / "clip.mp4"
 
 
 @pytest.fixture(scope="module")
 def whole(clip, data_dir, tmp_path_factory) -> Path:
-    """The unsegmented run's output folder (every format, an overlay)."""
-    out = tmp_path_factory.mktemp("whole")
-    run_corpus([str(clip)], out, Options(data=str(data_dir), formats=FORMATS, overlay=True, segment_frames=0))
-    return out
+    """The unsegmented run's output folder (every format, an overlay); run once a test run for the checkpoint's
+    weights (every worker's synthetic data folder holds the same seeded ones: named by their hash, to be sure)."""
+    weights = hashlib.sha256((data_dir / CHECKPOINT_FILE).read_bytes()).hexdigest()[:16]
+    return built_once(tmp_path_factory, f"segments_whole_{weights}", lambda out: run_corpus(
+        [str(clip)], out, Options(data=str(data_dir), formats=FORMATS, overlay=True, segment_frames=0)))
 
 
 def agreement(a: Path, b: Path) -> tuple[float, float]:
