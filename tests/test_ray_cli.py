@@ -17,6 +17,7 @@ from ray_helpers import (
     marked_processes,
     new_mark,
     run_cli,
+    run_clis,
     short_temp_dir,
     stderr_lines,
     wait_until_gone,
@@ -50,10 +51,10 @@ def test_its_stderr_holds_what_the_local_engine_prints_and_nothing_else(data_dir
     # first run announces its one-time export on stderr
     with HAMER(data_dir=data_dir) as hamer:
         hamer.load()
-    try:
-        local = run_cli([*inputs, "--data", str(data_dir), "--out", str(tmp_path / "local")], env)
-        remote = run_cli([*inputs, "--data", str(data_dir), "--out", str(tmp_path / "ray"), "--engine", "ray",
-                          "--workers", "2"], env)
+    try:  # (both at once)
+        local, remote = run_clis([*inputs, "--data", str(data_dir), "--out", str(tmp_path / "local")],
+                                 [*inputs, "--data", str(data_dir), "--out", str(tmp_path / "ray"), "--engine", "ray",
+                                  "--workers", "2"], env=env)
     finally:
         kill_marked(mark)
     assert local.returncode == remote.returncode == 0, remote.stderr

@@ -125,7 +125,7 @@ def parent_pid(pid: int) -> int | None:
 
 
 def test_a_node_lost_mid_run_costs_only_its_unfinished_unit(cluster, data_dir, onnx_cache, tmp_path):
-    videos = [write_video(tmp_path / f"v{i}.mp4", pan_zoom(photo, 24)) for i, photo in
+    videos = [write_video(tmp_path / f"v{i}.mp4", pan_zoom(photo, 12)) for i, photo in
               enumerate(("test4.jpg", "test5.jpeg") * 3)]
     with pytest.MonkeyPatch.context() as mp:
         for name, value in cluster.env.items():
@@ -163,9 +163,9 @@ def test_a_node_lost_mid_run_costs_only_its_unfinished_unit(cluster, data_dir, o
     assert sorted((r["input"], r["status"]) for r in records) == sorted((str(v), "done") for v in videos)  # once
     for r in records:
         lines = (out / f"{r['name']}.jsonl").read_text().splitlines()
-        assert len(lines) == r["frames"] == 24 and all(json.loads(line) for line in lines)
+        assert len(lines) == r["frames"] == 12 and all(json.loads(line) for line in lines)
         with np.load(out / f"{r['name']}.npz") as npz:
-            assert len(npz["present"]) == 24
+            assert len(npz["present"]) == 12
     assert temp_files(out) == []
     # kept: the units the lost node finished; the unit it was running ran again on a surviving node
     assert records[:len(before)] == before

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -399,12 +400,15 @@ def test_ray_workers_read_inputs_and_write_outputs_through_the_url(s3, corpus, o
     fs, _ = s3
     src = upload_corpus(fs, corpus)
     args = [f"{src}/clip.mp4", f"{src}/frames", "--bbox-only", "--quiet"]
-    assert main(["run", *args, "--out", src.replace("/in", "/local")]) == 0
     mark = new_mark()
     env = hamer_env(onnx_cache, mark, short_temp_dir())
     try:
-        done = run_cli([*args, "--out", src.replace("/in", "/ray"), "--engine", "ray", "--workers", "2",
-                        "--detect-workers", "1", "--segment-frames", "3"], env)  # the clip: 2 segments, joined
+        with ThreadPoolExecutor(1) as pool:  # the Ray run, and meanwhile the local one
+            ray_args = [*args, "--out", src.replace("/in", "/ray"), "--engine", "ray", "--workers", "2",
+                        "--detect-workers", "1", "--segment-frames", "3"]  # the clip: 2 segments, joined
+            ray_run = pool.submit(run_cli, ray_args, env)
+            assert main(["run", *args, "--out", src.replace("/in", "/local")]) == 0
+            done = ray_run.result()
     finally:
         kill_marked(mark)
     assert done.returncode == 0, done.stderr
