@@ -166,7 +166,8 @@ def test_segments_agree_with_a_whole_run(clip, whole, data_dir, tmp_path, smooth
     assert (rec["status"], rec["frames"], rec["segments"], rec.get("segment")) == ("done", 120, 5, None)
     assert rec["files"] == manifest(reference)[-1]["files"]
     lines = manifest(out)
-    assert [tuple(r["segment"]) for r in lines[:-1]] == [(0, 25), (25, 50), (50, 75), (75, 100), (100, 120)]
+    # (in the order they ended: two detection threads run two segments at once)
+    assert sorted(tuple(r["segment"]) for r in lines[:-1]) == [(0, 25), (25, 50), (50, 75), (75, 100), (100, 120)]
     assert all(r["status"] == "done" and r["frames"] == r["expected_frames"] for r in lines[:-1])
     assert lines[-1] == rec and sum(r["hands"] for r in lines[:-1]) == rec["hands"]
     same, mm = agreement(reference / "clip.npz", out / "clip.npz")
