@@ -19,6 +19,7 @@ import pytest
 from ray_helpers import short_temp_dir
 
 from hamer.corpus import TEMP_FILE, Options, run_corpus
+from hamer.hamer_module import HAMER
 
 from conftest import SHARED_IMAGES as IMAGES
 from videos import manifest, pan_zoom, temp_files, write_video
@@ -63,6 +64,8 @@ def test_ray_equals_the_local_engine_and_records_a_failure(local_ray, data_dir, 
     inputs = [str(clips[0]), str(corrupt), str(clips[1])]
     options = Options(data=str(data_dir), smooth=True)
     progress = Recorder()
+    with HAMER(data_dir=data_dir) as hamer:  # the checkpoint's export in the session's ONNX cache first: the runs
+        hamer.load()  # below load it at once (none exports it while another reads it)
     with ThreadPoolExecutor(1) as pool:  # the Ray run, and meanwhile the local one
         ray_run = pool.submit(run_corpus, inputs, tmp_path / "ray",
                               Options(**{**vars(options), "engine": "ray", "workers": 2}), progress=progress)
