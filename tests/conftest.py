@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import fcntl
 import os
 import re
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +26,10 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
 # these files, and the tests elsewhere with "ray" as a word of their name (test_segments_through_ray_workers...)
 RAY_TEST_FILES = ("tests/test_ray.py", "tests/test_ray_cli.py", "tests/test_ray_cluster.py")
 RAY_TEST_NAME = re.compile(r"(?:^|_)ray(?:_|$)")
+# The files of the longest tests, run first (after the Ray tests) so that the xdist workers end together on short
+# ones, and each file's module fixtures are made on one worker (the other is on the Ray tests meanwhile)
+LONGEST_FIRST = ("tests/test_segments.py", "tests/test_storage.py", "tests/test_runs.py", "tests/test_onnx.py",
+                 "tests/test_corpus.py")
 SHARED_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
 # A right and a left box on :func:`smooth_noise_image` (240 x 320): hand-sized, apart, inside the image.
 TWO_BOXES = {"Right": [60.0, 50.0, 140.0, 150.0], "Left": [200.0, 80.0, 260.0, 140.0]}
@@ -33,6 +39,24 @@ def smooth_noise_image() -> np.ndarray:
     """A 240 x 320 BGR image of blurred noise (seed 0): texture for the crops, no hands."""
     rng = np.random.default_rng(0)
     return cv2.GaussianBlur(rng.integers(0, 256, size=(240, 320, 3), dtype=np.uint8), (0, 0), 3)
+
+
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
+    """The folder ``name``, filled by ``build(folder)`` once a test run: under pytest-xdist by the first worker that
+    asks, the others waiting on its lock, then reading what it built (the folder of the run that every worker's own
+    temporary folder is in); else once a session. A build that failed leaves nothing: the next one starts again."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    folder, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -77,6 +101,18 @@ def reference_model(synthetic_data) -> HaMeRNet:
     return synthetic_data[1]
 
 
+def is_ray_test(nodeid: str) -> bool:
+    path, _, name = nodeid.partition("::")
+    return path in RAY_TEST_FILES or bool(RAY_TEST_NAME.search(name.split("[")[0]))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The Ray tests, then the files of :data:`LONGEST_FIRST`, then the rest, each in its collected order."""
+    rank = {path: i for i, path in enumerate(LONGEST_FIRST, start=1)}
+    items.sort(key=lambda item: 0 if is_ray_test(item.nodeid) else rank.get(item.nodeid.partition("::")[0],
+                                                                             len(rank) + 1))
+
+
 def pytest_xdist_make_scheduler(config, log):
     """xdist's scheduler with the Ray tests as one unit of work, every other test its own; the largest unit first
     (xdist orders units by size), so one worker runs the Ray tests while the other runs the rest. (``--dist
@@ -86,7 +122,6 @@ def pytest_xdist_make_scheduler(config, log):
 
     class RayTogether(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:  # the unit of work a test belongs to
-            path, _, name = nodeid.partition("::")
-            return "ray" if path in RAY_TEST_FILES or RAY_TEST_NAME.search(name.split("[")[0]) else nodeid
+            return "ray" if is_ray_test(nodeid) else nodeid
 
     return RayTogether(config, log)

@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,3 +91,9 @@ def stderr_lines(text: str) -> list[str]:
 
 def run_cli(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(hamer_cmd(*args), cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_clis(*args: list[str], env: dict[str, str], timeout: float = 300) -> list[subprocess.CompletedProcess]:
+    """:func:`run_cli` of each ``args``, all at once (one run's start-up overlaps another's work)."""
+    with ThreadPoolExecutor(len(args)) as pool:
+        return list(pool.map(lambda a: run_cli(a, env, timeout), args))

@@ -4,8 +4,10 @@ data folder without a checkpoint fails on the driver before Ray starts."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -17,6 +19,7 @@ from ray_helpers import (
     marked_processes,
     new_mark,
     run_cli,
+    run_clis,
     short_temp_dir,
     stderr_lines,
     wait_until_gone,
@@ -50,10 +53,10 @@ def test_its_stderr_holds_what_the_local_engine_prints_and_nothing_else(data_dir
     # first run announces its one-time export on stderr
     with HAMER(data_dir=data_dir) as hamer:
         hamer.load()
-    try:
-        local = run_cli([*inputs, "--data", str(data_dir), "--out", str(tmp_path / "local")], env)
-        remote = run_cli([*inputs, "--data", str(data_dir), "--out", str(tmp_path / "ray"), "--engine", "ray",
-                          "--workers", "2"], env)
+    try:  # (both at once)
+        local, remote = run_clis([*inputs, "--data", str(data_dir), "--out", str(tmp_path / "local")],
+                                 [*inputs, "--data", str(data_dir), "--out", str(tmp_path / "ray"), "--engine", "ray",
+                                  "--workers", "2"], env=env)
     finally:
         kill_marked(mark)
     assert local.returncode == remote.returncode == 0, remote.stderr
@@ -94,3 +97,22 @@ def test_a_data_folder_without_checkpoint_fails_on_the_driver_before_ray_starts(
         "exist (the workers load it from the same path)"]
     assert not ray_tmp.exists()  # no Ray was started, hence no worker started and failed, again and again
     assert not (tmp_path / "out" / "manifest.jsonl").exists()
+
+
+def test_a_ray_process_that_retitles_itself_keeps_the_watchdogs_mark():
+    """Ray's agents set their process title (setproctitle), which a title longer than the command line writes over
+    ``/proc/PID/environ``, the watchdog's mark with it: a SIGKILLed driver's agents then outlived it by a minute
+    (seen as this file's SIGKILL test taking 70 s, one run in three). The environment of a local Ray keeps it."""
+    from hamer.engines import ray_watchdog as watchdog
+
+    token = new_mark()
+    code = ("import setproctitle, sys; setproctitle.setproctitle('ray::Agent ' + 'x' * 4000); print('titled', "
+            "flush=True); sys.stdin.read()")
+    child = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **watchdog.environment(token)},
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "titled"
+        assert child.pid in watchdog.marked(token)
+    finally:
+        child.stdin.close()
+        child.wait(timeout=30)

@@ -18,7 +18,17 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from ray_helpers import REPO, TEST_MARK, hamer_cmd, hamer_env, kill_marked, new_mark, run_cli, short_temp_dir
+from ray_helpers import (
+    REPO,
+    TEST_MARK,
+    hamer_cmd,
+    hamer_env,
+    kill_marked,
+    new_mark,
+    run_cli,
+    run_clis,
+    short_temp_dir,
+)
 
 from hamer.corpus import MANIFEST, TEMP_FILE
 
@@ -93,16 +103,16 @@ def test_a_two_node_run_names_the_node_of_each_unit(cluster, data_dir, onnx_cach
 
 
 def test_gpus_per_worker_reaches_the_scheduler(cluster, data_dir, onnx_cache, clips, tmp_path):
-    env = driver_env(cluster, onnx_cache)
-    result = run_cli([str(clips[0]), "--data", str(data_dir), "--out", str(tmp_path / "half"), "--quiet",
-                      "--engine", "ray", "--ray-address", cluster.cluster.address, "--gpus-per-worker", "0.5"], env)
+    result, more = run_clis(  # (both at once)
+        [str(clips[0]), "--data", str(data_dir), "--out", str(tmp_path / "half"), "--quiet", "--engine", "ray",
+         "--ray-address", cluster.cluster.address, "--gpus-per-worker", "0.5"],
+        [str(clips[0]), "--data", str(data_dir), "--out", str(tmp_path / "two"), "--engine", "ray", "--ray-address",
+         cluster.cluster.address, "--device", "cuda", "--gpus-per-worker", "2"], env=driver_env(cluster, onnx_cache))
     assert result.returncode == 0, result.stderr
     (rec,) = manifest(tmp_path / "half")
     # placed on the only node declaring a GPU, and given GPU 0 (Ray sets the worker's CUDA_VISIBLE_DEVICES to it)
     assert rec["status"] == "done" and rec["node"]["ray_node_id"] == cluster.gpu_node.node_id
     assert rec["node"]["gpus"] == ["0"]
-    more = run_cli([str(clips[0]), "--data", str(data_dir), "--out", str(tmp_path / "two"), "--engine", "ray",
-                    "--ray-address", cluster.cluster.address, "--device", "cuda", "--gpus-per-worker", "2"], env)
     assert more.returncode == 1
     assert "error: cannot set up the model: 2 GPU(s) per worker (--device cuda, --gpus-per-worker), but the Ray " \
            "cluster has 1 GPU(s)" in more.stderr
@@ -125,7 +135,7 @@ def parent_pid(pid: int) -> int | None:
 
 
 def test_a_node_lost_mid_run_costs_only_its_unfinished_unit(cluster, data_dir, onnx_cache, tmp_path):
-    videos = [write_video(tmp_path / f"v{i}.mp4", pan_zoom(photo, 24)) for i, photo in
+    videos = [write_video(tmp_path / f"v{i}.mp4", pan_zoom(photo, 12)) for i, photo in
               enumerate(("test4.jpg", "test5.jpeg") * 3)]
     with pytest.MonkeyPatch.context() as mp:
         for name, value in cluster.env.items():
@@ -163,9 +173,9 @@ def test_a_node_lost_mid_run_costs_only_its_unfinished_unit(cluster, data_dir, o
     assert sorted((r["input"], r["status"]) for r in records) == sorted((str(v), "done") for v in videos)  # once
     for r in records:
         lines = (out / f"{r['name']}.jsonl").read_text().splitlines()
-        assert len(lines) == r["frames"] == 24 and all(json.loads(line) for line in lines)
+        assert len(lines) == r["frames"] == 12 and all(json.loads(line) for line in lines)
         with np.load(out / f"{r['name']}.npz") as npz:
-            assert len(npz["present"]) == 24
+            assert len(npz["present"]) == 12
     assert temp_files(out) == []
     # kept: the units the lost node finished; the unit it was running ran again on a surviving node
     assert records[:len(before)] == before

@@ -116,7 +116,7 @@ class LocalRay:
         package_root = str(Path(__file__).resolve().parents[2])
         path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
         try:
-            with ray_env({watchdog.MARK: token}):
+            with ray_env(watchdog.environment(token)):
                 ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, _temp_dir=temp_dir,
                          runtime_env={"env_vars": {"PYTHONPATH": path}}, **quiet_init_args())
         except BaseException:  # what did start goes now

@@ -1,13 +1,13 @@
 """The watchdog of a local Ray that a driver started: when the driver ends, however it ends (SIGKILL included), every
 process of that Ray is killed, so that none is left behind.
 
-Ray fate-shares the processes a driver starts itself (GCS, raylet) through ``PR_SET_PDEATHSIG``, but not the ones
-the raylet starts: its dashboard and runtime-env agents, reparented to init, catch SIGTERM and stay, and workers
-may outlive it for a while. The driver marks the environment of the Ray it starts with ``HAMER_RAY_MARK=<token>``
-(every Ray process inherits it: the raylet's children from the raylet) and starts this script beforehand, unmarked,
-in its own session, holding its stdin. When stdin closes (the driver released it, exited or was killed) or the
-driver is no longer its parent, the script SIGKILLs every process of this user whose environment carries the mark,
-until none has been seen for 2 seconds (a process the raylet was starting when it died is caught too).
+Ray fate-shares the processes a driver starts itself (GCS, raylet) through ``PR_SET_PDEATHSIG``, but not the ones the
+raylet starts: its dashboard and runtime-env agents, reparented to init, catch SIGTERM and stay, and workers may outlive
+it for a while. The driver marks the environment of the Ray it starts with ``HAMER_RAY_MARK=<token>``
+(:func:`environment`; every Ray process inherits it: the raylet's children from the raylet) and starts this script
+beforehand, unmarked, in its own session, holding its stdin. When stdin closes (the driver released it, exited or was
+killed) or the driver is no longer its parent, the script SIGKILLs every process of this user whose environment carries
+the mark, until none has been seen for 2 seconds (a process the raylet was starting when it died is caught too).
 
 Run as ``python ray_watchdog.py TOKEN`` (a script: it imports nothing of ``hamer``); Linux only (``/proc``).
 """
@@ -23,6 +23,13 @@ import time
 MARK = "HAMER_RAY_MARK"
 GIVE_UP_S = 60.0
 QUIET_S = 2.0
+
+
+def environment(token: str) -> dict[str, str]:
+    """What the driver adds to the environment of the Ray it starts: the mark, and ``SPT_NOENV=1``: a process that
+    sets a title longer than its command line (Ray's agents, through ``setproctitle``) would otherwise write it over
+    its environment in ``/proc``, the mark included, and outlive the driver (Ray's agents, by a minute)."""
+    return {MARK: token, "SPT_NOENV": "1"}
 
 
 def marked(token: str) -> list[int]:
