@@ -87,14 +87,14 @@ def markdown(results: dict) -> str:
     size = results["checkpoint_bytes"]
     lines = [f"# First run vs warm run of the default CPU path (full-size model, {size / 1e9:.2f} GB checkpoint)",
              "", f"CPU: {results['cpu']}. Command: `python benchmarks/first_run.py` (see its docstring).", "",
-             "| code | run | runtime | load s | peak RSS MB | peak / checkpoint | RSS after imports MB | outputs |",
+             "| code | run | runtime | load s | peak RSS MiB | peak / checkpoint | RSS after imports MiB | outputs |",
              "|---|---|---|---|---|---|---|---|"]
     for label, runs in results["runs"].items():
         for run, r in runs.items():
             lines.append(f"| {label} | {run} | {r['runtime']} | {r['load_s']:.0f} | {r['peak_mb']:.0f} | "
                          f"{r['peak_mb'] * 2**20 / size:.2f}x | {r['imports_mb']:.0f} | `{r['outputs_sha256']}` |")
     for label, runs in results["runs"].items():
-        lines += ["", f"## {label}: first run, peak RSS at each log record", "", "| s | peak MB | RSS MB | record |",
+        lines += ["", f"## {label}: first run, peak RSS at each log record", "", "| s | peak MiB | RSS MiB | record |",
                   "|---|---|---|---|"]
         lines += [f"| {m['s']} | {m['peak_mb']} | {m['rss_mb']} | {m['message'].replace('|', '/')} |"
                   for m in runs["first"]["marks"]]

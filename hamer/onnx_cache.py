@@ -56,13 +56,12 @@ OUTPUT_TOLERANCE = 1e-4
 # Settings read to decide whether the export fits in memory (tests point them at files of their own).
 MEMINFO = Path("/proc/meminfo")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-# Memory the first load needs above the process's resident memory before it, per byte of checkpoint: measured 1.46
-# on the full-size model on a quiet machine (2.68 GB checkpoint: peak 4.51 GB resident during the trace, 0.60 GB
-# before; benchmarks/results/first_run.md; 1.14 on a loaded machine, where the trace's peak did not show), with a
-# margin. Its duration on a 2-core AMD EPYC: 37 s for 2.68 GB (14 s per GB) on a quiet
-# machine, 5 to 7 min measured while six other jobs shared it.
-EXPORT_MEMORY_PER_BYTE = 1.6
-EXPORT_SECONDS_PER_GB = 15.0
+# Memory the first load needs above the process's resident memory before it, per byte of checkpoint: 1.13 measured
+# on the full-size model (2.68 GB checkpoint: peak 3.62 GB resident, 0.59 GB before; benchmarks/results/first_run.md;
+# 1.2 for `hamer run`, MediaPipe included), with a margin. Its duration on a 2-core AMD EPYC with nothing else
+# running: 45 s for 2.68 GB (17 s per GB); minutes while other jobs share the machine.
+EXPORT_MEMORY_PER_BYTE = 1.4
+EXPORT_SECONDS_PER_GB = 17.0
 _CHECK_FILE = "check.npz"
 _INDEX_FILE = "checkpoints.json"
 _INDEX_MAX_BYTES = 2**20  # a larger index is ignored (and rewritten)
