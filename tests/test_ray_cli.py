@@ -100,16 +100,19 @@ def test_a_data_folder_without_checkpoint_fails_on_the_driver_before_ray_starts(
 
 
 def test_a_ray_process_that_retitles_itself_keeps_the_watchdogs_mark():
-    """Ray's agents set their process title (setproctitle), which a title longer than the command line writes over
+    """Ray's agents set their process title (``ray._raylet.setproctitle``, py-setproctitle's code, which this child
+    calls too), which a title longer than the command line writes over
     ``/proc/PID/environ``, the watchdog's mark with it: a SIGKILLed driver's agents then outlived it by a minute
     (seen as this file's SIGKILL test taking 70 s, one run in three). The environment of a local Ray keeps it."""
     from hamer.engines import ray_watchdog as watchdog
 
     token = new_mark()
-    code = ("import setproctitle, sys; setproctitle.setproctitle('ray::Agent ' + 'x' * 4000); print('titled', "
+    # a small environment, which a long title overwrites whole (at the end of a larger one the mark can survive)
+    env = {"PATH": os.environ.get("PATH", ""), **watchdog.environment(token)}
+    code = ("import ray._raylet, sys; ray._raylet.setproctitle('ray::Agent ' + 'x' * 4000); print('titled', "
             "flush=True); sys.stdin.read()")
-    child = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **watchdog.environment(token)},
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen([sys.executable, "-c", code], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
     try:
         assert child.stdout.readline().strip() == "titled"
         assert child.pid in watchdog.marked(token)
