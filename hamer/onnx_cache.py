@@ -4,7 +4,8 @@ On CPU in fp32, ONNX Runtime runs the network faster than torch (benchmarks/resu
 a checkpoint exports it (``hamer.export.write_onnx``) into ``<cache>/<key>/hamer.onnx`` and keeps torch's outputs
 on fixed check crops beside it (``check.npz``); every load, the first included, runs those crops through ONNX
 Runtime and compares every output the graph gives with torch's, each within its tolerance (``tolerance``). An
-entry that is incomplete, does not load or gives other outputs is deleted and rebuilt.
+entry that is incomplete, does not load or gives other outputs is deleted and rebuilt. An export is written in
+``<cache>/.<key>-<pid>@<host>-*`` first; the next export of that key removes such a folder whose process is gone.
 
 ``key`` hashes the checkpoint's content (sha256, computed once and remembered in ``<cache>/checkpoints.json`` by
 the file's device, inode, size, mtime and ctime, so a file replaced in place gets hashed again), the model config,
@@ -25,6 +26,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 import zipfile
@@ -37,6 +39,7 @@ import torch
 from yacs.config import CfgNode
 
 from . import configs
+from .pidlock import pid_alive
 from .sizes import format_bytes
 from .version import __version__
 
@@ -233,6 +236,16 @@ def _release_freed_memory() -> None:
         pass
 
 
+def _remove_killed_exports(entry: Path) -> None:
+    """Remove the temporary folders of ``entry``'s exports whose process was killed (``.<entry>-<pid>@<host>-*``,
+    on this host, that pid gone): a killed first run left its 2.7 GB behind."""
+    for folder in entry.parent.glob(f".{entry.name}-*@*-*"):
+        pid, _, host = folder.name[len(entry.name) + 2:].rpartition("-")[0].partition("@")
+        if host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info("removed %s, left by a killed export", folder)
+
+
 def _build_entry(build: Callable[[], HaMeRNet], cfg: CfgNode, entry: Path, crops: np.ndarray,
                  checkpoint: Path, device: torch.device) -> OnnxRuntime:
     """Export into a temporary folder, move it to ``entry`` in one rename, then check it; RuntimeError if off.
@@ -255,7 +268,8 @@ def _build_entry(build: Callable[[], HaMeRNet], cfg: CfgNode, entry: Path, crops
         log.warning("ONNX export %d/4: %s (%.0f s so far)", number, what, time.perf_counter() - start)
 
     entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}-"))
+    _remove_killed_exports(entry)
+    tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}-{os.getpid()}@{socket.gethostname()}-"))
     try:
         phase(1, "loading the checkpoint and running torch on 2 check crops")
         model = build()

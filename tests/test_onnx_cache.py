@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import onnxruntime
 import pytest
 import torch
 from onnx import numpy_helper
+from processes import dead_pid
 
 import hamer.configs
 import hamer.onnx_cache
@@ -306,3 +308,23 @@ def test_short_memory_runs_torch_and_says_why(cache: Path, data_dir: Path, tmp_p
     assert "cgroup" in caplog.text and str(group) in caplog.text
     (group / "memory.max").write_text("max\n")  # no limit: the export runs
     assert isinstance(_network(HAMER(data_dir=data_dir, task_paths={})), OnnxRuntime)
+
+
+def test_a_killed_exports_folder_is_removed_by_the_next_export(cache: Path, data_dir: Path, image: np.ndarray
+                                                               ) -> None:
+    host = socket.gethostname()
+    entry = _network(HAMER(data_dir=data_dir, task_paths={})).path.parent  # its key, then exported again
+    shutil.rmtree(entry)
+    killed = cache / f".{entry.name}-{dead_pid()}@{host}-x1y2"  # a first run SIGKILLed mid-export
+    running = cache / f".{entry.name}-{os.getpid()}@{host}-x3y4"  # an export under way (this process)
+    elsewhere = cache / f".{entry.name}-{dead_pid()}@not-{host}-x5y6"  # on another host sharing the cache
+    other = cache / f".{entry.name}0-{dead_pid()}@{host}-x7y8"  # another entry's
+    for folder in (killed, running, elsewhere, other):
+        folder.mkdir()
+        (folder / "hamer.onnx.data").write_bytes(b"\0" * 1024)
+    _outputs(HAMER(data_dir=data_dir, task_paths={}), image)
+    assert not killed.exists()
+    assert running.is_dir() and elsewhere.is_dir() and other.is_dir()
+    assert (entry / "hamer.onnx").is_file()
+    assert [p.name for p in cache.iterdir() if p.name.startswith(f".{entry.name}-") and p not in (
+        running, elsewhere)] == []  # its own temporary folder is gone too
