@@ -39,7 +39,7 @@ import torch
 from yacs.config import CfgNode
 
 from . import configs
-from .pidlock import pid_alive
+from .pidlock import holder_alive
 from .sizes import format_bytes
 from .version import __version__
 
@@ -241,7 +241,7 @@ def _remove_killed_exports(entry: Path) -> None:
     on this host, that pid gone): a killed first run left its 2.7 GB behind."""
     for folder in entry.parent.glob(f".{entry.name}-*@*-*"):
         pid, _, host = folder.name[len(entry.name) + 2:].rpartition("-")[0].partition("@")
-        if host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid)):
+        if pid.isdigit() and not holder_alive({"pid": int(pid), "host": host}):
             shutil.rmtree(folder, ignore_errors=True)
             log.info("removed %s, left by a killed export", folder)
 
