@@ -7,7 +7,8 @@ it for a while. The driver marks the environment of the Ray it starts with ``HAM
 (:func:`environment`; every Ray process inherits it: the raylet's children from the raylet) and starts this script
 beforehand, unmarked, in its own session, holding its stdin. When stdin closes (the driver released it, exited or was
 killed) or the driver is no longer its parent, the script SIGKILLs every process of this user whose environment carries
-the mark, until none has been seen for 2 seconds (a process the raylet was starting when it died is caught too).
+the mark, every 0.1 s, until none has been seen for half a second: a process forked before its parent was killed shows
+in the next look (a process being killed cannot fork), so five empty looks in a row mean none is left.
 
 Run as ``python ray_watchdog.py TOKEN`` (a script: it imports nothing of ``hamer``); Linux only (``/proc``).
 """
@@ -22,7 +23,7 @@ import time
 
 MARK = "HAMER_RAY_MARK"
 GIVE_UP_S = 60.0
-QUIET_S = 2.0
+QUIET_S = 0.5
 
 
 def environment(token: str) -> dict[str, str]:
