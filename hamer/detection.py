@@ -36,6 +36,7 @@ import numpy as np
 from .configs import PathLike
 from .detectors import FrameRef, HandDetection
 from .images import as_bgr
+from .mediapipe_import import import_mediapipe
 from .native_output import stderr_to_log
 
 if TYPE_CHECKING:
@@ -179,7 +180,8 @@ class HandDetector:
         hand_path = _check_task_path(options.hand_task_path)
         pose_path = _check_task_path(options.pose_task_path)
         self._options = options
-        from mediapipe.tasks.python import BaseOptions, vision  # imported on first use: ~0.5 s
+        import_mediapipe()  # on first use, without its audio and drawing modules
+        from mediapipe.tasks.python import BaseOptions, vision
 
         running_mode = vision.RunningMode[options.mode]
         self._last_timestamp_ms: int | None = None

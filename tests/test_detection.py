@@ -205,3 +205,23 @@ def test_exit_without_close_is_clean(mode):
                             timeout=60)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
+
+
+def test_a_detector_leaves_mediapipes_audio_and_drawing_modules_unloaded_until_used():
+    # (in a fresh process: this one may have imported MediaPipe whole)
+    code = ("import sys\n"
+            "from hamer.detection import HandDetector\n"
+            "HandDetector().close()\n"
+            "heavy = ('matplotlib.pyplot', 'sounddevice')\n"
+            "print([m for m in heavy if m in sys.modules])\n"
+            "from mediapipe.tasks.python import audio\n"
+            "from mediapipe.tasks.python.vision import drawing_styles, drawing_utils\n"
+            "spec = drawing_utils.DrawingSpec(color=(1, 2, 3))\n"
+            "style = drawing_styles.get_default_hand_landmarks_style()\n"
+            "print(spec.color, len(style), audio.AudioClassifier.__name__, 'matplotlib.pyplot' in sys.modules)\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    # none loaded by the detector; each works, loaded, once used (21 hand landmarks styled)
+    assert result.stdout.splitlines() == ["[]", "(1, 2, 3) 21 AudioClassifier True"]
