@@ -103,9 +103,9 @@ def test_release_lets_another_process_take_it(tmp_path):
     probe = [sys.executable, "-c", f"import fcntl, os; fd = os.open({str(path)!r}, os.O_RDWR | os.O_CREAT); "
              "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)"]
     assert subprocess.run(probe, capture_output=True).returncode != 0  # held: a second process cannot lock it
-    fds = open_fds()
+    fds = open_fds(tmp_path)
     lock.release()
-    assert open_fds() == fds - 1  # its file is closed
+    assert open_fds(tmp_path) == fds - 1  # its file is closed
     assert subprocess.run(probe, capture_output=True).returncode == 0
 
 
@@ -132,12 +132,12 @@ def test_a_dead_holders_longer_content_is_replaced_whole_and_returned(tmp_path):
 def test_a_live_process_holding_it_is_refused_with_what_its_file_says(tmp_path):
     path = tmp_path / "lock"
     with Holder(path) as holder:
-        fds = open_fds()
+        fds = open_fds(tmp_path)
         with pytest.raises(LockBusy) as busy:
             PidLock(path).acquire()
         assert busy.value.holder == {"pid": holder.proc.pid, "host": socket.gethostname(), "since": "then"}
         assert str(busy.value) == str(busy.value.holder)  # uncaught, it still names the holder
-        assert open_fds() == fds  # the refused attempt closed its file
+        assert open_fds(tmp_path) == fds  # the refused attempt closed its file
         assert json.loads(path.read_text())["pid"] == holder.proc.pid  # and wrote nothing
     lock = PidLock(path)  # the holder ended: the kernel let its lock go
     try:
@@ -217,12 +217,12 @@ def test_a_lock_file_replaced_as_it_is_locked_is_opened_again(tmp_path, monkeypa
     path.write_text("")
     replaced = ReplacedOnFlock(path, recreate)
     monkeypatch.setattr(pidlock, "fcntl", replaced)
-    fds = open_fds()
+    fds = open_fds(tmp_path)
     lock = PidLock(path)
     lock.acquire()
     try:
         assert replaced.calls == 2  # locked again, on the file now at the path
-        assert open_fds() == fds + 1  # the first file was closed
+        assert open_fds(tmp_path) == fds + 1  # the first file was closed
         assert json.loads(path.read_text())["pid"] == os.getpid()
         probe = [sys.executable, "-c", f"import fcntl, os; fd = os.open({str(path)!r}, os.O_RDWR); "
                  "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)"]
@@ -247,12 +247,12 @@ def test_a_lock_file_replaced_by_a_link_as_it_is_locked_is_refused(tmp_path, mon
     path = tmp_path / "lock"
     path.write_text("")
     monkeypatch.setattr(pidlock, "fcntl", LinkedOnFlock(path, False))
-    fds = open_fds()
+    fds = open_fds(tmp_path)
     with pytest.raises(OSError) as refused:
         PidLock(path).acquire()
     assert refused.value.errno == errno.ELOOP  # opened again without following the link: refused
     assert (tmp_path / "moved").read_text() == ""  # nothing written through the link
-    assert open_fds() == fds
+    assert open_fds(tmp_path) == fds
 
 
 # ---------------------------------------------------------------------------------------------------- fallbacks
@@ -263,11 +263,11 @@ def test_without_flock_a_live_holder_on_this_host_refuses(tmp_path, monkeypatch)
     with subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE) as child:
         holder = {"pid": child.pid, "host": socket.gethostname(), "since": "then"}
         path.write_text(json.dumps(holder))
-        fds = open_fds()
+        fds = open_fds(tmp_path)
         with pytest.raises(LockBusy) as busy:
             PidLock(path).acquire()
         assert busy.value.holder == holder
-        assert open_fds() == fds
+        assert open_fds(tmp_path) == fds
         child.stdin.close()
 
 
