@@ -428,6 +428,9 @@ def test_quantize_command(exported, calibration, tmp_path: Path, capsys) -> None
     assert usage.value.code == 2 and "--fp32-blocks: must be 0 or more" in capsys.readouterr().err
     assert main(["quantize", str(path), str(out), "--images", str(images), "--fp32-blocks", "5"]) == 1
     assert "fp32_blocks must be 0..1 (the ViT has 2 blocks)" in capsys.readouterr().err
+    # the fp32 choices are checked before the images are read (no folder here) or the model loaded
+    assert main(["quantize", str(path), str(out), "--images", str(tmp_path / "none"), "--fp32-layers", "mlp.fc3"]) == 1
+    assert "error: unknown ViT block layer(s) mlp.fc3" in capsys.readouterr().err
 
 
 def test_bf16_within_tolerance(exported, data_dir: Path, image: np.ndarray) -> None:

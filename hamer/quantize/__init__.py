@@ -22,14 +22,14 @@ The modules, each importing only those listed before it:
 - ``qdq``: one 8-bit copy by onnxruntime's ``quantize_static``.
 - ``report``: joints, their error against fp32, the report.
 - ``search``: the candidates measured, the cheapest within the bounds.
-- ``model``: ``quantize_onnx``.
+- ``model``: ``quantize_onnx``, and ``check_fp32_choices`` (its checks of the fp32 choices, run first).
 """
 
 from .calibration import CALIBRATION_JITTER, calibration_crops, calibration_sets, image_files, jittered_boxes
 from .graph import FP32_NODES
-from .model import DEFAULT_MAX_ERROR_MM, DEFAULT_MAX_MEAN_ERROR_MM, ROUNDINGS, quantize_onnx
+from .model import DEFAULT_MAX_ERROR_MM, DEFAULT_MAX_MEAN_ERROR_MM, ROUNDINGS, check_fp32_choices, quantize_onnx
 from .report import QuantizationError, QuantizationReport, Trial
 
 __all__ = ["CALIBRATION_JITTER", "DEFAULT_MAX_ERROR_MM", "DEFAULT_MAX_MEAN_ERROR_MM", "FP32_NODES", "ROUNDINGS",
-           "QuantizationError", "QuantizationReport", "Trial", "calibration_crops", "calibration_sets", "image_files",
-           "jittered_boxes", "quantize_onnx"]
+           "QuantizationError", "QuantizationReport", "Trial", "calibration_crops", "calibration_sets",
+           "check_fp32_choices", "image_files", "jittered_boxes", "quantize_onnx"]

@@ -55,14 +55,11 @@ def quantize_onnx(src: PathLike, dst: PathLike, crops: np.ndarray, held_out: np.
     from onnxruntime.quantization.calibrate import save_tensors_data
 
     src, dst = Path(src).expanduser(), Path(dst).expanduser()
-    if not src.is_file():
-        raise FileNotFoundError(f"ONNX model not found: {src}")
+    fp32_nodes = tuple(fp32_nodes)
+    vit, fp32_layers = _checked_fp32(src, fp32_nodes, fp32_blocks, fp32_layers)
+    graph = vit.graph
     crops, held_out = (np.ascontiguousarray(c, dtype=np.float32) for c in (crops, held_out))
     _check_arguments(crops, held_out, rounding, max_error_mm, max_mean_error_mm)
-    graph = load_graph(src)
-    vit = ViTLayout(graph)
-    fp32_nodes = tuple(fp32_nodes)
-    fp32_layers = _checked_fp32(src, vit, fp32_nodes, fp32_blocks, fp32_layers)
     start = time.perf_counter()
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".quantize-") as tmp:
@@ -109,10 +106,21 @@ def _check_arguments(crops: np.ndarray, held_out: np.ndarray, rounding: str, max
         raise ValueError(f"error bounds must be > 0 mm, got max {max_error_mm}, mean {max_mean_error_mm}")
 
 
-def _checked_fp32(src: Path, vit: ViTLayout, patterns: tuple[str, ...], blocks: int | None,
-                  layers: Iterable[str] | None) -> tuple[str, ...] | None:
-    """``layers`` as a tuple (None kept) once the fp32 choices are checked against the graph of ``src``: ValueError
-    when ``blocks`` is out of range, a layer is unknown, every layer is kept, or ``patterns`` miss the MANO layer."""
+def check_fp32_choices(src: PathLike, fp32_blocks: int | None = None, fp32_layers: Iterable[str] | None = None,
+                       fp32_nodes: Iterable[str] = FP32_NODES) -> None:
+    """The errors :func:`quantize_onnx` raises for ``src`` and these fp32 choices, at once, from the graph alone (no
+    weights read, no crop made): a command checks them before the crops. FileNotFoundError / ValueError."""
+    _checked_fp32(Path(src).expanduser(), tuple(fp32_nodes), fp32_blocks, fp32_layers)
+
+
+def _checked_fp32(src: Path, patterns: tuple[str, ...], blocks: int | None, layers: Iterable[str] | None
+                  ) -> tuple[ViTLayout, tuple[str, ...] | None]:
+    """The ViT of ``src``'s graph and ``layers`` as a tuple (None kept), once the fp32 choices are checked against
+    it: FileNotFoundError, or ValueError when ``src`` is not from ``hamer.export``, ``blocks`` is out of range, a
+    layer is unknown, every layer is kept, or ``patterns`` miss the MANO layer."""
+    if not src.is_file():
+        raise FileNotFoundError(f"ONNX model not found: {src}")
+    vit = ViTLayout(load_graph(src))
     depth = vit.depth
     if blocks is not None and not 0 <= blocks < max(depth, 1):
         raise ValueError(f"fp32_blocks must be 0..{depth - 1} (the ViT has {depth} blocks), got {blocks}")
@@ -125,7 +133,7 @@ def _checked_fp32(src: Path, vit: ViTLayout, patterns: tuple[str, ...], blocks: 
             raise ValueError(f"fp32_layers {', '.join(layers)} would leave no ViT layer 8-bit")
     if not any(n.startswith("/net/mano/") for n in fp32_node_names(vit.graph, patterns, 0)):
         raise ValueError(f"{src}: the MANO layer (/net/mano/*) must stay fp32; fp32_nodes={patterns}")
-    return layers
+    return vit, layers
 
 
 def _report(dst: Path, chosen: Trial, crops: np.ndarray, error: JointError, rounding: str, depth: int,
