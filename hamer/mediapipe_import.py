@@ -2,7 +2,7 @@
 
 ``import mediapipe`` runs every task package's ``__init__``: the audio tasks (which load PortAudio through
 ``sounddevice``) and the vision drawing helpers (which import ``matplotlib.pyplot``). Those two are about three
-quarters of its import time (0.45 → 0.16 CPU-s here, after numpy and OpenCV), paid by every ``hamer run`` process and
+quarters of its import time (0.45 → 0.11 CPU-s here, after numpy and OpenCV), paid by every ``hamer run`` process and
 Ray worker. :func:`import_mediapipe` imports MediaPipe with those modules made lazy (:class:`importlib.util.LazyLoader`,
 the standard library's deferred loading): they are in ``sys.modules`` as usual and run their own code, unchanged, the
 first time an attribute of theirs is read. Where MediaPipe is already imported, or its layout differs, it is a plain
