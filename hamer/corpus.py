@@ -43,7 +43,7 @@ from .manifest import MANIFEST, TEMP_FILE, FolderLock, Manifest, RunError, clean
 from .plan import plan
 from .run_types import InputError, ModelError, Progress
 from .segments import Segments
-from .storage import is_url, key, local_path, read_text, redact
+from .storage import is_url, key, local_path, read_text
 from .units import DEFAULT_FPS, VIDEO_SUFFIXES, Options, Unit, fingerprint, input_stat
 
 log = logging.getLogger(__name__)
@@ -198,7 +198,7 @@ def _run_locked(units: list[Unit], problems: list[tuple[str, str]], out: Path | 
     todo = plan(units, out, options, known, resume, overwrite, exists,
                 frozenset(segment[0] for segment in manifest.segments))
     for unit, why in todo.skipped:
-        log.info("%s: %s", redact(unit.path), why)
+        log.info("%s: %s", unit.shown, why)
         if skipped is not None:
             skipped(unit, why)
     segments = Segments(out, options, manifest.segments, resume, overwrite, exists)

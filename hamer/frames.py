@@ -58,7 +58,7 @@ def _read_video(unit: Unit, decoded: Decoded, path: os.PathLike | str, warmup: i
                 ) -> Iterator[tuple[int, float | None, str, np.ndarray]]:
     """The frames of ``unit``'s video (a segment: after ``warmup`` frames before it), read from ``path``;
     ``probe``: its frame rate and count set on ``unit``."""
-    source = redact(unit.path)
+    source = unit.shown
     with opencv_path(path) as name:
         cap = cv2.VideoCapture(name)
         try:

@@ -88,7 +88,7 @@ def plan(units: Sequence[Unit], out: Path | str, options: Options, known: dict[s
             present = status in ("done", "truncated") and all(exists(f) for f in rec["files"])
             flags = differences(rec.get("options"), now) if present else []
             if flags:
-                raise OverwriteError(f"{redact(unit.path)}: its results in {shown} ({', '.join(rec['files'])}) were "
+                raise OverwriteError(f"{unit.shown}: its results in {shown} ({', '.join(rec['files'])}) were "
                                      f"made with other {', '.join(flags)}; pass --overwrite to replace them, or choose "
                                      "another --out")
             if present and not changed and (status == "done" or not resume):

@@ -55,7 +55,7 @@ def probe_frames(units: list[Unit]) -> None:
                 unit.frames, unit.fps = frames, fps
             else:
                 log.info("%s: its frame count is not in its header; it is run whole (not split into segments)",
-                         redact(unit.path))
+                         unit.shown)
 
 
 def _probe(unit: Unit) -> tuple[int, float]:
@@ -67,5 +67,5 @@ def _probe(unit: Unit) -> tuple[int, float]:
             rate = stream.average_rate
             return max(int(stream.frames), 0), float(rate) if rate else unit.fps
     except (av.error.FFmpegError, OSError, IndexError, ValueError) as exc:
-        log.debug("%s: cannot read its header (%s)", redact(unit.path), redact(str(exc)))
+        log.debug("%s: cannot read its header (%s)", unit.shown, redact(str(exc)))
         return 0, unit.fps

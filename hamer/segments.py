@@ -174,7 +174,7 @@ class Segments:
             return record(unit, "failed", frames, hands, seconds, f"segment [{start}, {end}) failed: {bad['error']}; "
                           "--resume runs the segments not done", [], **extra)
         start_join = time.perf_counter()
-        log.info("%s: joining its %d segments", redact(unit.path), len(recs))
+        log.info("%s: joining its %d segments", unit.shown, len(recs))
         try:
             if isinstance(self.out, Path):
                 files, frames, hands = join_parts(unit, self.out, self.options, video.segments)
@@ -248,12 +248,12 @@ def join_parts(unit: Unit, out: Path, options: Options, segments: list[tuple[int
     with UnitWriter(unit, out, options, faces) as writer:
         for path in parts:
             part = Part(path)
-            for frame in part.frames(redact(unit.path), renumber.mapping(part)):
+            for frame in part.frames(unit.shown, renumber.mapping(part)):
                 img = None
                 if images is not None:
                     index, _, _, img = next(images, (None, None, None, None))
                     if index != frame.index:
-                        raise ValueError(f"{redact(unit.path)}: frame {frame.index} cannot be decoded again for the "
+                        raise ValueError(f"{unit.shown}: frame {frame.index} cannot be decoded again for the "
                                          "overlay")
                 writer.add(frame, img)
                 renumber.joined(frame)

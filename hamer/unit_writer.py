@@ -11,7 +11,6 @@ import numpy as np
 
 from .manifest import refuse_link
 from .outputs import Frame, write_image
-from .storage import redact
 from .units import Options, Unit
 from .video import VideoFileWriter
 
@@ -47,7 +46,7 @@ class UnitWriter:
         self._style = "boxes" if options.bbox_only else options.overlay_style
         if options.overlay and self._style == "mesh" and faces is None:
             log.warning("%s: the model has no MANO triangles (an ONNX file exported without them): the overlay "
-                        "draws skeletons", redact(unit.path))
+                        "draws skeletons", unit.shown)
             self._style = "skeleton"
 
     @property

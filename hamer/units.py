@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 from .input_cache import DEFAULT_CACHE_BYTES
 from .model_options import ModelOptions
-from .storage import is_url, key
+from .storage import is_url, key, redact
 from .storage import stat as url_stat
 
 DEFAULT_FPS = 30.0
@@ -54,6 +54,12 @@ class Unit:
     frames: int = 0
     fps: float = DEFAULT_FPS
     segment: tuple[int, int] | None = None
+
+    @property
+    def shown(self) -> str:
+        """``path`` as messages and the manifest show it: a URL's credentials and query hidden
+        (:func:`hamer.storage.redact`)."""
+        return redact(self.path)
 
     def files(self, formats: Sequence[str], overlay: bool) -> list[str]:
         """The names of the files (and folders) it writes in the output folder."""

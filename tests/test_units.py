@@ -132,3 +132,9 @@ def test_a_record_written_out(tmp_path, monkeypatch):
     assert line == {"input": str(Path(tmp_path) / "a.mp4"), "name": "a", "kind": "video", "status": "truncated",
                     "frames": 10, "expected_frames": 12, "hands": 3, "seconds": 1.235, "error": "ended early",
                     "files": ["a.jsonl", "a.npz"], "stat": [1, 2]}
+
+
+def test_a_unit_is_shown_without_its_urls_credentials_and_query():
+    url = Unit("s3://AKID:s3cret@bucket/in/a.mp4?X-Amz-Signature=abc", "video")
+    assert url.shown == "s3://***@bucket/in/a.mp4?***"
+    assert Unit("/data/in/a:b@c.mp4", "video").shown == "/data/in/a:b@c.mp4"  # a local path as it is

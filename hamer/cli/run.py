@@ -194,7 +194,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         try:
             records = run_corpus(inputs, args.out, options, resume=args.resume, overwrite=args.overwrite,
                                  progress=progress,
-                                 skipped=lambda unit, why: skipped.append(f"{redact(unit.path)}: {why}"))
+                                 skipped=lambda unit, why: skipped.append(f"{unit.shown}: {why}"))
         except RunError as exc:
             bar.write(f"error: {exc}", file=sys.stderr)
             return 1

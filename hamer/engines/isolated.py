@@ -18,7 +18,6 @@ from typing import Any
 
 from ..manifest import DIED
 from ..run_types import ModelError, Progress
-from ..storage import redact
 from ..units import Options, Unit, record
 
 log = logging.getLogger(__name__)
@@ -47,7 +46,7 @@ def run_isolated(unit: Unit, out: Path | str, options: Options, progress: Progre
     ModelError when the child cannot set up the model."""
     where = "" if unit.segment is None else f" (frames [{unit.segment[0]}, {unit.segment[1]}))"
     log.warning("%s%s: an earlier run died while running it; running it alone in a child process",
-                redact(unit.path), where)
+                unit.shown, where)
     context = multiprocessing.get_context("spawn")
     receive, send = context.Pipe(duplex=False)
     child = context.Process(target=_child, args=(unit, str(out), options, send), name="hamer-suspect", daemon=True)

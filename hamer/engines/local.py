@@ -37,7 +37,6 @@ from ..pipeline import Reconstructor, best_per_label, find_hands
 from ..remote_out import Upload, staged
 from ..run_types import ModelError, Progress
 from ..segments import warmup_frames
-from ..storage import redact
 from ..tracking import HandTracker, OneEuroFilter, VideoHands
 from ..units import Options, Unit
 from .base import Finished, StageStats, Started, TimedNetwork
@@ -254,7 +253,7 @@ class LocalEngine:
         except Stopped:
             raise
         except Exception as exc:  # noqa: BLE001 (recorded: the unit failed, the run goes on)
-            log.debug("unit %s failed", redact(unit.path), exc_info=True)
+            log.debug("unit %s failed", unit.shown, exc_info=True)
             job.error = f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
         put(work, End(job), stop)
 

@@ -24,7 +24,6 @@ from ..remote_out import Upload
 from ..results import Hand
 from ..run_types import Progress
 from ..segment_parts import PartWriter, Warmup, open_writer
-from ..storage import redact
 from ..tracking import TrackedFrame, VideoHands
 from ..unit_writer import UnitWriter
 from ..units import Options, Unit, record
@@ -158,4 +157,4 @@ def discard(writer: UnitWriter | PartWriter, exc: BaseException) -> None:
     try:
         writer.__exit__(type(exc), exc, exc.__traceback__)
     except (OSError, ValueError) as again:
-        log.debug("%s: %s while discarding its outputs", redact(writer.unit.path), again)
+        log.debug("%s: %s while discarding its outputs", writer.unit.shown, again)
