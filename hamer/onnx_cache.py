@@ -4,8 +4,11 @@ On CPU in fp32, ONNX Runtime runs the network faster than torch (benchmarks/resu
 a checkpoint exports it (``hamer.export.write_onnx``) into ``<cache>/<key>/hamer.onnx`` and keeps torch's outputs
 on fixed check crops beside it (``check.npz``); every load, the first included, runs those crops through ONNX
 Runtime and compares every output the graph gives with torch's, each within its tolerance (``tolerance``). An
-entry that is incomplete, does not load or gives other outputs is deleted and rebuilt. An export is written in
-``<cache>/.<key>-<pid>@<host>-*`` first; the next export of that key removes such a folder whose process is gone.
+entry that is incomplete, does not load or gives other outputs is rebuilt. An export is written in
+``<cache>/.<key>-<pid>@<host>-*`` first, then renamed into place (an old entry renamed aside first, then removed);
+the next export of that key removes such a folder whose process is gone. One process of a host exports a key at a
+time (``<cache>/.<key>.lock``, :class:`hamer.pidlock.PidLock`): a second first run waits for it, then loads its
+entry, rather than exporting too (twice the memory and the time).
 
 ``key`` hashes the checkpoint's content (sha256, computed once and remembered in ``<cache>/checkpoints.json`` by
 the file's device, inode, size, mtime and ctime, so a file replaced in place gets hashed again), the model config,
@@ -30,7 +33,8 @@ import socket
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,7 +43,7 @@ import torch
 from yacs.config import CfgNode
 
 from . import configs
-from .pidlock import holder_alive
+from .pidlock import LockBusy, PidLock, holder_alive
 from .sizes import format_bytes
 from .version import __version__
 
@@ -70,6 +74,7 @@ _INDEX_FILE = "checkpoints.json"
 _INDEX_MAX_BYTES = 2**20  # a larger index is ignored (and rewritten)
 _INDEX_MAX_ENTRIES = 1000
 _HASH_CHUNK = 16 * 2**20
+_WAIT_POLL_S = 0.5  # how often a process waiting for another's export of the same entry looks again
 
 
 class StaleEntryError(ValueError):
@@ -246,6 +251,49 @@ def _remove_killed_exports(entry: Path) -> None:
             log.info("removed %s, left by a killed export", folder)
 
 
+def _swap_in(tmp: Path, entry: Path) -> None:
+    """Put the folder ``tmp`` in place of ``entry`` by renames only: an old entry is renamed aside (named as an
+    export's temporary folder, so that a kill here leaves nothing :func:`_remove_killed_exports` misses), then
+    removed; a reader never finds the path half removed."""
+    aside = entry.parent / f".{entry.name}-{os.getpid()}@{socket.gethostname()}-stale"
+    try:
+        os.rename(entry, aside)
+    except FileNotFoundError:
+        aside = None
+    try:
+        os.rename(tmp, entry)
+    except OSError:  # another host's process (no common lock) has just cached the same checkpoint: checked next
+        if not entry.is_dir():
+            raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+@contextmanager
+def _export_lock(entry: Path, checkpoint: Path) -> Iterator[None]:
+    """Held while this process may export ``entry``: another process of this host exporting the same checkpoint
+    is waited for (it holds the lock until its entry is in place or it died) rather than doubled, which would
+    double the memory and the time."""
+    lock = PidLock(entry.parent / f".{entry.name}.lock")
+    told = False
+    while True:
+        try:
+            lock.acquire()
+            break
+        except LockBusy as busy:
+            if not told:
+                holder = busy.holder
+                who = f"pid {holder['pid']} on {holder.get('host', '?')}" if "pid" in holder else "not named"
+                log.warning("another process (%s) is exporting checkpoint %s to ONNX: waiting for it", who,
+                            checkpoint)
+                told = True
+            time.sleep(_WAIT_POLL_S)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def _build_entry(build: Callable[[], HaMeRNet], cfg: CfgNode, entry: Path, crops: np.ndarray,
                  checkpoint: Path, device: torch.device) -> OnnxRuntime:
     """Export into a temporary folder, move it to ``entry`` in one rename, then check it; RuntimeError if off.
@@ -281,12 +329,7 @@ def _build_entry(build: Callable[[], HaMeRNet], cfg: CfgNode, entry: Path, crops
                    on_saving=lambda: phase(3, f"writing the weights to {entry / 'hamer.onnx.data'}"))
         del model
         _release_freed_memory()  # the weights go before ONNX Runtime reads its copy
-        shutil.rmtree(entry, ignore_errors=True)
-        try:
-            os.replace(tmp, entry)
-        except OSError:  # another process has just cached the same checkpoint: its entry is checked below
-            if not entry.is_dir():
-                raise
+        _swap_in(tmp, entry)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     phase(4, "checking every output of ONNX Runtime against torch's")
@@ -313,15 +356,34 @@ def default_runtime(build: Callable[[], HaMeRNet], cfg: CfgNode, checkpoint: Pat
         return None
     entry = cache_dir() / cache_key(checkpoint, cfg)
     crops = check_crops(cfg)
-    runtime = None
-    if (entry / _CHECK_FILE).is_file():
-        try:
-            runtime = _checked_runtime(entry, crops, device)
-        except StaleEntryError as exc:
-            log.warning("ONNX cache entry %s rejected, %s: rebuilding it", entry, exc)
+    seen = _identity(entry)
+    runtime = _cached_runtime(entry, crops, device) if seen is not None else None
     if runtime is None:
-        if not _export_fits(checkpoint):
-            return None
-        runtime = _build_entry(build, cfg, entry, crops, checkpoint, device)
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        with _export_lock(entry, checkpoint):
+            if _identity(entry) not in (None, seen):  # another process's export, waited for
+                runtime = _cached_runtime(entry, crops, device)
+            if runtime is None:
+                if not _export_fits(checkpoint):
+                    return None
+                runtime = _build_entry(build, cfg, entry, crops, checkpoint, device)
     log.info("running the network with ONNX Runtime from %s (backend='torch' for torch)", entry)
     return runtime
+
+
+def _identity(entry: Path) -> tuple[int, int] | None:
+    """Which export ``entry`` holds (its check file's inode and modification time), None if none."""
+    try:
+        stat = (entry / _CHECK_FILE).stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def _cached_runtime(entry: Path, crops: np.ndarray, device: torch.device) -> OnnxRuntime | None:
+    """The runtime of ``entry`` if it checks out, else None (a rejected entry is logged)."""
+    try:
+        return _checked_runtime(entry, crops, device)
+    except StaleEntryError as exc:
+        log.warning("ONNX cache entry %s rejected, %s: rebuilding it", entry, exc)
+        return None

@@ -9,6 +9,8 @@ import logging
 import os
 import shutil
 import socket
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ from onnx import numpy_helper
 from processes import dead_pid
 
 import hamer.configs
+import hamer.export
 import hamer.onnx_cache
 from hamer.checkpoint import build_model
 from hamer.configs import data_paths, load_config
@@ -328,3 +331,45 @@ def test_a_killed_exports_folder_is_removed_by_the_next_export(cache: Path, data
     assert (entry / "hamer.onnx").is_file()
     assert [p.name for p in cache.iterdir() if p.name.startswith(f".{entry.name}-") and p not in (
         running, elsewhere)] == []  # its own temporary folder is gone too
+
+
+def test_a_second_first_run_waits_for_the_export_under_way_and_loads_it(cache: Path, data_dir: Path, image: np.ndarray,
+                                                                        monkeypatch, caplog) -> None:
+    """Two first loads at once (threads here: the export lock is a ``flock``, held per open file, so two threads
+    contend for it as two processes do): one exports, held back until told; the other waits for it, then loads it."""
+    exporting, go = threading.Event(), threading.Event()
+    write_onnx = hamer.export.write_onnx
+
+    def held_back(*args, **kwargs):
+        exporting.set()
+        assert go.wait(120)
+        return write_onnx(*args, **kwargs)
+
+    monkeypatch.setattr(hamer.export, "write_onnx", held_back)
+    loaded: dict[str, HAMER] = {}
+
+    def load(name: str) -> None:
+        loaded[name] = HAMER(data_dir=data_dir, task_paths={})
+        loaded[name].load()
+
+    messages = lambda: [r.getMessage() for r in caplog.records]  # noqa: E731
+    with caplog.at_level(logging.WARNING, logger="hamer"):
+        threads = [threading.Thread(target=load, args=(name,)) for name in ("first", "second")]
+        threads[0].start()
+        assert exporting.wait(120)
+        threads[1].start()
+        deadline = time.monotonic() + 120  # until the second waits (or, without the lock, exports too)
+        while sum(m.startswith("ONNX export 2/4") or "waiting for it" in m for m in messages()) < 2:
+            assert time.monotonic() < deadline, messages()
+            time.sleep(0.02)
+        go.set()
+        for thread in threads:
+            thread.join(120)
+    assert sum(m.startswith("First use of checkpoint") for m in messages()) == 1, messages()
+    assert sum(f"another process (pid {os.getpid()} on {socket.gethostname()}) is exporting checkpoint" in m
+               and "waiting for it" in m for m in messages()) == 1, messages()
+    assert not any("rejected" in m for m in messages()), messages()
+    paths = {name: _network(h).path for name, h in loaded.items()}
+    assert paths["first"] == paths["second"] and paths["first"].parent.parent == cache  # one entry, loaded by both
+    _assert_outputs_close(_outputs(loaded["second"], image), _outputs(loaded["first"], image))
+    assert [p.name for p in cache.iterdir() if p.name.startswith(".")] == []  # no lock, no temporary folder left
