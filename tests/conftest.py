@@ -60,6 +60,16 @@ def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Calla
 
 
 @pytest.fixture(scope="session", autouse=True)
+def short_temp_dirs() -> Iterator[None]:
+    """The folders the Ray tests gave Ray for its sessions (short paths in /tmp, outside pytest's temporary folder),
+    removed when the session ends: set up first, so torn down after the fixtures whose Ray used them."""
+    from ray_helpers import remove_short_temp_dirs
+
+    yield
+    remove_short_temp_dirs()
+
+
+@pytest.fixture(scope="session", autouse=True)
 def onnx_cache(tmp_path_factory) -> Iterator[Path]:
     """The default CPU path's ONNX cache, one per test session (never the user's ~/.cache), for this process and,
     through HAMER_ONNX_CACHE, for the ``hamer`` processes the tests start: every HAMER that loads a checkpoint

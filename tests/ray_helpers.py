@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -79,9 +80,20 @@ def new_mark() -> str:
     return uuid.uuid4().hex
 
 
+_made: list[Path] = []
+
+
 def short_temp_dir() -> Path:
-    """A fresh folder for Ray's sessions, short enough for its Unix socket paths (107 bytes)."""
-    return Path(tempfile.mkdtemp(prefix="hr-", dir="/tmp"))
+    """A fresh folder for Ray's sessions, short enough for its Unix socket paths (107 bytes); removed at the end of
+    the test session (:func:`remove_short_temp_dirs`)."""
+    _made.append(Path(tempfile.mkdtemp(prefix="hr-", dir="/tmp")))
+    return _made[-1]
+
+
+def remove_short_temp_dirs() -> None:
+    """Remove the folders :func:`short_temp_dir` made in this process (their Rays shut down by then)."""
+    while _made:
+        shutil.rmtree(_made.pop(), ignore_errors=True)
 
 
 def stderr_lines(text: str) -> list[str]:
