@@ -353,18 +353,21 @@ def test_a_second_first_run_waits_for_the_export_under_way_and_loads_it(cache: P
         loaded[name].load()
 
     messages = lambda: [r.getMessage() for r in caplog.records]  # noqa: E731
+    threads = [threading.Thread(target=load, args=(name,)) for name in ("first", "second")]
     with caplog.at_level(logging.WARNING, logger="hamer"):
-        threads = [threading.Thread(target=load, args=(name,)) for name in ("first", "second")]
-        threads[0].start()
-        assert exporting.wait(120)
-        threads[1].start()
-        deadline = time.monotonic() + 120  # until the second waits (or, without the lock, exports too)
-        while sum(m.startswith("ONNX export 2/4") or "waiting for it" in m for m in messages()) < 2:
-            assert time.monotonic() < deadline, messages()
-            time.sleep(0.02)
-        go.set()
-        for thread in threads:
-            thread.join(120)
+        try:
+            threads[0].start()
+            assert exporting.wait(120)
+            threads[1].start()
+            deadline = time.monotonic() + 120  # until the second waits (or, without the lock, exports too)
+            while sum(m.startswith("ONNX export 2/4") or "waiting for it" in m for m in messages()) < 2:
+                assert time.monotonic() < deadline, messages()
+                time.sleep(0.02)
+        finally:
+            go.set()
+            for thread in threads:
+                if thread.is_alive():
+                    thread.join(120)
     assert sum(m.startswith("First use of checkpoint") for m in messages()) == 1, messages()
     assert sum(f"another process (pid {os.getpid()} on {socket.gethostname()}) is exporting checkpoint" in m
                and "waiting for it" in m for m in messages()) == 1, messages()
