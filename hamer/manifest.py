@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .files import TEMP_PREFIX
-from .pidlock import LockBusy, PidLock
+from .pidlock import LockBusy, PidLock, describe
 
 log = logging.getLogger(__name__)
 
@@ -149,23 +149,17 @@ class FolderLock:
         try:
             holder = self._lock.acquire()
         except LockBusy as busy:
-            raise FolderBusy(f"{self.path.parent} is in use by another run ({_describe(busy.holder)}); wait for it "
+            raise FolderBusy(f"{self.path.parent} is in use by another run ({describe(busy.holder)}); wait for it "
                              "to end or choose another --out") from None
         except OSError as exc:  # a link put there since (ELOOP), a folder not writable...
             raise RunError(f"cannot open {self.path}: {exc.strerror}") from None
         if holder:
             log.warning("%s: took over the lock of a run that ended without releasing it (%s)", self.path.parent,
-                        _describe(holder))
+                        describe(holder))
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._lock.release()
-
-
-def _describe(holder: dict[str, Any]) -> str:
-    if not holder:
-        return "pid and host unknown"
-    return f"pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}"
 
 
 def clean_temp_files(out: Path) -> list[Path]:

@@ -43,7 +43,7 @@ import torch
 from yacs.config import CfgNode
 
 from . import configs
-from .pidlock import LockBusy, PidLock, holder_alive
+from .pidlock import LockBusy, PidLock, describe, holder_alive
 from .sizes import format_bytes
 from .version import __version__
 
@@ -241,6 +241,12 @@ def _release_freed_memory() -> None:
         pass
 
 
+def _own_prefix(entry: Path) -> str:
+    """The name's start of this process's temporary folders of ``entry`` (``.<key>-<pid>@<host>-``), which
+    :func:`_remove_killed_exports` reads back."""
+    return f".{entry.name}-{os.getpid()}@{socket.gethostname()}-"
+
+
 def _remove_killed_exports(entry: Path) -> None:
     """Remove the temporary folders of ``entry``'s exports whose process was killed (``.<entry>-<pid>@<host>-*``,
     on this host, that pid gone): a killed first run left its 2.7 GB behind."""
@@ -255,7 +261,7 @@ def _swap_in(tmp: Path, entry: Path) -> None:
     """Put the folder ``tmp`` in place of ``entry`` by renames only: an old entry is renamed aside (named as an
     export's temporary folder, so that a kill here leaves nothing :func:`_remove_killed_exports` misses), then
     removed; a reader never finds the path half removed."""
-    aside = entry.parent / f".{entry.name}-{os.getpid()}@{socket.gethostname()}-stale"
+    aside = entry.parent / f"{_own_prefix(entry)}stale"
     try:
         os.rename(entry, aside)
     except FileNotFoundError:
@@ -282,10 +288,8 @@ def _export_lock(entry: Path, checkpoint: Path) -> Iterator[None]:
             break
         except LockBusy as busy:
             if not told:
-                holder = busy.holder
-                who = f"pid {holder['pid']} on {holder.get('host', '?')}" if "pid" in holder else "not named"
-                log.warning("another process (%s) is exporting checkpoint %s to ONNX: waiting for it", who,
-                            checkpoint)
+                log.warning("another process (%s) is exporting checkpoint %s to ONNX: waiting for it",
+                            describe(busy.holder), checkpoint)
                 told = True
             time.sleep(_WAIT_POLL_S)
     try:
@@ -315,9 +319,8 @@ def _build_entry(build: Callable[[], HaMeRNet], cfg: CfgNode, entry: Path, crops
     def phase(number: int, what: str) -> None:
         log.warning("ONNX export %d/4: %s (%.0f s so far)", number, what, time.perf_counter() - start)
 
-    entry.parent.mkdir(parents=True, exist_ok=True)
     _remove_killed_exports(entry)
-    tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}-{os.getpid()}@{socket.gethostname()}-"))
+    tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=_own_prefix(entry)))
     try:
         phase(1, "loading the checkpoint and running torch on 2 check crops")
         model = build()

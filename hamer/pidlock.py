@@ -105,6 +105,13 @@ class PidLock:
             self._fd = None
 
 
+def describe(holder: dict[str, Any]) -> str:
+    """A holder as messages name it: "pid N on HOST, since TIME"."""
+    if not holder:
+        return "pid and host unknown"
+    return f"pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}"
+
+
 def read_holder(fd: int) -> dict[str, Any]:
     """What the lock file open at ``fd`` says of its holder; ``{}`` when it says nothing readable."""
     try:

@@ -38,7 +38,7 @@ from typing import Any
 
 from .configs import user_cache_dir
 from .manifest import LOCK, MANIFEST, FolderBusy, ManifestError, RunError, take_record
-from .pidlock import holder_alive, pid_alive
+from .pidlock import describe, holder_alive, pid_alive
 from .storage import StorageError, filesystem, is_url, redact
 
 log = logging.getLogger(__name__)
@@ -151,9 +151,8 @@ class ObjectLock:
             except FileExistsError:
                 holder = self._holder()
                 if holder is not None and not _dead(holder):
-                    raise FolderBusy(f"{redact(self.url)} is in use by another run (pid {holder.get('pid')} on "
-                                     f"{holder.get('host')}, since {holder.get('since')}); wait for it to end or "
-                                     "choose another --out") from None
+                    raise FolderBusy(f"{redact(self.url)} is in use by another run ({describe(holder)}); wait for it "
+                                     "to end or choose another --out") from None
                 log.warning("%s: took over the lock of a run that ended without releasing it (%s)",
                             redact(self.url), holder)
                 self.fs.rm_file(self.path)

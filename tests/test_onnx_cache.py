@@ -369,7 +369,8 @@ def test_a_second_first_run_waits_for_the_export_under_way_and_loads_it(cache: P
                 if thread.is_alive():
                     thread.join(120)
     assert sum(m.startswith("First use of checkpoint") for m in messages()) == 1, messages()
-    assert sum(f"another process (pid {os.getpid()} on {socket.gethostname()}) is exporting checkpoint" in m
+    assert sum(f"another process (pid {os.getpid()} on {socket.gethostname()}, since " in m
+               and ") is exporting checkpoint" in m
                and "waiting for it" in m for m in messages()) == 1, messages()
     assert not any("rejected" in m for m in messages()), messages()
     paths = {name: _network(h).path for name, h in loaded.items()}
