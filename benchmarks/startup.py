@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -24,6 +23,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from first_run import cpu_name  # (this folder: a script's own)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -65,19 +66,20 @@ def main() -> None:
         clip = write_video(work / "clip.mp4", pan_zoom(PHOTO.name, 10))
         cases = {"one photo": [str(PHOTO)], "10-frame clip, --engine ray": [str(clip), "--engine", "ray"]}
         codes = {label: Path(code).resolve() for code, label in zip(args.code, args.label, strict=True)}
-        times: dict[tuple[str, str], list[tuple[float, float]]] = {}
-        for label, code in codes.items():  # a warm-up each: the ONNX cache filled, files in the page cache
-            env = {**os.environ, "PYTHONPATH": str(code), "HAMER_ONNX_CACHE": str(work / f"cache-{label}")}
+
+        def run(label: str, inputs: list[str]) -> tuple[float, float]:
+            env = {**os.environ, "PYTHONPATH": str(codes[label]), "HAMER_ONNX_CACHE": str(work / f"cache-{label}")}
+            return timed([sys.executable, "-m", "hamer", "run", *inputs, "--data", str(data), "--out",
+                          str(work / "out"), "--quiet", "--overwrite"], env, codes[label])
+
+        for label in codes:  # a warm-up each: the ONNX cache filled, files in the page cache
             for inputs in cases.values():
-                timed([sys.executable, "-m", "hamer", "run", *inputs, "--data", str(data), "--out",
-                       str(work / "out"), "--quiet", "--overwrite"], env, code)
+                run(label, inputs)
+        times: dict[tuple[str, str], list[tuple[float, float]]] = {}
         for _ in range(args.runs):
             for case, inputs in cases.items():
-                for label, code in codes.items():
-                    env = {**os.environ, "PYTHONPATH": str(code), "HAMER_ONNX_CACHE": str(work / f"cache-{label}")}
-                    times.setdefault((case, label), []).append(timed(
-                        [sys.executable, "-m", "hamer", "run", *inputs, "--data", str(data), "--out",
-                         str(work / "out"), "--quiet", "--overwrite"], env, code))
+                for label in codes:
+                    times.setdefault((case, label), []).append(run(label, inputs))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     rows = [{"case": case, "code": label, "commit": commit(codes[label]), "runs": len(t),
@@ -86,10 +88,9 @@ def main() -> None:
     path = RESULTS / "startup.json"
     old = json.loads(path.read_text())["rows"] if path.exists() else []
     rows = [r for r in old if r["code"] not in codes] + rows
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    path.write_text(json.dumps({"cpu": cpu, "cores": os.cpu_count(), "rows": rows}, indent=1) + "\n")
-    lines = [f"# Start-up of short runs ({cpu}, {os.cpu_count()} cores; medians of {args.runs} runs)", "",
+    cpu = cpu_name()
+    path.write_text(json.dumps({"cpu": cpu, "rows": rows}, indent=1) + "\n")
+    lines = [f"# Start-up of short runs ({cpu}; medians of {args.runs} runs)", "",
              "| case | code | commit | wall s | CPU s |", "|---|---|---|---|---|"]
     lines += [f"| {r['case']} | {r['code']} | {r['commit']} | {r['wall_s_median']} | {r['cpu_s_median']} |"
               for r in sorted(rows, key=lambda r: (r["case"], r["code"]))]
