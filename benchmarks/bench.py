@@ -204,13 +204,13 @@ def export_models(work: Path, small: bool) -> dict:
 def quantize_models(work: Path, info: dict, paths: list[str]) -> None:
     """The int8 files of ``INT8_BOUNDS`` among ``paths`` not yet in ``info``, calibrated and measured on the
     photographs' hands."""
+    from hamer.onnx_runtime import OnnxRuntime
     from hamer.quantize import QuantizationError, calibration_sets, image_files, quantize_onnx
-    from hamer.runtime import OnnxRuntime
 
     missing = [name for name in INT8_BOUNDS if name in paths and name not in info["quantize"]]
     if not missing:
         return
-    cfg = OnnxRuntime(work / ONNX_FILES["onnx-fp32"], torch.device("cpu")).cfg
+    cfg = OnnxRuntime(work / ONNX_FILES["onnx-fp32"]).cfg
     fit, held_out = calibration_sets(image_files(ROOT.parent / "shared" / "images"), cfg)
     for name in missing:
         bounds = INT8_BOUNDS[name]

@@ -21,16 +21,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from onnxruntime.quantization.calibrate import save_tensors_data
 
+from hamer.onnx_runtime import OnnxRuntime
 from hamer.quantize import FP32_NODES, calibration_sets, image_files
 from hamer.quantize.activations import calibrate
 from hamer.quantize.graph import ViTLayout, fp32_node_names, load_graph, quantized_matmuls
 from hamer.quantize.qdq import quantize_qdq
 from hamer.quantize.report import joints
 from hamer.quantize.weights import GptqRounding
-from hamer.runtime import OnnxRuntime
 
 from bench import machine  # also puts this checkout first on sys.path
 
@@ -44,7 +43,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    cfg = OnnxRuntime(args.model, torch.device("cpu")).cfg
+    cfg = OnnxRuntime(args.model).cfg
     fit, held_out = calibration_sets(image_files(IMAGES), cfg)
     graph = load_graph(args.model)
     depth = ViTLayout(graph).depth

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from yacs.config import CfgNode
 
-from .configs import CONFIG_METADATA_KEY, DataPaths, check_supported, download_hint, load_config, merge_config
+from .checkpoint_config import checkpoint_config, require_checkpoint, safetensors_config
+from .configs import CONFIG_METADATA_KEY, DataPaths
 from .files import atomic_path, give_default_permissions
 from .models.mano import MANO, load_mano_pickle, mano_data_from_state_dict
 
@@ -99,25 +100,14 @@ def load_lightning_checkpoint(path: Path, mmap: bool = True) -> Checkpoint:
 
 def load_safetensors_checkpoint(path: Path) -> Checkpoint:
     """Read a file written by ``hamer convert``: weights plus the config as JSON metadata."""
-    from safetensors import SafetensorError, safe_open
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    config = safetensors_config(path)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
         state_dict = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise ValueError(f"cannot read safetensors checkpoint {path} (truncated or corrupt?): {exc}") from exc
-    config = None
-    if CONFIG_METADATA_KEY in meta:
-        try:
-            config = json.loads(meta[CONFIG_METADATA_KEY])
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"safetensors checkpoint {path}: metadata '{CONFIG_METADATA_KEY}' is not valid JSON: "
-                             f"{exc}") from None
-        if not isinstance(config, dict):
-            raise ValueError(f"safetensors checkpoint {path}: metadata '{CONFIG_METADATA_KEY}' is not a JSON "
-                             f"object (got {type(config).__name__})")
     return Checkpoint(state_dict, config)
 
 
@@ -183,29 +173,13 @@ def _mano_data(paths: DataPaths, state_dict: Mapping[str, torch.Tensor]) -> dict
     return data
 
 
-def _config(paths: DataPaths, checkpoint: Checkpoint) -> CfgNode:
-    """The model config: a safetensors file's own; else ``model_config.yaml`` beside the checkpoint (as the
-    original reads it); else the one a Lightning checkpoint carries."""
-    if checkpoint.config is not None and paths.checkpoint.suffix == ".safetensors":
-        cfg = merge_config(checkpoint.config, f"the config stored in {paths.checkpoint}")
-    elif paths.config.is_file():
-        cfg = load_config(paths.config)
-    elif checkpoint.config is not None:
-        log.info("%s not found; using the config stored in the checkpoint", paths.config)
-        cfg = merge_config(checkpoint.config, f"the config stored in {paths.checkpoint}")
-    else:
-        raise FileNotFoundError(f"model config not found: {paths.config} (and the checkpoint carries none)")
-    check_supported(cfg)
-    return cfg
-
-
 def read_checkpoint(paths: DataPaths) -> tuple[Checkpoint, CfgNode]:
-    """The checkpoint of a data folder (weights memory-mapped, not read) and its model config, without building
-    the model (which imports timm and torchvision: about 190 MB of resident memory)."""
-    if not paths.checkpoint.is_file() and paths.checkpoint.is_relative_to(paths.root):
-        raise FileNotFoundError(f"HaMeR checkpoint not found: {paths.checkpoint}; {download_hint(paths.root)}")
+    """The checkpoint of a data folder (weights memory-mapped, not read) and its model config
+    (:func:`hamer.checkpoint_config.checkpoint_config`), without building the model (which imports timm and
+    torchvision: about 190 MB of resident memory)."""
+    require_checkpoint(paths)
     checkpoint = load_checkpoint(paths.checkpoint)
-    return checkpoint, _config(paths, checkpoint)
+    return checkpoint, checkpoint_config(paths, lambda: checkpoint.config)
 
 
 def build_model(paths: DataPaths, read: tuple[Checkpoint, CfgNode] | None = None

@@ -3,7 +3,7 @@
 The graph maps ``crops`` (N, 3, 256, 256) float32 normalized crops, N dynamic, to the outputs of
 :class:`~hamer.models.hamer.HaMeRNet` (names and shapes in ``OUTPUT_NAMES``; left hands still mirrored), so the
 file alone gives joints. The model config travels as JSON in the file's ``metadata_props`` (``hamer_config``), so
-:class:`~hamer.runtime.OnnxRuntime` needs no checkpoint. The weights go to one external data file
+:class:`~hamer.onnx_runtime.OnnxRuntime` needs no checkpoint. The weights go to one external data file
 ``<name>.onnx.data`` beside the model: needed over protobuf's 2 GB (ViT-H is 2.7 GB), and ONNX Runtime then maps
 them instead of holding the parsed protobuf too (0.5 GB less at load for the 0.7 GB int8 model). The default CPU
 path's cache exports with ``write_onnx(consume=True)``, which never holds a second copy of the weights.
@@ -32,7 +32,8 @@ from yacs.config import CfgNode
 from .configs import CONFIG_METADATA_KEY, FACES_METADATA_KEY, PathLike
 from .files import give_default_permissions
 from .models.hamer import OUTPUT_NAMES, HaMeRNet
-from .runtime import ONNX_INPUT, OnnxRuntime, TorchRuntime
+from .onnx_runtime import ONNX_INPUT, OnnxRuntime
+from .torch_runtime import TorchRuntime
 
 if TYPE_CHECKING:
     import onnx
@@ -244,7 +245,7 @@ def _check_export(model: HaMeRNet, path: Path, x: torch.Tensor) -> float:
     """Largest scaled ONNX Runtime (CPU) - torch difference over all outputs; RuntimeError above tolerance."""
     with torch.inference_mode():
         reference = {k: v.float().cpu().numpy() for k, v in model(x).items()}
-    onnx_out = OnnxRuntime(path, torch.device("cpu"))(x.cpu().numpy())
+    onnx_out = OnnxRuntime(path)(x.cpu().numpy())
     errors = {k: float(np.abs(onnx_out[k] - ref).max()) / max(1.0, float(np.abs(ref).max()))
               for k, ref in reference.items()}
     worst = max(errors, key=errors.get)

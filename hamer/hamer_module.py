@@ -103,7 +103,7 @@ class HAMER:
             raise ValueError("task_paths choose MediaPipe's models: give them or a detector, not both")
         model = ModelOptions(device=device, backend=backend, precision=precision, checkpoint=checkpoint,
                              onnx=onnx_path, rescale_factor=rescale_factor, camera=camera)
-        self.device = model.check()
+        self.device = model.check()  # its name as torch writes it: "cpu", "cuda:0"
         if export_onnx is not None and backend == "onnx":
             raise ValueError("backend 'onnx' takes no export_onnx (the file is the export)")
         self.mode = mode

@@ -2,7 +2,7 @@
 engines and the command line.
 
     model = ModelOptions(device="cpu", backend="onnx", onnx="hamer.onnx")
-    model.check()            # ValueError (OptionError) naming the option at fault; the torch device
+    model.check()            # ValueError (OptionError) naming the option at fault; the device's name
     network = hamer.network.load_reconstructor(model)
 """
 
@@ -11,12 +11,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import configs
-
-if TYPE_CHECKING:
-    import torch
 
 BACKENDS = ("auto", "torch", "onnx")
 MAX_RESCALE_FACTOR = 100.0  # crop side / box side (HaMeR's demo: 2.0)
@@ -49,9 +46,10 @@ class ModelOptions:
     rescale_factor: float = 2.0
     camera: Any = None
 
-    def check(self, device_here: bool = True) -> torch.device | None:
-        """OptionError (a ValueError) for options that cannot work; the torch device when ``device_here`` (it must
-        exist on this machine; else, e.g. for Ray workers elsewhere, the device is not checked and None returned)."""
+    def check(self, device_here: bool = True) -> str | None:
+        """OptionError (a ValueError) for options that cannot work; the device's name as torch writes it ("cpu",
+        "cuda:1") when ``device_here`` (it must exist on this machine: torch is imported to look, except for "cpu";
+        else, e.g. for Ray workers elsewhere, the device is not checked and None returned)."""
         from .results import Camera
 
         if not (isinstance(self.rescale_factor, (int, float)) and 0 < self.rescale_factor <= MAX_RESCALE_FACTOR):
@@ -73,17 +71,21 @@ class ModelOptions:
             if self.precision not in configs.PRECISIONS:
                 raise OptionError("precision", f"precision must be one of {configs.PRECISIONS}, got {self.precision!r}")
             return None
-        from .runtime import check_precision, resolve_device  # imports torch
-
+        device = "cpu" if isinstance(self.device, str) and self.device == "cpu" else self._device_here()
         try:
-            device = resolve_device(self.device)
-        except ValueError as exc:
-            raise OptionError("device", str(exc)) from None
-        try:
-            check_precision(self.precision, device)
+            configs.check_precision(self.precision, device.split(":")[0])
         except ValueError as exc:
             raise OptionError("precision", str(exc)) from None
         return device
+
+    def _device_here(self) -> str:
+        """The device's name, checked by torch (imported here) to exist on this machine; OptionError if not."""
+        from .torch_runtime import resolve_device
+
+        try:
+            return resolve_device(self.device)
+        except ValueError as exc:
+            raise OptionError("device", str(exc)) from None
 
     @property
     def model_file(self) -> Path:

@@ -10,9 +10,10 @@ the next export of that key removes such a folder whose process is gone. One pro
 time (``<cache>/.<key>.lock``, :class:`hamer.pidlock.PidLock`): a second first run waits for it, then loads its
 entry, rather than exporting too (twice the memory and the time).
 
-``key`` hashes the checkpoint's content (sha256, computed once and remembered in ``<cache>/checkpoints.json`` by
-the file's device, inode, size, mtime and ctime, so a file replaced in place gets hashed again), the model config,
-and the torch, onnxruntime and hamer versions. The cache folder: ``hamer.configs.ONNX_CACHE_DIR``, else the
+``key`` hashes the checkpoint's content (sha256, computed once and remembered in ``<cache>/checkpoints.json``:
+:mod:`hamer.checkpoint_digest`), the model config,
+and the torch, onnxruntime and hamer versions (the installed distributions'). A hit (:func:`cached_runtime`) needs
+no torch: neither the checkpoint nor torch is loaded. The cache folder: ``hamer.configs.ONNX_CACHE_DIR``, else the
 environment variable ``HAMER_ONNX_CACHE``, else ``$XDG_CACHE_HOME/hamer/onnx``, else ``~/.cache/hamer/onnx``.
 
 The export is announced (WARNING) when it starts, with its phases and their times. It runs only when the free
@@ -25,6 +26,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -39,17 +41,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from yacs.config import CfgNode
 
 from . import configs
+from .checkpoint_digest import INDEX_FILE, checkpoint_digest
 from .pidlock import LockBusy, PidLock, describe, holder_alive
 from .sizes import format_bytes
 from .version import __version__
 
 if TYPE_CHECKING:
     from .models.hamer import HaMeRNet
-    from .runtime import OnnxRuntime
+    from .onnx_runtime import OnnxRuntime
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +72,6 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 EXPORT_MEMORY_PER_BYTE = 1.4
 EXPORT_SECONDS_PER_GB = 17.0
 _CHECK_FILE = "check.npz"
-_INDEX_FILE = "checkpoints.json"
-_INDEX_MAX_BYTES = 2**20  # a larger index is ignored (and rewritten)
-_INDEX_MAX_ENTRIES = 1000
-_HASH_CHUNK = 16 * 2**20
 _WAIT_POLL_S = 0.5  # how often a process waiting for another's export of the same entry looks again
 
 
@@ -90,61 +88,13 @@ def cache_dir() -> Path:
     return configs.user_cache_dir() / "onnx"
 
 
-def checkpoint_digest(checkpoint: Path, folder: Path) -> str:
-    """sha256 of the checkpoint file's content, remembered in ``folder``'s index by (device, inode, size,
-    mtime_ns, ctime_ns): a file rewritten in place changes its ctime, so it is hashed again."""
-    stat = checkpoint.stat()
-    identity = ":".join(map(str, (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)))
-    index_path = folder / _INDEX_FILE
-    index = _read_index(index_path)
-    digest = index.get(identity)
-    if digest is not None:
-        return digest
-    start = time.perf_counter()
-    sha = hashlib.sha256()
-    with open(checkpoint, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            sha.update(chunk)
-    digest = sha.hexdigest()
-    log.info("hashed checkpoint %s in %.1f s (once per file)", checkpoint, time.perf_counter() - start)
-    index = {k: v for k, v in _read_index(index_path).items() if k != identity}  # others' entries since
-    index[identity] = digest
-    _write_index(index_path, dict(list(index.items())[-_INDEX_MAX_ENTRIES:]))
-    return digest
-
-
-def _read_index(path: Path) -> dict[str, str]:
-    """The index's {identity: sha256}; empty when missing, too large or malformed (entries then hashed again)."""
-    try:
-        if path.stat().st_size > _INDEX_MAX_BYTES:
-            return {}
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(data, dict):
-        return {}
-    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str) and len(v) == 64
-            and all(c in "0123456789abcdef" for c in v)}
-
-
-def _write_index(path: Path, index: dict[str, str]) -> None:
-    """Replace the index in one rename (a concurrent writer's entries may be lost: they are hashed again)."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-        with os.fdopen(fd, "w") as f:
-            json.dump(index, f)
-        os.replace(tmp, path)
-    except OSError as exc:
-        log.warning("cannot write the checkpoint index %s (%s): the checkpoint is hashed again next time", path, exc)
-
-
 def cache_key(checkpoint: Path, cfg: CfgNode) -> str:
-    """Hash of the checkpoint's content, the config and the torch, onnxruntime and hamer versions."""
+    """Hash of the checkpoint's content, the config and the torch, onnxruntime and hamer versions (torch's read
+    from its distribution's metadata, without importing it)."""
     import onnxruntime
 
-    identity = [checkpoint_digest(checkpoint, cache_dir()), json.dumps(cfg, sort_keys=True),
-                torch.__version__, onnxruntime.__version__, __version__]
+    identity = [checkpoint_digest(checkpoint, cache_dir() / INDEX_FILE), json.dumps(cfg, sort_keys=True),
+                importlib.metadata.version("torch"), onnxruntime.__version__, __version__]
     return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:24]
 
 
@@ -175,9 +125,9 @@ def output_mismatches(got: dict[str, np.ndarray], expected: dict[str, np.ndarray
     return problems
 
 
-def _checked_runtime(entry: Path, crops: np.ndarray, device: torch.device) -> OnnxRuntime:
+def _checked_runtime(entry: Path, crops: np.ndarray, device: str) -> OnnxRuntime:
     """The runtime of a cache entry whose outputs on ``crops`` match its stored torch outputs; StaleEntryError."""
-    from .runtime import OnnxRuntime
+    from .onnx_runtime import OnnxRuntime
 
     try:
         with np.load(entry / _CHECK_FILE, allow_pickle=False) as stored:
@@ -299,11 +249,13 @@ def _export_lock(entry: Path, checkpoint: Path) -> Iterator[None]:
 
 
 def _build_entry(build: Callable[[], HaMeRNet], cfg: CfgNode, entry: Path, crops: np.ndarray,
-                 checkpoint: Path, device: torch.device) -> OnnxRuntime:
+                 checkpoint: Path, device: str) -> OnnxRuntime:
     """Export into a temporary folder, move it to ``entry`` in one rename, then check it; RuntimeError if off.
 
     The memory peak stays near one copy of the weights: torch's outputs are computed first, the model is exported
     consuming its weights (``write_onnx(consume=True)``) and freed before ONNX Runtime opens the file."""
+    import torch
+
     from .export import write_onnx
 
     size = checkpoint.stat().st_size
@@ -345,17 +297,41 @@ def _build_entry(build: Callable[[], HaMeRNet], cfg: CfgNode, entry: Path, crops
     return runtime
 
 
-def default_runtime(build: Callable[[], HaMeRNet], cfg: CfgNode, checkpoint: Path, device: torch.device,
-                    precision: str) -> OnnxRuntime | None:
-    """The runtime ``HAMER(backend="auto")`` uses: ONNX Runtime on the cached export on CPU in fp32 when
-    onnxruntime is installed; None otherwise, or when the export does not fit in memory (the caller then runs
-    torch). ``build``: the torch model of ``checkpoint``, called only to export it when the cache has no usable
-    entry (a hit needs no torch model); the export frees its weights, so it must not be shared."""
-    if device.type != "cpu" or precision != "fp32":
-        return None
+def _applies(device: str, precision: str) -> bool:
+    """Whether the cache serves the network on ``device`` in ``precision``: CPU, fp32, onnxruntime installed."""
+    if device.split(":")[0] != "cpu" or precision != "fp32":
+        return False
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
+        return False
+    return True
+
+
+def cached_runtime(cfg: CfgNode, checkpoint: Path, device: str, precision: str) -> OnnxRuntime | None:
+    """The runtime of the cache's entry for ``checkpoint`` and ``cfg`` when the cache serves ``device`` and
+    ``precision`` and the entry is there and checks out: no torch, no export. Else None, and
+    :func:`default_runtime` exports it (or reports the entry it rejects)."""
+    if not _applies(device, precision):
+        return None
+    entry = cache_dir() / cache_key(checkpoint, cfg)
+    if _identity(entry) is None:
+        return None
+    try:
+        runtime = _checked_runtime(entry, check_crops(cfg), device)
+    except StaleEntryError:
+        return None
+    log.info("running the network with ONNX Runtime from %s (backend='torch' for torch)", entry)
+    return runtime
+
+
+def default_runtime(build: Callable[[], HaMeRNet], cfg: CfgNode, checkpoint: Path, device: str,
+                    precision: str) -> OnnxRuntime | None:
+    """The runtime ``HAMER(backend="auto")`` uses: ONNX Runtime on the cached export on CPU in fp32 when
+    onnxruntime is installed, exported now if the cache has no usable entry; None otherwise, or when the export
+    does not fit in memory (the caller then runs torch). ``build``: the torch model of ``checkpoint``, called only
+    to export it (a hit needs no torch model); the export frees its weights, so it must not be shared."""
+    if not _applies(device, precision):
         return None
     entry = cache_dir() / cache_key(checkpoint, cfg)
     crops = check_crops(cfg)
@@ -383,7 +359,7 @@ def _identity(entry: Path) -> tuple[int, int] | None:
     return stat.st_ino, stat.st_mtime_ns
 
 
-def _cached_runtime(entry: Path, crops: np.ndarray, device: torch.device) -> OnnxRuntime | None:
+def _cached_runtime(entry: Path, crops: np.ndarray, device: str) -> OnnxRuntime | None:
     """The runtime of ``entry`` if it checks out, else None (a rejected entry is logged)."""
     try:
         return _checked_runtime(entry, crops, device)

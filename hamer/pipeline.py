@@ -30,7 +30,8 @@ Select = Callable[[Sequence["HandDetection"], tuple[int, ...]], list[Hand]]
 
 
 class Network(Protocol):
-    """A runtime of the network (``hamer.runtime``): (N, 3, S, S) normalized crops -> outputs by name."""
+    """A runtime of the network (``hamer.onnx_runtime``, ``hamer.torch_runtime``): (N, 3, S, S) normalized crops
+    -> outputs by name."""
 
     def __call__(self, inputs: np.ndarray) -> dict[str, np.ndarray]: ...
 
@@ -106,7 +107,8 @@ class Reconstructor:
     """Detected hands of an image -> reconstructed hands: crops, one network batch, full-image placement.
 
     Args:
-        network: runs the network on normalized crops (``hamer.runtime.TorchRuntime`` or ``OnnxRuntime``).
+        network: runs the network on normalized crops (``hamer.onnx_runtime.OnnxRuntime``, ``hamer.torch_runtime.
+            TorchRuntime``).
         cfg: the model config (crop size, normalization, focal length).
         rescale_factor: crop side = ``rescale_factor * max(h, 4/3 w)`` of the box (HaMeR's demo: 2.0).
     """
@@ -199,24 +201,22 @@ def place_hands(net: Mapping[str, np.ndarray], rights: np.ndarray, crops: Sequen
     keypoints_3d = net["pred_keypoints_3d"] * unmirror
     vertices = net["pred_vertices"] * unmirror
 
-    import torch  # here, not at the top: runs without the network (``--bbox-only``) never load torch
-
-    pred_cam = torch.from_numpy(net["pred_cam"].copy())
-    pred_cam[:, 1] = torch.from_numpy(sign) * pred_cam[:, 1]
-    box_center = torch.from_numpy(np.stack([c.center for c in crops]).astype(np.float32))
-    box_size = torch.tensor([c.size for c in crops], dtype=torch.float32)
-    img_size = torch.tensor([image_size] * len(crops), dtype=torch.float32)
-    default_t = cam_crop_to_full(pred_cam, box_center, box_size, img_size, torch.tensor(default.fx)).numpy()
+    pred_cam = net["pred_cam"].astype(np.float32)  # (a copy)
+    pred_cam[:, 1] = sign * pred_cam[:, 1]
+    box_center = np.stack([c.center for c in crops]).astype(np.float32)
+    box_size = np.array([c.size for c in crops], dtype=np.float32)
+    img_size = np.array([image_size] * len(crops), dtype=np.float32)
+    default_t = cam_crop_to_full(pred_cam, box_center, box_size, img_size, np.float32(default.fx))
     cam_t = default_t if camera == default else cam_crop_to_pinhole(
-        pred_cam.double(), box_center.double(), box_size.double(), camera.fx, camera.fy, camera.cx, camera.cy
-    ).float().numpy()
+        pred_cam.astype(np.float64), box_center.astype(np.float64), box_size.astype(np.float64), camera.fx,
+        camera.fy, camera.cx, camera.cy).astype(np.float32)
     return {
         "keypoints_3d": keypoints_3d,
         "vertices": vertices,
         "cam_t": cam_t,
         "keypoints_2d": default.project(keypoints_3d + default_t[:, None]),
-        "box_center": box_center.numpy(),
-        "box_size": box_size.numpy(),
+        "box_center": box_center,
+        "box_size": box_size,
     }
 
 

@@ -329,7 +329,7 @@ def test_the_training_config_is_read_from_hyper_parameters(tmp_path):
 def test_missing_config_and_checkpoint_outside_the_data_folder(data_dir, tmp_path, caplog):
     root = _copy(data_dir, tmp_path)
     os.remove(root / "hamer_ckpts/model_config.yaml")
-    with caplog.at_level("INFO", logger="hamer.checkpoint"):
+    with caplog.at_level("INFO", logger="hamer.checkpoint_config"):
         build_model(data_paths(root))
     assert f"{root / 'hamer_ckpts/model_config.yaml'} not found; using the config stored in the checkpoint" \
         in caplog.messages

@@ -95,8 +95,9 @@ def test_one_object_from_two_threads_gives_each_call_its_own_hands(hamer, image)
 
 
 def test_objects_load_at_once_in_threads(data_dir, monkeypatch):
-    """torch's allow-list of unpickled classes is process-wide: concurrent loads must not remove it for others."""
-    builds = []  # checkpoint reads (the unpickling; the default backend then builds no model on a cached export)
+    """torch's allow-list of unpickled classes is process-wide: concurrent loads must not remove it for others (the
+    torch backend: it reads the checkpoint every time; the default one reads none on a cached export)."""
+    builds = []  # checkpoint reads (the unpickling)
     real_read = checkpoint_module.read_checkpoint
 
     def counting_read(paths):
@@ -106,8 +107,8 @@ def test_objects_load_at_once_in_threads(data_dir, monkeypatch):
     monkeypatch.setattr(checkpoint_module, "read_checkpoint", counting_read)
     errors: list[BaseException] = []
     for _ in range(4):
-        shared = HAMER(data_dir=data_dir)
-        callers = [HAMER(data_dir=data_dir) for _ in range(5)] + [shared, shared]
+        shared = HAMER(data_dir=data_dir, backend="torch")
+        callers = [HAMER(data_dir=data_dir, backend="torch") for _ in range(5)] + [shared, shared]
         start = threading.Barrier(len(callers))
 
         def load(obj: HAMER, start: threading.Barrier) -> None:

@@ -18,8 +18,9 @@ from hamer.configs import data_paths
 from hamer.export import export_onnx
 from hamer.hamer_module import HAMER
 from hamer.onnx_cache import cache_dir
+from hamer.onnx_runtime import OnnxRuntime
 from hamer.quantize import QuantizationError, calibration_sets, image_files, quantize_onnx
-from hamer.runtime import OnnxRuntime, TorchRuntime
+from hamer.torch_runtime import TorchRuntime
 
 from conftest import SHARED_IMAGES
 
@@ -73,7 +74,7 @@ def test_export_traced_on_one_crop_runs_any_batch(tmp_path: Path, data_dir: Path
     assert export_onnx(model, cfg, tmp_path / "one.onnx", crops[:1]) <= hamer.export.EXPORT_TOLERANCE
     with torch.inference_mode():
         expected = model(torch.from_numpy(crops))["pred_keypoints_3d"].numpy()
-    got = OnnxRuntime(tmp_path / "one.onnx", torch.device("cpu"))(crops)["pred_keypoints_3d"]
+    got = OnnxRuntime(tmp_path / "one.onnx")(crops)["pred_keypoints_3d"]
     np.testing.assert_allclose(got, expected, atol=ONNX_JOINT_TOL_M, rtol=0)
 
 

@@ -4,11 +4,14 @@ first export is announced, and the torch fallback when memory is short (small sy
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -24,13 +27,15 @@ from processes import dead_pid
 import hamer.configs
 import hamer.export
 import hamer.onnx_cache
-from hamer.checkpoint import build_model
-from hamer.configs import data_paths, load_config
+from hamer.checkpoint import build_model, save_safetensors
+from hamer.checkpoint_digest import checkpoint_digest
+from hamer.configs import SAFETENSORS_FILE, data_paths, load_config
 from hamer.export import export_onnx, write_onnx
 from hamer.hamer_module import HAMER
 from hamer.models import OUTPUT_NAMES
-from hamer.onnx_cache import cache_dir, cache_key, checkpoint_digest, output_mismatches, tolerance
-from hamer.runtime import OnnxRuntime, TorchRuntime
+from hamer.onnx_cache import cache_dir, cache_key, output_mismatches, tolerance
+from hamer.onnx_runtime import OnnxRuntime
+from hamer.torch_runtime import TorchRuntime
 
 from synthetic import make_data_dir
 
@@ -112,7 +117,7 @@ def test_tampered_camera_head_is_rejected_and_rebuilt(cache: Path, data_dir: Pat
     path.with_name("hamer.onnx.data").unlink()
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location="hamer.onnx.data")
-    tampered = OnnxRuntime(path, torch.device("cpu"))(hamer.onnx_cache.check_crops(load_config(
+    tampered = OnnxRuntime(path)(hamer.onnx_cache.check_crops(load_config(
         data_paths(data_dir).config)))
     with np.load(path.with_name("check.npz")) as stored:  # the tampering shows in the camera only
         assert np.abs(tampered["pred_keypoints_3d"] - stored["pred_keypoints_3d"]).max() <= 1e-6
@@ -193,21 +198,21 @@ def test_checkpoint_digest_is_remembered_by_inode_size_mtime_and_ctime(cache: Pa
     ckpt = tmp_path / "model.ckpt"
     ckpt.write_bytes(os.urandom(3 * 2**20 + 5))
     true = hashlib.sha256(ckpt.read_bytes()).hexdigest()
-    assert checkpoint_digest(ckpt, cache) == true
     index_path = cache / "checkpoints.json"
+    assert checkpoint_digest(ckpt, index_path) == true
     index = json.loads(index_path.read_text())
     assert list(index.values()) == [true]
     planted = "0" * 64  # the index is trusted while the file's identity is unchanged: the file is not read again
     index_path.write_text(json.dumps({k: planted for k in index}))
-    assert checkpoint_digest(ckpt, cache) == planted
+    assert checkpoint_digest(ckpt, index_path) == planted
     ckpt.chmod(0o600)  # changes ctime only: hashed again
-    assert checkpoint_digest(ckpt, cache) == true
+    assert checkpoint_digest(ckpt, index_path) == true
     copy = tmp_path / "copy.ckpt"
     shutil.copy2(ckpt, copy)  # another inode, same content: same digest, its own index entry
-    assert checkpoint_digest(copy, cache) == true and len(json.loads(index_path.read_text())) == 3
+    assert checkpoint_digest(copy, index_path) == true and len(json.loads(index_path.read_text())) == 3
     for junk in ("not json", json.dumps([1, 2]), json.dumps({"a": "b"}), "{" * (2**20 + 1)):
         index_path.write_text(junk)
-        assert checkpoint_digest(ckpt, cache) == true
+        assert checkpoint_digest(ckpt, index_path) == true
 
 
 def test_every_field_of_the_cache_key_changes_the_entry(cache: Path, own_data: Path, tmp_path: Path,
@@ -226,10 +231,13 @@ def test_every_field_of_the_cache_key_changes_the_entry(cache: Path, own_data: P
     changed.defrost()
     changed.EXTRA.FOCAL_LENGTH = float(cfg.EXTRA.FOCAL_LENGTH) + 1
     keys["config"] = cache_key(paths.checkpoint, changed)
-    for name, module in (("torch", torch), ("onnxruntime", onnxruntime)):
-        with monkeypatch.context() as patch:
-            patch.setattr(module, "__version__", module.__version__ + ".other")
-            keys[name] = cache_key(paths.checkpoint, cfg)
+    with monkeypatch.context() as patch:  # the installed torch's version, read without importing it
+        version = importlib.metadata.version
+        patch.setattr(importlib.metadata, "version", lambda name: version(name) + (".other" if name == "torch" else ""))
+        keys["torch"] = cache_key(paths.checkpoint, cfg)
+    with monkeypatch.context() as patch:
+        patch.setattr(onnxruntime, "__version__", onnxruntime.__version__ + ".other")
+        keys["onnxruntime"] = cache_key(paths.checkpoint, cfg)
     with monkeypatch.context() as patch:
         patch.setattr(hamer.onnx_cache, "__version__", "0.0.0-other")
         keys["hamer"] = cache_key(paths.checkpoint, cfg)
@@ -274,6 +282,34 @@ def test_first_export_is_announced_with_its_phases_and_a_hit_is_silent(cache: Pa
     with caplog.at_level(logging.WARNING, logger="hamer"):
         assert isinstance(_network(HAMER(data_dir=data_dir, task_paths={})), OnnxRuntime)
     assert [r.getMessage() for r in caplog.records] == []
+
+
+@pytest.mark.parametrize("layout", ["ckpt_and_yaml", "safetensors", "ckpt_alone"])
+def test_a_hit_loads_neither_torch_nor_the_checkpoint_where_the_config_is_readable_without_them(
+        own_data: Path, tmp_path: Path, image: np.ndarray, layout: str) -> None:
+    """HaMeR's data folder (model_config.yaml beside the checkpoint) or a safetensors checkpoint: a process that
+    finds the export cached runs without importing torch, and gives this process's results exactly. A Lightning
+    checkpoint without the yaml holds its config in its pickle: torch reads it, the same entry serves."""
+    paths = data_paths(own_data)
+    if layout == "safetensors":
+        model, cfg = build_model(paths)
+        save_safetensors(model, cfg, own_data / SAFETENSORS_FILE)
+        paths.checkpoint.unlink()
+    elif layout == "ckpt_alone":
+        paths.config.unlink()
+    here = HAMER(data_dir=own_data, task_paths={}).predict(image, BOXES)  # exports into the session's cache
+    np.save(tmp_path / "image.npy", image)
+    code = ("import sys, numpy as np; from hamer import HAMER; "
+            f"r = HAMER(data_dir={str(own_data)!r}, task_paths={{}}).predict(np.load(sys.argv[1]), {BOXES!r}); "
+            "np.save(sys.argv[2], np.concatenate([h.keypoints_3d for h in r.hands] + [h.cam_t[None] "
+            "for h in r.hands])); print('torch' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code, str(tmp_path / "image.npy"), str(tmp_path / "out.npy")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == str(layout == "ckpt_alone")
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), np.concatenate(
+        [h.keypoints_3d for h in here.hands] + [h.cam_t[None] for h in here.hands]))
+    assert "export" not in run.stderr  # the cached entry served
 
 
 def _meminfo(tmp_path: Path, available_kb: int) -> Path:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from hamer.camera import cam_crop_to_full
 from hamer.configs import default_config
 from hamer.detection import HandDetection
 from hamer.pipeline import (
@@ -199,6 +200,23 @@ def _hamer_cam_crop_to_full(cam_bbox, box_center, box_size, img_size, focal_leng
     tx = (2 * (cx - w_2) / bs) + cam_bbox[:, 1]
     ty = (2 * (cy - h_2) / bs) + cam_bbox[:, 2]
     return torch.stack([tx, ty, tz], dim=-1)
+
+
+def test_cam_crop_to_full_in_numpy_is_the_originals_torch_formula_bit_for_bit():
+    """float32 values over wide ranges (scales near zero, boxes off the image, any image size and focal length):
+    the numpy formula the pipeline runs gives the original's torch results exactly."""
+    rng = np.random.default_rng(3)
+    n = 20000
+    cam = np.stack([rng.uniform(-0.5, 3, n), rng.uniform(-2, 2, n), rng.uniform(-2, 2, n)], 1).astype(np.float32)
+    cam[:50, 0] = 0  # a zero scale: the 1e-9 guard decides the depth
+    center = rng.uniform(-500, 3000, (n, 2)).astype(np.float32)
+    size = rng.uniform(1, 2000, n).astype(np.float32)
+    img = rng.integers(16, 4000, (n, 2)).astype(np.float32)
+    for focal in (np.float32(5000 / 256 * 640), np.float32(rng.uniform(100, 50000))):
+        expected = _hamer_cam_crop_to_full(*map(torch.from_numpy, (cam, center, size, img)), torch.tensor(focal))
+        got = cam_crop_to_full(cam, center, size, img, focal)
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, expected.numpy())
 
 
 def test_left_hands_are_unmirrored_and_placed_with_hamers_camera():

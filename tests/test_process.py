@@ -169,7 +169,7 @@ def test_unavailable_or_invalid_device():
         HAMER(device="gpu:zero")
     with pytest.raises(ValueError, match="device"):
         HAMER(device="meta")
-    assert HAMER(device="cpu").device == torch.device("cpu")
+    assert HAMER(device="cpu").device == HAMER(device=torch.device("cpu")).device == "cpu"
 
 
 def test_bad_constructor_arguments():

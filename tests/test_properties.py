@@ -54,13 +54,12 @@ def test_crop_centre_pixel_is_the_box_centre_pixel(height, width, u, v, side, ri
 def test_the_crop_origin_lands_where_the_weak_perspective_camera_puts_it(s, tx, ty, cx, cy, b, w, h, f):
     """Derived by hand from cam_crop_to_full: the model origin projects to centre + b * s * (tx, ty) / 2, whatever
     the image size and focal length (the full camera reproduces the crop camera at the origin)."""
-    cam = torch.tensor([[s, tx, ty]], dtype=torch.float64)
-    t = cam_crop_to_full(cam, torch.tensor([[cx, cy]], dtype=torch.float64), torch.tensor([b], dtype=torch.float64),
-                         torch.tensor([[w, h]], dtype=torch.float64), torch.tensor(f, dtype=torch.float64))
+    t = cam_crop_to_full(np.array([[s, tx, ty]]), np.array([[cx, cy]]), np.array([b]), np.array([[w, h]], float),
+                         np.float64(f))
     assert np.isclose(float(t[0, 2]), 2 * f / (b * s), rtol=1e-7)  # the original adds 1e-9 to b * s
     focal = torch.full((1, 2), f, dtype=torch.float64)
     centre = torch.tensor([[w / 2, h / 2]], dtype=torch.float64)
-    uv = perspective_projection(torch.zeros(1, 1, 3, dtype=torch.float64), t, focal, centre)[0, 0]
+    uv = perspective_projection(torch.zeros(1, 1, 3, dtype=torch.float64), torch.from_numpy(t), focal, centre)[0, 0]
     np.testing.assert_allclose(uv.numpy(), [cx + b * s * tx / 2, cy + b * s * ty / 2], rtol=1e-7, atol=1e-6)
 
 
@@ -71,18 +70,15 @@ def test_the_crop_origin_lands_where_the_weak_perspective_camera_puts_it(s, tx, 
 def test_the_crop_origin_lands_on_its_pixel_under_any_pinhole_camera(s, tx, ty, bx, by, b, fx, fy, cx, cy):
     """The user's camera (fx, fy, cx, cy): the model origin still projects to box centre + b * s * (tx, ty) / 2, at
     depth 2 sqrt(fx fy) / (b s) (hand-derived); with fx = fy = f and the image centre it is cam_crop_to_full."""
-    cam = torch.tensor([[s, tx, ty]], dtype=torch.float64)
-    centre, size = torch.tensor([[bx, by]], dtype=torch.float64), torch.tensor([b], dtype=torch.float64)
+    cam, centre, size = np.array([[s, tx, ty]]), np.array([[bx, by]]), np.array([b])
     t = cam_crop_to_pinhole(cam, centre, size, fx, fy, cx, cy)
     assert t.shape == (1, 3) and np.isclose(float(t[0, 2]), 2 * np.sqrt(fx * fy) / (b * s), rtol=1e-7)
-    uv = perspective_projection(torch.zeros(1, 1, 3, dtype=torch.float64), t,
+    uv = perspective_projection(torch.zeros(1, 1, 3, dtype=torch.float64), torch.from_numpy(t),
                                 torch.tensor([[fx, fy]], dtype=torch.float64),
                                 torch.tensor([[cx, cy]], dtype=torch.float64))[0, 0]
     np.testing.assert_allclose(uv.numpy(), [bx + b * s * tx / 2, by + b * s * ty / 2], rtol=1e-7, atol=1e-6)
-    full = cam_crop_to_full(cam, centre, size, torch.tensor([[2 * cx, 2 * cy]], dtype=torch.float64),
-                            torch.tensor(fx, dtype=torch.float64))
-    np.testing.assert_allclose(cam_crop_to_pinhole(cam, centre, size, fx, fx, cx, cy).numpy(), full.numpy(),
-                               rtol=1e-9, atol=1e-9)
+    full = cam_crop_to_full(cam, centre, size, np.array([[2 * cx, 2 * cy]]), np.float64(fx))
+    np.testing.assert_allclose(cam_crop_to_pinhole(cam, centre, size, fx, fx, cx, cy), full, rtol=1e-9, atol=1e-9)
 
 
 @FAST

@@ -200,11 +200,9 @@ def test_pinhole_camera_translation_by_hand():
     = 40; t_x = 40 (300 - 320 + 50 * 0.1) / 1000 = -0.6; t_y = 40 (200 - 240 + 50 * -0.2) / 4000 = -0.5. A second
     row, s 2, tx -0.3, ty 0.4, box centre (10, 20), side 50: b s = 100 again; t_x = 40 (10 - 320 - 15) / 1000 =
     -13; t_y = 40 (20 - 240 + 20) / 4000 = -2."""
-    t = cam_crop_to_pinhole(torch.tensor([[0.5, 0.1, -0.2], [2.0, -0.3, 0.4]], dtype=torch.float64),
-                            torch.tensor([[300.0, 200.0], [10.0, 20.0]], dtype=torch.float64),
-                            torch.tensor([200.0, 50.0], dtype=torch.float64), 1000.0, 4000.0, 320.0, 240.0)
-    np.testing.assert_allclose(t.numpy(), [[-0.6, -0.5, 40.0], [-13.0, -2.0, 40.0]], rtol=1e-9)
-    zero = cam_crop_to_pinhole(torch.tensor([[0.0, 0.0, 0.0]], dtype=torch.float64),
-                               torch.tensor([[320.0, 240.0]], dtype=torch.float64),
-                               torch.tensor([200.0], dtype=torch.float64), 1000.0, 4000.0, 320.0, 240.0)
-    np.testing.assert_allclose(zero.numpy(), [[0.0, 0.0, 2 * 2000.0 / 1e-9]], rtol=1e-9)  # finite, as the original's
+    t = cam_crop_to_pinhole(np.array([[0.5, 0.1, -0.2], [2.0, -0.3, 0.4]]), np.array([[300.0, 200.0], [10.0, 20.0]]),
+                            np.array([200.0, 50.0]), 1000.0, 4000.0, 320.0, 240.0)
+    np.testing.assert_allclose(t, [[-0.6, -0.5, 40.0], [-13.0, -2.0, 40.0]], rtol=1e-9)
+    zero = cam_crop_to_pinhole(np.zeros((1, 3)), np.array([[320.0, 240.0]]), np.array([200.0]), 1000.0, 4000.0,
+                               320.0, 240.0)
+    np.testing.assert_allclose(zero, [[0.0, 0.0, 2 * 2000.0 / 1e-9]], rtol=1e-9)  # finite, as the original's

@@ -10,10 +10,8 @@ from .args import non_negative_count, positive
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    import torch
-
+    from ..onnx_runtime import OnnxRuntime
     from ..quantize import QuantizationError, calibration_sets, check_fp32_choices, image_files, quantize_onnx
-    from ..runtime import OnnxRuntime
 
     out = Path(args.output)
     if out.suffix != ".onnx":
@@ -21,7 +19,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         return 2
     try:  # the fp32 choices first: a mistake there is told before the model loads and the crops are made
         check_fp32_choices(args.model, args.fp32_blocks, args.fp32_layers)
-        cfg = OnnxRuntime(args.model, torch.device("cpu")).cfg
+        cfg = OnnxRuntime(args.model).cfg
         crops, held_out = calibration_sets(image_files(args.images), cfg)
         report = quantize_onnx(args.model, out, crops, held_out, max_error_mm=args.max_error_mm,
                                max_mean_error_mm=args.max_mean_error_mm, fp32_blocks=args.fp32_blocks,

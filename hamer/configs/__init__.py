@@ -30,6 +30,7 @@ from .model_config import (
     PRECISIONS,
     BoundedYamlLoader,
     PathLike,
+    check_precision,
     check_supported,
     config_from_json,
     config_problem,
@@ -55,9 +56,9 @@ MEAN_PARAMS_FILE = "data/mano_mean_params.npz"
 
 __all__ = [
     "CACHE_DIR_HAMER", "CONFIG_METADATA_KEY", "FACES_METADATA_KEY", "MAX_CONFIG_BYTES", "MAX_YAML_DEPTH",
-    "ONNX_CACHE_DIR", "PRECISIONS", "BoundedYamlLoader", "DataPaths", "PathLike", "check_supported", "config_from_json",
-    "config_problem", "data_dir", "data_paths", "default_config", "default_data_dir", "download_hint",
-    "load_config", "merge_config", "read_yaml", "user_cache_dir",
+    "ONNX_CACHE_DIR", "PRECISIONS", "BoundedYamlLoader", "DataPaths", "PathLike", "check_precision", "check_supported",
+    "config_from_json", "config_problem", "data_dir", "data_paths", "default_config", "default_data_dir",
+    "download_hint", "load_config", "merge_config", "read_yaml", "user_cache_dir",
 ]
 
 @dataclass(frozen=True)

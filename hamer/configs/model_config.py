@@ -15,12 +15,20 @@ from ..models.variants import variant_config
 
 CONFIG_METADATA_KEY = "hamer_config"  # the model config as JSON in safetensors and ONNX files' metadata
 FACES_METADATA_KEY = "hamer_mano_faces"  # MANO's (1538, 3) triangles as JSON in ONNX files' metadata, for meshes
-PRECISIONS = ("fp32", "bf16", "fp16")  # the network's precisions (hamer.runtime); here, where no torch is needed
+PRECISIONS = ("fp32", "bf16", "fp16")  # the network's precisions (hamer.torch_runtime); here, where no torch is needed
 
 MAX_CONFIG_BYTES = 1_000_000  # a model config's limit, file or JSON text (HaMeR's model_config.yaml: about 3 kB)
 MAX_YAML_DEPTH = 64  # nesting levels in a model config (HaMeR's has 5)
 
 PathLike = str | os.PathLike
+
+
+def check_precision(precision: str, device_type: str) -> None:
+    """ValueError for a precision other than :data:`PRECISIONS`, or fp16 on a device type other than "cuda"."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp16" and device_type != "cuda":
+        raise ValueError("precision 'fp16' needs a CUDA device (use 'bf16' on CPU)")
 
 
 def default_config() -> CfgNode:

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .graph import weight_matmuls
 
@@ -30,7 +29,7 @@ def activations(src: Path, graph, crops: np.ndarray, tensors: list[str]) -> Iter
     the weights are held once) and run with ONNX Runtime, one crop at a time."""
     import onnx
 
-    from ..runtime import ONNX_INPUT, onnx_session
+    from ..onnx_runtime import ONNX_INPUT, onnx_session
 
     extended = onnx.ModelProto()
     extended.CopyFrom(graph)
@@ -39,7 +38,7 @@ def activations(src: Path, graph, crops: np.ndarray, tensors: list[str]) -> Iter
     wanted = set(tensors)
     with tempfile.NamedTemporaryFile(dir=src.parent, prefix=f".{src.stem}-calibration-", suffix=".onnx") as tmp:
         onnx.save_model(extended, tmp.name)
-        session = onnx_session(Path(tmp.name), torch.device("cpu"))
+        session = onnx_session(Path(tmp.name), "cpu")
         names = [o.name for o in session.get_outputs()]
         for i in range(len(crops)):
             values = session.run(None, {ONNX_INPUT: crops[i:i + 1]})

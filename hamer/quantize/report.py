@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 
 @dataclass(frozen=True)
@@ -61,9 +60,9 @@ class QuantizationError(RuntimeError):
 def joints(path: Path, *crop_sets: np.ndarray) -> list[np.ndarray]:
     """3D joints (N, 21, 3) of the file at ``path`` on each of ``crop_sets``, one crop at a time (bounded
     memory), with one session."""
-    from ..runtime import OnnxRuntime
+    from ..onnx_runtime import OnnxRuntime
 
-    runtime = OnnxRuntime(path, torch.device("cpu"))
+    runtime = OnnxRuntime(path)
     return [np.concatenate([runtime(crops[i:i + 1])["pred_keypoints_3d"] for i in range(len(crops))])
             for crops in crop_sets]
 

@@ -1,101 +1,56 @@
-"""Running the HaMeR network on a batch of normalized crops: the torch backend and the ONNX Runtime backend."""
+"""The HaMeR network through ONNX Runtime: sessions on exported files (``hamer.export``) and their metadata.
+
+No torch here: a run on a cached or given ``.onnx`` file never imports it. Devices are named as torch names them
+("cpu", "cuda", "cuda:1").
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-from contextlib import nullcontext
+import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from yacs.config import CfgNode
 
-from .configs import CONFIG_METADATA_KEY, FACES_METADATA_KEY, PRECISIONS, PathLike, config_from_json
+from .configs import CONFIG_METADATA_KEY, FACES_METADATA_KEY, PathLike, config_from_json
 from .models import OUTPUT_NAMES
 
 if TYPE_CHECKING:
     import onnxruntime as ort
-
-    from .models.hamer import HaMeRNet
 
 log = logging.getLogger(__name__)
 
 ONNX_INPUT = "crops"
 
 
-def cpu_has_fast_bf16() -> bool:
-    """Whether oneDNN has bf16 kernels for this CPU (AVX512-BF16/AMX, or AVX-512 conversions); else bf16 is slow."""
-    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+def intra_op_threads() -> int:
+    """ONNX Runtime's intra-op threads: torch's when torch is loaded (so ``torch.set_num_threads`` holds for both),
+    else ``OMP_NUM_THREADS`` as torch would read it, else 0: ONNX Runtime's default, one per physical core (torch's
+    default too)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return torch.get_num_threads()
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else 0
 
 
-def check_precision(precision: str, device: torch.device) -> None:
-    """ValueError for a precision other than :data:`PRECISIONS`, or fp16 on a device other than CUDA."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("precision 'fp16' needs a CUDA device (use 'bf16' on CPU)")
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """A torch device that exists here ("cpu", "cuda", "cuda:1", "mps", "xpu", ...); ValueError naming the problem."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"invalid device {device!r}: {exc}") from None
-    if dev.type == "cpu":
-        return dev
-    backend = getattr(torch, dev.type, None)  # torch.cuda, torch.mps, torch.xpu ...
-    if backend is None or not hasattr(backend, "is_available"):
-        raise ValueError(f"unsupported device {device!r}")
-    if not backend.is_available():
-        raise ValueError(f"device {device!r} requested but {dev.type} is not available (torch {torch.__version__})")
-    count = backend.device_count() if hasattr(backend, "device_count") else 1
-    if dev.index is not None and dev.index >= count:
-        raise ValueError(f"device {device!r} requested but only {count} {dev.type} device(s)")
-    return dev
-
-
-class TorchRuntime:
-    """The network on a torch device. ``precision``: "fp32" (default), "bf16" (autocast), "fp16" (autocast, CUDA)."""
-
-    def __init__(self, model: HaMeRNet, device: torch.device, precision: str = "fp32") -> None:
-        check_precision(precision, device)
-        if precision == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
-            log.warning("this CPU has no bf16 kernels (no AVX-512): bf16 runs several times slower than fp32")
-        self.model = model.to(device).eval()
-        self.device = device
-        self.precision = precision
-        self.faces = model.mano.faces_tensor.cpu().numpy()  # (1538, 3) MANO triangles, for mesh outputs
-
-    def _autocast(self):
-        if self.precision == "fp32":
-            return nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
-
-    def __call__(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
-        """(N, 3, 256, 256) float32 normalized crops -> network outputs as float32 numpy arrays."""
-        x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)).to(self.device)
-        with torch.inference_mode(), self._autocast():
-            out = self.model(x)
-        return {k: v.float().cpu().numpy() for k, v in out.items()}
-
-
-def onnx_providers(device: torch.device) -> list[str]:
+def onnx_providers(device: str) -> list[str]:
     """ONNX Runtime providers for ``device``: CUDA first when asked for and available, CPU always."""
     import onnxruntime as ort
 
-    if device.type == "cuda":
+    if device.split(":")[0] == "cuda":
         if "CUDAExecutionProvider" in ort.get_available_providers():
             return ["CUDAExecutionProvider", "CPUExecutionProvider"]
         log.warning("device %s asked for, but this onnxruntime has no CUDAExecutionProvider: running on CPU", device)
     return ["CPUExecutionProvider"]
 
 
-def onnx_session(path: Path, device: torch.device) -> ort.InferenceSession:
-    """An ONNX Runtime session on ``path``: all graph optimizations, one intra-op thread per torch thread (cores).
+def onnx_session(path: Path, device: str) -> ort.InferenceSession:
+    """An ONNX Runtime session on ``path``: all graph optimizations, threads from :func:`intra_op_threads`.
 
     FileNotFoundError when the file is missing, ValueError when ONNX Runtime cannot read it.
     """
@@ -110,7 +65,7 @@ def onnx_session(path: Path, device: torch.device) -> ort.InferenceSession:
                    ort_errors.NoSuchFile, ort_errors.NotImplemented, RuntimeError)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = torch.get_num_threads()
+    options.intra_op_num_threads = intra_op_threads()
     options.log_severity_level = 3  # errors only: ORT warns about every constant-folded shape node
     try:
         return ort.InferenceSession(str(path), options, providers=onnx_providers(device))
@@ -159,7 +114,7 @@ class OnnxRuntime:
     One session for the object's life. The file alone suffices: no checkpoint, no MANO pickle.
     """
 
-    def __init__(self, path: PathLike, device: torch.device) -> None:
+    def __init__(self, path: PathLike, device: str = "cpu") -> None:
         self.path = Path(path).expanduser()
         self.session = onnx_session(self.path, device)
         self.cfg = onnx_config(self.session, self.path)
