@@ -20,6 +20,7 @@ from pose_format import Pose
 from processes import wait_for
 from ray_helpers import short_temp_dir
 
+from hamer.boxfile import BoxFileDetectors
 from hamer.configs import CHECKPOINT_FILE
 from hamer.corpus import Options, run_corpus
 from hamer.detectors import FrameRef, HandDetection
@@ -60,6 +61,18 @@ def whole(clip, data_dir, tmp_path_factory) -> Path:
     weights = hashlib.sha256((data_dir / CHECKPOINT_FILE).read_bytes()).hexdigest()[:16]
     return built_once(tmp_path_factory, f"segments_whole_{weights}", lambda out: run_corpus(
         [str(clip)], out, Options(data=str(data_dir), formats=FORMATS, overlay=True, segment_frames=0)))
+
+
+@pytest.fixture(scope="module")
+def recorded_boxes(whole) -> Path:
+    """The whole run's boxes as a box file (hamer.boxfile): runs that read them detect nothing (no MediaPipe),
+    so their cost is the network's and the writers'."""
+    path = whole.parent / f"{whole.name}.boxes.jsonl"
+    if not path.exists():
+        lines = [json.loads(line) for line in (whole / "clip.jsonl").read_text().splitlines()]
+        path.write_text("".join(json.dumps({"frame": line["frame"], "hands": [
+            {k: hand[k] for k in ("label", "box", "score")} for hand in line["hands"]]}) + "\n" for line in lines))
+    return path
 
 
 def agreement(a: Path, b: Path) -> tuple[float, float]:
@@ -150,18 +163,22 @@ def test_a_part_file_joins_into_the_files_a_whole_run_writes(data_dir, tmp_path)
 
 
 @pytest.mark.parametrize("smooth", [False, True])
-def test_segments_agree_with_a_whole_run(clip, whole, data_dir, tmp_path, smooth):
+def test_segments_agree_with_a_whole_run(clip, whole, recorded_boxes, data_dir, tmp_path, smooth):
     """>= 99 % of frames with the same hands, labels and track ids, joints within 1 mm; the joined files are the
-    whole run's files, frame for frame; the part files are gone."""
+    whole run's files, frame for frame; the part files are gone. MediaPipe's boxes; smoothed, the whole run's
+    boxes read from a file (the smoother's state across segment borders is what differs)."""
+    detector = BoxFileDetectors(str(recorded_boxes)) if smooth else None
     if smooth:  # the whole run again, smoothed (the fixture's is not)
         reference = tmp_path / "whole"
-        run_corpus([str(clip)], reference, Options(data=str(data_dir), smooth=True, segment_frames=0))
+        run_corpus([str(clip)], reference, Options(data=str(data_dir), smooth=True, segment_frames=0,
+                                                   detector=detector))
     else:
         reference = whole
     out = tmp_path / "segmented"
     formats = ("jsonl", "npz") if smooth else FORMATS
     records = run_corpus([str(clip)], out, Options(data=str(data_dir), formats=formats, overlay=not smooth,
-                                                   smooth=smooth, segment_frames=SEGMENT, segment_warmup=WARMUP))
+                                                   smooth=smooth, segment_frames=SEGMENT, segment_warmup=WARMUP,
+                                                   detector=detector))
     (rec,) = records
     assert (rec["status"], rec["frames"], rec["segments"], rec.get("segment")) == ("done", 120, 5, None)
     assert rec["files"] == manifest(reference)[-1]["files"]
@@ -286,7 +303,8 @@ def test_a_kill_between_the_join_and_the_videos_record_joins_again(clip, data_di
     assert len([r for r in manifest(out) if "segment" not in r]) == 1
 
 
-def test_segments_through_ray_workers(clip, whole, data_dir, tmp_path):
+def test_segments_through_ray_workers(clip, whole, recorded_boxes, data_dir, tmp_path):
+    """The segments of a video spread over Ray's workers, each reading the whole run's boxes from a file."""
     ray = pytest.importorskip("ray")
     from hamer.engines.ray import LocalRay
 
@@ -296,8 +314,8 @@ def test_segments_through_ray_workers(clip, whole, data_dir, tmp_path):
         out = tmp_path / "out"
         (rec,) = run_corpus([str(clip)], out, Options(data=str(data_dir), formats=FORMATS, overlay=True,
                                                       segment_frames=SEGMENT, segment_warmup=WARMUP, engine="ray",
-                                                      workers=2,
-                                                      detect_workers=1))
+                                                      workers=2, detect_workers=1,
+                                                      detector=BoxFileDetectors(str(recorded_boxes))))
     finally:
         if local is not None:
             local.shutdown()
