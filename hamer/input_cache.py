@@ -3,7 +3,9 @@
 The cache is a folder (default ``<user cache dir>/inputs``, :func:`hamer.configs.user_cache_dir`) of whole copies,
 one per object version (named by a hash of its URL, size and last-modified time, so a changed object is fetched
 again). A copy is written beside its name and renamed when complete: a kill mid-download leaves no copy, only a
-``.part`` file that the next fetch into the cache removes. Before a fetch, the least recently used copies go until
+``.part`` file that the next fetch into the cache removes. One thread of one process on this machine fetches a
+copy at a time (an exclusive ``flock`` on ``NAME.lock``): the others wanting it (the segments of one video, say)
+wait for it, then read it, rather than fetching it again. Before a fetch, the least recently used copies go until
 the new one fits in ``max_bytes``; a copy in use (held with a shared ``flock`` by any process on this machine: Ray
 workers share it) is never removed. An object larger than the whole cache is refused (InputError naming it and
 ``--cache-size``); when the copies in use leave too little room, the cache is over its size until they are done
@@ -15,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import itertools
 import logging
 import os
 import shutil
@@ -32,6 +35,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_BYTES = 20 * 10**9  # --cache-size default: 20 GB
 _PART = ".part"
+_LOCK = ".lock"
+_FETCHES = itertools.count()  # makes each fetch's .part name its own, in this process
 
 
 def cache_dir() -> Path:
@@ -65,7 +70,9 @@ class InputCache:
             fd = self._open_shared(path)
             if fd is not None:
                 break
-            self._fetch(url, path, size)
+            with _held(path.with_name(path.name + _LOCK)):  # another fetch of it is waited for
+                if not path.exists():
+                    self._fetch(url, path, size)
         try:
             os.utime(path)  # most recently used
             yield path
@@ -87,7 +94,7 @@ class InputCache:
 
     def _fetch(self, url: str, path: Path, size: int) -> None:
         self._make_room(size)
-        part = path.with_name(f"{path.name}.{os.getpid()}{_PART}")
+        part = path.with_name(f"{path.name}.{os.getpid()}-{next(_FETCHES)}{_PART}")
         fs, where = filesystem(url)
         try:
             with fs.open(where, "rb") as source, open(part, "wb") as target:
@@ -104,6 +111,8 @@ class InputCache:
         entries = []
         for entry in self.folder.iterdir():
             with contextlib.suppress(OSError):
+                if entry.name.endswith(_LOCK):
+                    continue
                 if entry.name.endswith(_PART):
                     if not _pid_alive_part(entry):
                         entry.unlink()
@@ -121,8 +130,19 @@ class InputCache:
                         format_bytes(self.max_bytes))
 
 
+@contextmanager
+def _held(lock: Path) -> Iterator[None]:
+    """The lock file ``lock`` held exclusively (``flock``: by one open file, so by one thread) for the block."""
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _remove_unused(entry: Path) -> bool:
-    """Remove ``entry`` unless a process holds it (in use); whether it was removed."""
+    """Remove ``entry`` (and its lock file) unless a process holds it (in use); whether it was removed."""
     try:
         fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
@@ -134,6 +154,7 @@ def _remove_unused(entry: Path) -> bool:
         return False
     try:
         entry.unlink()
+        entry.with_name(entry.name + _LOCK).unlink(missing_ok=True)
         return True
     except OSError:
         return False
@@ -142,6 +163,6 @@ def _remove_unused(entry: Path) -> bool:
 
 
 def _pid_alive_part(entry: Path) -> bool:
-    """Whether the fetch that writes the ``.part`` file ``entry`` (``NAME.<pid>.part``) may still be running."""
-    pid = entry.name[: -len(_PART)].rsplit(".", 1)[-1]
+    """Whether the fetch that writes the ``.part`` file ``entry`` (``NAME.<pid>-<n>.part``) may still be running."""
+    pid = entry.name[: -len(_PART)].rsplit(".", 1)[-1].split("-")[0]
     return not pid.isdigit() or pid_alive(int(pid))

@@ -12,6 +12,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -334,7 +335,8 @@ def test_the_input_cache_stays_within_its_size(s3, tmp_path):
             pass
         with cache.local(f"s3://{name}/v2.mp4") as third:  # v1 goes: least recently used and not in use
             assert first.exists() and third.read_bytes() == bytes([2]) * 1000 and held() <= 2500
-        assert len(list((tmp_path / "cache").iterdir())) == 2
+        copies = sorted(p.name for p in (tmp_path / "cache").iterdir())  # each with its (empty) lock file
+        assert copies == sorted([first.name, f"{first.name}.lock", third.name, f"{third.name}.lock"])
     with cache.local(f"s3://{name}/v3.mp4"):
         assert held() <= 2500
     fs.pipe_file(f"{name}/big.mp4", b"x" * 3000)
@@ -344,6 +346,39 @@ def test_the_input_cache_stays_within_its_size(s3, tmp_path):
     fs.pipe_file(f"{name}/v0.mp4", b"changed" * 100)  # a new version is fetched again
     with cache.local(f"s3://{name}/v0.mp4") as again:
         assert again.read_bytes() == b"changed" * 100
+
+
+def test_threads_wanting_one_object_at_once_fetch_it_once(s3, tmp_path, caplog):
+    """The segments of one video start together in two detection threads (or Ray workers of one machine): one
+    fetches the object, the others wait for its copy (they once fetched it too, into one .part file named by the
+    process, and one of them failed)."""
+    from hamer.input_cache import InputCache
+
+    fs, _ = s3
+    name = bucket(fs)
+    blob = os.urandom(24 * 2**20)
+    fs.pipe_file(f"{name}/v.mp4", blob)
+    cache = InputCache(10**9, tmp_path / "cache")
+    start = threading.Barrier(4)
+    got: list = []
+
+    def want() -> None:
+        start.wait()
+        try:
+            with cache.local(f"s3://{name}/v.mp4") as path:
+                got.append(path.read_bytes() == blob)
+        except Exception as exc:  # noqa: BLE001 - the test reports it
+            got.append(exc)
+
+    with caplog.at_level(logging.INFO, logger="hamer.input_cache"):
+        threads = [threading.Thread(target=want) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert got == [True] * 4
+    assert sum("into the input cache" in m for m in caplog.messages) == 1
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.endswith(".part")]
 
 
 @needs_images
@@ -497,7 +532,7 @@ def test_segments_from_s3_into_s3_equal_a_local_segmented_run_and_resume_from_th
     out = src.replace("/in", "/out")
     (got,) = run_corpus([f"{src}/long.mp4"], out, options)
     fields = ("status", "frames", "expected_frames", "hands", "files", "segments")
-    assert [got[f] for f in fields] == [want[f] for f in fields] and got["segments"] == 3
+    assert [got[f] for f in fields] == [want[f] for f in fields] and got["segments"] == 3, got.get("error")
     objects = read_out(fs, out)
     assert set(objects) == {p.name for p in local.iterdir()}  # no part left
     assert lines_with_sources(objects["long.jsonl"]) == lines_with_sources((local / "long.jsonl").read_bytes(),
