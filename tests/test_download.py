@@ -532,10 +532,11 @@ def test_mano_licence_is_shown_and_must_be_accepted(server, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("answer", ["n", "y"])
-def test_on_a_terminal_the_licence_is_asked(archive, tmp_path, answer):
+def test_on_a_terminal_the_licence_is_asked(data_dir, tmp_path, answer):
+    """"y" goes on to the install: here of an archive whose config is refused, so that this process pays no model
+    build (installs themselves are tested in-process)."""
     pty = pytest.importorskip("pty")
-    tarball = tmp_path / "a.tar.gz"
-    tarball.write_bytes(archive)
+    tarball = _archive_with(data_dir, tmp_path, {hcfg.CONFIG_FILE: _alias_bomb()})
     root = tmp_path / "data"
     master, slave = pty.openpty()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
@@ -550,7 +551,8 @@ def test_on_a_terminal_the_licence_is_asked(archive, tmp_path, answer):
     if answer == "n":
         assert done.returncode == 2 and "not accepted" in done.stderr and not root.exists()
     else:
-        assert done.returncode == 0 and (root / hcfg.CHECKPOINT_FILE).is_file()
+        assert done.returncode == 1 and f"{tarball} does not load as HaMeR" in done.stderr, done.stderr
+        assert "alias *l0 refused" in done.stderr and "not accepted" not in done.stderr
 
 
 # ------------------------------------------------------------------------------------------- one at a time

@@ -102,8 +102,9 @@ def install_archive(archive: Path, root: Path, *, progress: Progress | None = No
 
 def _check_loads(archive: Path, staging: Path, root: Path, staged: set[str]) -> None:
     """BadArchiveError unless the staged files (the data folder's where none is staged) build HaMeR; this reads
-    the staged ``model_config.yaml`` (:func:`hamer.configs.load_config`) and checkpoint (the safe loader)."""
-    from ..checkpoint import build_model
+    the staged ``model_config.yaml`` (:func:`hamer.configs.load_config`; a refused one fails before torch is
+    imported) and checkpoint (the safe loader)."""
+    from ..checkpoint_config import config_without_torch
 
     def path(rel: str) -> Path:
         return (staging if rel in staged else root) / rel
@@ -113,6 +114,9 @@ def _check_loads(archive: Path, staging: Path, root: Path, staged: set[str]) -> 
     kept = (f"the working install in {root} was left as it was" if configs.data_paths(root).checkpoint.is_file()
             else "nothing was installed")
     try:
+        config_without_torch(paths)
+        from ..checkpoint import build_model
+
         model, _ = build_model(paths)
         del model
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
