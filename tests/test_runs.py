@@ -312,7 +312,7 @@ def test_the_death_of_a_child_in_words():
 # ---------------------------------------------------------------------------------------------------- full disks
 
 def test_a_full_disk_fails_the_unit_and_an_unwritable_manifest_stops_the_run(tmp_path):
-    big = noise_clip(tmp_path / "big.mp4", 120)  # a JSONL of about 20 kB
+    big = noise_clip(tmp_path / "big.mp4", 48)  # a JSONL of about 9 kB, over the 6000 bytes allowed
     small = noise_png(tmp_path / "small.png")
     out = tmp_path / "out"
     limit = ["prlimit", "--fsize=6000", "--"]
