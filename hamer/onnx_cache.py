@@ -11,10 +11,10 @@ time (``<cache>/.<key>.lock``, :class:`hamer.pidlock.PidLock`): a second first r
 entry, rather than exporting too (twice the memory and the time).
 
 ``key`` hashes the checkpoint's content (sha256, computed once and remembered in ``<cache>/checkpoints.json``:
-:mod:`hamer.checkpoint_digest`), the model config,
-and the torch, onnxruntime and hamer versions (the installed distributions'). A hit (:func:`cached_runtime`) needs
-no torch: neither the checkpoint nor torch is loaded. The cache folder: ``hamer.configs.ONNX_CACHE_DIR``, else the
-environment variable ``HAMER_ONNX_CACHE``, else ``$XDG_CACHE_HOME/hamer/onnx``, else ``~/.cache/hamer/onnx``.
+:mod:`hamer.checkpoint_digest`), the model config, and the torch, onnxruntime and hamer versions (the installed
+distributions'). A hit (:func:`cached_runtime`) loads neither torch nor the checkpoint. The cache folder:
+``hamer.configs.ONNX_CACHE_DIR``, else the environment variable ``HAMER_ONNX_CACHE``, else
+``$XDG_CACHE_HOME/hamer/onnx``, else ``~/.cache/hamer/onnx``.
 
 The export is announced (WARNING) when it starts, with its phases and their times. It runs only when the free
 memory (``MemAvailable`` of ``MEMINFO``, or what the cgroup under ``CGROUP_ROOT`` leaves, if less) covers its

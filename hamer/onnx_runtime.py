@@ -29,8 +29,8 @@ ONNX_INPUT = "crops"
 
 def intra_op_threads() -> int:
     """ONNX Runtime's intra-op threads: torch's when torch is loaded (so ``torch.set_num_threads`` holds for both),
-    else ``OMP_NUM_THREADS`` as torch would read it, else 0: ONNX Runtime's default, one per physical core (torch's
-    default too)."""
+    else ``OMP_NUM_THREADS`` when it is a positive integer, else 0: ONNX Runtime's default, one per physical core
+    (torch's default too)."""
     torch = sys.modules.get("torch")
     if torch is not None:
         return torch.get_num_threads()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,7 @@ from hamer.configs import data_paths
 from hamer.export import export_onnx
 from hamer.hamer_module import HAMER
 from hamer.onnx_cache import cache_dir
-from hamer.onnx_runtime import OnnxRuntime
+from hamer.onnx_runtime import OnnxRuntime, intra_op_threads
 from hamer.quantize import QuantizationError, calibration_sets, image_files, quantize_onnx
 from hamer.torch_runtime import TorchRuntime
 
@@ -47,6 +49,19 @@ def exported(tmp_path_factory, data_dir: Path, image: np.ndarray) -> tuple[Path,
     torch_hamer = HAMER(data_dir=data_dir, task_paths={}, export_onnx=path, backend="torch")
     torch_hamer.process(image, BOXES)
     return path, torch_hamer
+
+
+def test_onnx_runtime_threads_follow_omp_num_threads_without_torch() -> None:
+    """Without torch loaded: OMP_NUM_THREADS when a positive integer, else ONNX Runtime's default (0: a thread per
+    physical core). With torch loaded: torch's thread count (a user's torch.set_num_threads holds)."""
+    code = ("import os, sys; from hamer.onnx_runtime import intra_op_threads\n"
+            "for omp in ('3', '', 'x', '0', None):\n"
+            "    os.environ.pop('OMP_NUM_THREADS', None) if omp is None else os.environ.update(OMP_NUM_THREADS=omp)\n"
+            "    print(intra_op_threads())\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["3", "0", "0", "0", "0", "False"]
+    assert intra_op_threads() == torch.get_num_threads()  # this process has torch
 
 
 def test_export_on_first_call_then_carries_on(exported, image: np.ndarray) -> None:
