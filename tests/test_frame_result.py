@@ -129,7 +129,7 @@ def test_objects_load_at_once_in_threads(data_dir, monkeypatch):
 
 def test_import_is_light():
     code = ("import sys; from hamer import HAMER, FrameResult, Hand; "
-            "print(sorted(m for m in ('mediapipe', 'onnx', 'onnxruntime', 'timm', 'torchvision', 'smplx') "
+            "print(sorted(m for m in ('mediapipe', 'onnx', 'onnxruntime', 'timm', 'torch', 'torchvision', 'smplx') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -165,9 +165,10 @@ def test_a_part_file_joins_into_the_files_a_whole_run_writes(data_dir, tmp_path)
 @pytest.mark.parametrize("smooth", [False, True])
 def test_segments_agree_with_a_whole_run(clip, whole, recorded_boxes, data_dir, tmp_path, smooth):
     """>= 99 % of frames with the same hands, labels and track ids, joints within 1 mm; the joined files are the
-    whole run's files, frame for frame; the part files are gone. MediaPipe's boxes; smoothed, the whole run's
-    boxes read from a file (the smoother's state across segment borders is what differs)."""
-    detector = BoxFileDetectors(str(recorded_boxes)) if smooth else None
+    whole run's files, frame for frame; the part files are gone. The hands are the whole run's boxes, read from a
+    file: what differs is the tracker's and the smoother's state across segment borders, and the join (MediaPipe's
+    own state across borders: test_a_killed_run_resumes_at_the_first_unfinished_segment)."""
+    detector = BoxFileDetectors(str(recorded_boxes))
     if smooth:  # the whole run again, smoothed (the fixture's is not)
         reference = tmp_path / "whole"
         run_corpus([str(clip)], reference, Options(data=str(data_dir), smooth=True, segment_frames=0,
@@ -211,6 +212,8 @@ def test_segments_agree_with_a_whole_run(clip, whole, recorded_boxes, data_dir, 
 
 
 def test_a_killed_run_resumes_at_the_first_unfinished_segment(clip, whole, data_dir, tmp_path):
+    """MediaPipe finds the hands (its state across segment borders: the warm-up), in a run killed mid-segment and
+    resumed: the joined files agree with the whole run's."""
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "hamer", "run", str(clip), "--data", str(data_dir), "--out", str(out), "--quiet",
            "--detect-workers", "1", "--segment-frames", str(SEGMENT), "--segment-warmup", str(WARMUP), "--formats",
