@@ -11,8 +11,8 @@ time (``<cache>/.<key>.lock``, :class:`hamer.pidlock.PidLock`): a second first r
 entry, rather than exporting too (twice the memory and the time).
 
 ``key`` hashes the checkpoint's content (sha256, computed once and remembered in ``<cache>/checkpoints.json``:
-:mod:`hamer.checkpoint_digest`), the model config, and the torch, onnxruntime and hamer versions (the installed
-distributions'). A hit (:func:`cached_runtime`) loads neither torch nor the checkpoint. The cache folder:
+:mod:`hamer.checkpoint_digest`), the model config, and the torch (:func:`torch_version`), onnxruntime and hamer
+versions. A hit (:func:`cached_runtime`) loads neither torch nor the checkpoint. The cache folder:
 ``hamer.configs.ONNX_CACHE_DIR``, else the environment variable ``HAMER_ONNX_CACHE``, else
 ``$XDG_CACHE_HOME/hamer/onnx``, else ``~/.cache/hamer/onnx``.
 
@@ -23,15 +23,18 @@ measured need (``EXPORT_MEMORY_PER_BYTE`` of the checkpoint's size); otherwise t
 
 from __future__ import annotations
 
+import ast
 import ctypes
 import gc
 import hashlib
 import importlib.metadata
+import importlib.util
 import json
 import logging
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import time
 import zipfile
@@ -88,13 +91,31 @@ def cache_dir() -> Path:
     return configs.user_cache_dir() / "onnx"
 
 
+def torch_version() -> str:
+    """``torch.__version__`` without importing torch (1.2-1.5 s) when it is not loaded yet: the ``__version__``
+    that torch's build writes in ``torch/version.py`` (read as text, never run), with its local part ("+cu130"),
+    which the distribution's metadata lacks (that is the fallback)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return torch.__version__
+    try:
+        folder = importlib.util.find_spec("torch").submodule_search_locations[0]
+        for node in ast.parse((Path(folder) / "version.py").read_text()).body:
+            if isinstance(node, ast.Assign | ast.AnnAssign) and isinstance(node.value, ast.Constant) and any(
+                    isinstance(t, ast.Name) and t.id == "__version__"
+                    for t in (node.targets if isinstance(node, ast.Assign) else [node.target])):
+                return str(node.value.value)
+    except (AttributeError, IndexError, TypeError, OSError, SyntaxError, ValueError):
+        pass
+    return importlib.metadata.version("torch")
+
+
 def cache_key(checkpoint: Path, cfg: CfgNode) -> str:
-    """Hash of the checkpoint's content, the config and the torch, onnxruntime and hamer versions (torch's read
-    from its distribution's metadata, without importing it)."""
+    """Hash of the checkpoint's content, the config and the torch, onnxruntime and hamer versions."""
     import onnxruntime
 
     identity = [checkpoint_digest(checkpoint, cache_dir() / INDEX_FILE), json.dumps(cfg, sort_keys=True),
-                importlib.metadata.version("torch"), onnxruntime.__version__, __version__]
+                torch_version(), onnxruntime.__version__, __version__]
     return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:24]
 
 

@@ -4,7 +4,6 @@ first export is announced, and the torch fallback when memory is short (small sy
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import logging
 import os
@@ -231,18 +230,23 @@ def test_every_field_of_the_cache_key_changes_the_entry(cache: Path, own_data: P
     changed.defrost()
     changed.EXTRA.FOCAL_LENGTH = float(cfg.EXTRA.FOCAL_LENGTH) + 1
     keys["config"] = cache_key(paths.checkpoint, changed)
-    with monkeypatch.context() as patch:  # the installed torch's version, read without importing it
-        version = importlib.metadata.version
-        patch.setattr(importlib.metadata, "version", lambda name: version(name) + (".other" if name == "torch" else ""))
-        keys["torch"] = cache_key(paths.checkpoint, cfg)
-    with monkeypatch.context() as patch:
-        patch.setattr(onnxruntime, "__version__", onnxruntime.__version__ + ".other")
-        keys["onnxruntime"] = cache_key(paths.checkpoint, cfg)
+    for name, module in (("torch", torch), ("onnxruntime", onnxruntime)):
+        with monkeypatch.context() as patch:
+            patch.setattr(module, "__version__", module.__version__ + ".other")
+            keys[name] = cache_key(paths.checkpoint, cfg)
     with monkeypatch.context() as patch:
         patch.setattr(hamer.onnx_cache, "__version__", "0.0.0-other")
         keys["hamer"] = cache_key(paths.checkpoint, cfg)
     assert cache_key(paths.checkpoint, cfg) == base
     assert base not in keys.values() and len(set(keys.values())) == len(keys), keys
+
+
+def test_torch_version_is_read_without_importing_torch_as_torch_gives_it() -> None:
+    """The key's torch version, in a process without torch, is torch's own ``__version__`` (local part included,
+    which the distribution's metadata lacks): keys made with torch loaded and without it are the same."""
+    code = "import sys; from hamer.onnx_cache import torch_version; print(torch_version(), 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == [torch.__version__, "False"]
 
 
 @pytest.mark.parametrize("setting, env, xdg, expected", [
