@@ -193,7 +193,7 @@ def export_models(work: Path, small: bool) -> dict:
     info["export_s"] = time.perf_counter() - start
     hamer.configs.ONNX_CACHE_DIR = work / "onnx_cache"  # the default CPU path's export, as a user's first load
     start = time.perf_counter()
-    default_runtime(lambda built=model: built, cfg, data_paths(work / "_DATA").checkpoint, torch.device("cpu"), "fp32")
+    default_runtime(lambda built=model: built, cfg, data_paths(work / "_DATA").checkpoint, "cpu", "fp32")
     info["default_cache_s"] = time.perf_counter() - start
     del model
     gc.collect()
