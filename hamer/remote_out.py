@@ -154,14 +154,15 @@ class ObjectLock:
                     raise FolderBusy(f"{redact(self.url)} is in use by another run ({describe(holder)}); wait for it "
                                      "to end or choose another --out") from None
                 log.warning("%s: took over the lock of a run that ended without releasing it (%s)",
-                            redact(self.url), holder)
+                            redact(self.url), describe(holder or {}))
                 self.fs.rm_file(self.path)
             except (TypeError, NotImplementedError, ValueError):  # no conditional writes on this store
                 log.warning("%s: this store has no conditional writes; the lock is checked, then written",
                             redact(self.url))
                 holder = self._holder() if self.fs.exists(self.path) else None
                 if holder is not None and not _dead(holder):
-                    raise FolderBusy(f"{redact(self.url)} is in use by another run ({holder})") from None
+                    raise FolderBusy(f"{redact(self.url)} is in use by another run ({describe(holder)}); wait for "
+                                     "it to end or choose another --out") from None
                 self.fs.pipe_file(self.path, self._lease())
                 break
             except OSError as exc:

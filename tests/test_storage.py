@@ -211,7 +211,7 @@ def test_a_run_killed_mid_upload_leaves_no_record_and_the_next_run_redoes_the_un
     again = subprocess.run([sys.executable, "-m", "hamer", *args], cwd=REPO, capture_output=True, text=True,
                            timeout=240)
     assert again.returncode == 0, again.stderr
-    assert "took over the lock" in again.stderr
+    assert f"took over the lock of a run that ended without releasing it (pid {proc.pid} on " in again.stderr
     done = read_out(fs, out)
     assert b"PARTIAL" not in done.values() and not any(n.startswith(("manifest.d/", ".hamer")) for n in done)
     final = {r["input"]: r for r in records(done[MANIFEST])}
